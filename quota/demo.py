@@ -1,0 +1,230 @@
+"""`quota demo`: worker processes calling "LLMs" through the gate, then a report.
+
+Uses only its own key prefix and database (./scripts/demo sets both), and resets them
+first, so it can be run again and again without touching anyone's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import sys
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import text
+
+from quota.gate import Gate
+from quota.models import Budget
+from quota.settings import Settings
+
+THREADS = 4
+FEATURES = {  # feature: (typical input tokens, typical output tokens)
+    "ocr": (1_500, 300),
+    "chat": (800, 400),
+    "summarize": (3_000, 500),
+    "classify": (300, 20),
+}
+
+
+@dataclass(frozen=True)
+class DemoPort:
+    port_id: str
+    budget: Budget
+    weight: int  # share of the traffic
+
+
+def demo_ports(count: int) -> list[DemoPort]:
+    """A mix: one port that will blow through both caps, one disabled, the rest roomy."""
+    ports = [
+        DemoPort(
+            "acme-small",
+            Budget(enabled=True, soft_cap_tokens=60_000, hard_cap_tokens=80_000, period="day"),
+            3,
+        ),
+        DemoPort("free-tier", Budget(enabled=False), 2),
+    ]
+    for i in range(max(count - 2, 0)):
+        hard = 2_000_000 * (i + 1)
+        ports.append(
+            DemoPort(
+                f"tenant-{i + 1:02d}",
+                Budget(
+                    enabled=True,
+                    soft_cap_tokens=hard // 2,
+                    hard_cap_tokens=hard,
+                    period=("day", "week", "month")[i % 3],
+                ),
+                2,
+            )
+        )
+    return ports[:count]
+
+
+def _tokens(rng: random.Random, mean: int) -> int:
+    return max(1, int(rng.lognormvariate(0, 0.5) * mean))
+
+
+def _worker(
+    settings: Settings,
+    ports: list[DemoPort],
+    deadline: float,
+    seed: int,
+    progress: mp.sharedctypes.Synchronized[int],
+    out: mp.Queue[Counter[str]],
+) -> None:
+    # Alerts show in the report; a warning line per port per process would drown it.
+    logging.getLogger("quota").setLevel(logging.ERROR)
+    gate = Gate(settings)
+    totals: Counter[str] = Counter()
+    lock = threading.Lock()
+    weights = [p.weight for p in ports]
+
+    def run(n: int) -> None:
+        rng = random.Random(seed * 100 + n)
+        mine: Counter[str] = Counter()
+        while time.monotonic() < deadline:
+            port = rng.choices(ports, weights)[0].port_id
+            feature = rng.choice(list(FEATURES))
+            mean_in, mean_out = FEATURES[feature]
+            estimate = int((mean_in + mean_out) * 1.5)
+            d = gate.reserve(port, estimate, feature, user_id=f"user-{rng.randint(1, 20)}")
+            mine["decisions"] += 1
+            if not d.ok or d.reservation_id is None:
+                mine[f"refused:{port}:{d.reason}"] += 1
+                continue
+            tin, tout = _tokens(rng, mean_in), _tokens(rng, mean_out)
+            if rng.random() < 0.03:  # the LLM call failed: give the tokens back
+                gate.release(d.reservation_id)
+                continue
+            gate.commit(
+                d.reservation_id,
+                input_tokens=tin,
+                output_tokens=tout,
+                provider="openai",
+                model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+            )
+            mine["tokens"] += tin + tout
+            mine["calls"] += 1
+            if mine["decisions"] % 50 == 0:
+                with progress.get_lock():
+                    progress.value += 50
+        with lock:
+            totals.update(mine)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gate.close()
+    out.put(totals)
+
+
+def _reset(gate: Gate, ports: list[DemoPort]) -> None:
+    """Forget the previous demo run: its keys (own prefix only) and its rows (own database)."""
+    keys = list(gate.redis.scan_iter(match=f"{gate.settings.key_prefix}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        gate.redis.delete(*keys[i : i + 1000])
+    with gate.store.engine.begin() as conn:
+        conn.execute(text("TRUNCATE budgets, budget_history, soft_cap_alerts, ledger"))
+    for p in ports:
+        gate.set_budget(p.port_id, updated_by="demo", **p.budget.model_dump())
+
+
+def run(settings: Settings, *, processes: int, seconds: float, ports: int) -> None:
+    # Wide enough for the table even when the output is piped (CI logs, `| less`).
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    demo = demo_ports(ports)
+    with Gate(settings) as gate:
+        _reset(gate, demo)
+        console.print(
+            f"[bold]quota demo[/]: {processes} worker processes x {THREADS} threads, "
+            f"{len(demo)} ports, {seconds:.0f} s, Redis {settings.redis_url}"
+        )
+        ctx = mp.get_context("spawn")
+        progress_value = ctx.Value("q", 0)
+        out: mp.Queue[Counter[str]] = ctx.Queue()
+        deadline = time.monotonic() + seconds + 2.0  # spawn start-up is not counted below
+        procs = [
+            ctx.Process(target=_worker, args=(settings, demo, deadline, i, progress_value, out))
+            for i in range(processes)
+        ]
+        for p in procs:
+            p.start()
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[decisions]:>9,} decisions"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(
+                "workers calling LLMs", total=deadline - time.monotonic(), decisions=0
+            )
+            start = time.monotonic()
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                bar.update(task, completed=time.monotonic() - start, decisions=progress_value.value)
+        totals: Counter[str] = Counter()
+        for _ in procs:
+            totals.update(out.get(timeout=60))
+        for p in procs:
+            p.join()
+        elapsed = deadline - start
+        _report(console, gate, demo, totals, elapsed)
+
+
+def _report(
+    console: Console, gate: Gate, demo: list[DemoPort], totals: Counter[str], elapsed: float
+) -> None:
+    table = Table(title="Ports after the run", title_justify="left")
+    for col in (
+        "port",
+        "budget",
+        "period",
+        "used",
+        "soft cap",
+        "hard cap",
+        "state",
+        "refused",
+        "soft alert",
+    ):
+        table.add_column(col, justify="right" if col not in ("port", "budget", "state") else "left")
+    style = {"ok": "green", "soft": "yellow", "hard": "red"}
+    for p in demo:
+        s = gate.status(p.port_id)
+        refused = sum(n for k, n in totals.items() if k.startswith(f"refused:{p.port_id}:"))
+        alerts = gate.alerts(p.port_id)
+        table.add_row(
+            p.port_id,
+            "on" if s.enabled else "off",
+            s.period,
+            f"{s.used_tokens:,}",
+            f"{s.soft_cap_tokens:,}",
+            f"{s.hard_cap_tokens:,}",
+            f"[{style[s.state]}]{s.state}[/]",
+            f"{refused:,}",
+            "yes" if alerts else "-",
+        )
+    console.print(table)
+    reasons = Counter(k.rsplit(":", 1)[1] for k in totals if k.startswith("refused:"))
+    console.print(
+        f"{totals['decisions']:,} decisions in {elapsed:.1f} s = "
+        f"[bold]{totals['decisions'] / elapsed:,.0f} decisions/s[/] across all workers; "
+        f"{totals['calls']:,} calls committed, {totals['tokens']:,} tokens; refusals by reason: "
+        + (
+            ", ".join(
+                f"{r} {sum(n for k, n in totals.items() if k.endswith(r)):,}"
+                for r in sorted(reasons)
+            )
+            or "none"
+        )
+    )

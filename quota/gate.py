@@ -1,0 +1,623 @@
+"""The gate: the library every worker process calls before and after each LLM call.
+
+Every decision and every usage report is one EVALSHA of one Lua script (see
+quota/lua/). Postgres is touched only on a budget-cache miss, on set_budget, on a
+soft-cap alert (once per port per period) and on the fallback path when Redis is down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from quota import validation as v
+from quota._backend import redis_errors
+from quota._exceptions import (
+    BackendError,
+    BudgetExceeded,
+    DatabaseUnavailable,
+    QuotaError,
+    RedisUnavailable,
+    UnknownReservation,
+)
+from quota.decisions import state_of
+from quota.keys import KeyLayout, PortKeys
+from quota.models import (
+    Budget,
+    BudgetChange,
+    Decision,
+    SoftCapAlert,
+    Status,
+    UsageEvent,
+    UsageResult,
+)
+from quota.periods import Period, Windows, from_ms, period_end, period_start
+from quota.scripts import Scripts
+from quota.settings import Settings
+from quota.store import Store, make_engine
+
+log = logging.getLogger("quota")
+
+# Reply codes of the scripts (see quota/lua/lib.lua).
+_OK, _NOOP = 1, 2
+_NO_BUDGET, _CLOCK, _UNKNOWN = -1, -2, -3
+# A budget miss and a clock correction each need one retry; more means trouble.
+_ATTEMPTS = 4
+_HEX_LEN = 32
+# Reservations this process made, remembered for commit's Postgres fallback.
+_LOCAL_RESERVATIONS = 100_000
+
+SoftCapCallback = Callable[[SoftCapAlert], None]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _split_reservation(reservation_id: object) -> tuple[str, str]:
+    """``<32 hex>.<port>`` → (hex, port); anything else is an unknown reservation."""
+    if not isinstance(reservation_id, str) or len(reservation_id) <= _HEX_LEN + 1:
+        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}")
+    hex_id, dot, port = reservation_id[:_HEX_LEN], reservation_id[_HEX_LEN], reservation_id[33:]
+    try:
+        int(hex_id, 16)
+        v.port_id(port)
+    except (ValueError, QuotaError):
+        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}") from None
+    if dot != ".":
+        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}")
+    return hex_id, port
+
+
+class _RecentReservations:
+    """feature and user of the reservations this process made, bounded (oldest dropped)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, reservation_id: str, feature: str, user_id: str | None) -> None:
+        with self._lock:
+            self._items[reservation_id] = (feature, user_id)
+            if len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+    def pop(self, reservation_id: str) -> tuple[str, str | None] | None:
+        with self._lock:
+            return self._items.pop(reservation_id, None)
+
+
+class Gate:
+    """Per-port token budgets, enforced atomically in Redis. Thread-safe; make one per process."""
+
+    def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
+        self.settings = settings
+        self.on_soft_cap = on_soft_cap
+        # Retry only connection errors: a timed-out script may have run, and running
+        # a non-idempotent record twice would count it twice.
+        self.redis: redis.Redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
+            retry_on_timeout=False,
+            decode_responses=True,
+        )
+        self.store = Store(make_engine(settings.database_url))
+        self.layout = KeyLayout(settings.key_prefix, settings.shards)
+        self._scripts = Scripts.register(self.redis)
+        self._lease_ms = int(settings.lease_seconds * 1000)
+        self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
+        self._skew_ms = 0  # server clock minus ours, learnt from the scripts
+        self._windows = Windows.at(datetime.now(UTC))
+        self._recent = _RecentReservations(_LOCAL_RESERVATIONS)
+        self._port_keys: dict[str, PortKeys] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        on_soft_cap: SoftCapCallback | None = None,
+        **overrides: Any,
+    ) -> Gate:
+        """A gate configured from ``QUOTA_*`` variables, with keyword ``overrides``."""
+        base = settings or Settings()
+        if overrides:
+            base = base.model_copy(update=overrides)
+        return cls(base, on_soft_cap=on_soft_cap)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.store.engine.dispose()
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ budgets
+
+    def get_budget(self, port_id: str) -> Budget:
+        """The port's budget from Postgres (the truth); the default if none is stored."""
+        return self.store.load_budget(v.port_id(port_id))[0]
+
+    def set_budget(
+        self,
+        port_id: str,
+        *,
+        updated_by: str,
+        enabled: bool | None = None,
+        soft_cap_tokens: int | None = None,
+        hard_cap_tokens: int | None = None,
+        period: Period | None = None,
+    ) -> Budget:
+        """Merge a partial update into the port's budget; validate; store; refresh the cache.
+
+        Raises `InvalidBudget` (nothing written) on bad input.
+        """
+        port = v.port_id(port_id)
+        who = v.label("updated_by", updated_by)
+        changes = {
+            "enabled": enabled,
+            "soft_cap_tokens": soft_cap_tokens,
+            "hard_cap_tokens": hard_cap_tokens,
+            "period": period,
+        }
+        Budget.check_fields(changes)  # type, range and enum errors before any I/O
+        budget, version = self.store.save_budget(port, changes, who)
+        try:
+            self._cache_budget(self._keys(port), budget, version)
+        except RedisUnavailable:
+            # Postgres has the truth; the stale copy expires within budget_cache_seconds.
+            log.warning("budget of %s saved, but its Redis copy was not refreshed", port)
+        return budget
+
+    def budget_history(self, port_id: str) -> list[BudgetChange]:
+        return self.store.budget_history(v.port_id(port_id))
+
+    def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
+        args = (
+            version,
+            int(budget.enabled),
+            budget.soft_cap_tokens,
+            budget.hard_cap_tokens,
+            budget.period,
+            self.settings.budget_cache_seconds,
+        )
+        with redis_errors():
+            self._scripts.budget_put([pk.budget], args)
+
+    def _load_budget(self, pk: PortKeys) -> None:
+        budget, version = self.store.load_budget(pk.port)
+        self._cache_budget(pk, budget, version)
+
+    # ---------------------------------------------------------------- decisions
+
+    def check(self, port_id: str, estimated_tokens: int) -> Decision:
+        """The seed's decision for spending ``estimated_tokens``; changes nothing."""
+        reply = self._check(
+            self._keys(v.port_id(port_id)), v.tokens("estimated_tokens", estimated_tokens), ""
+        )
+        return self._decision(reply)
+
+    def reserve(
+        self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
+    ) -> Decision:
+        """Decide, counting open reservations, and on success hold the tokens under a lease.
+
+        The decision's ``reservation_id`` is then set; settle it with `commit` or
+        `release`, or let the lease (``QUOTA_LEASE_SECONDS``) return it.
+        """
+        pk = self._keys(v.port_id(port_id))
+        estimate = v.tokens("estimated_tokens", estimated_tokens)
+        feat, user = v.feature(feature), v.user_id(user_id)
+        hex_id = uuid.uuid4().hex
+        reply = self._run(
+            self._scripts.reserve,
+            pk,
+            lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open, pk.reservation(hex_id)),
+            lambda: (
+                estimate,
+                self._lease_ms,
+                hex_id,
+                feat,
+                user or "",
+                self.settings.settled_seconds,
+            ),
+        )
+        if reply[0] != _OK:
+            return self._decision(reply)
+        rid = f"{hex_id}.{pk.port}"
+        self._recent.add(rid, feat, user)
+        return self._decision(reply, rid)
+
+    def release(self, reservation_id: str) -> bool:
+        """Return a reservation's hold. True if released now, False if already settled."""
+        hex_id, port = _split_reservation(reservation_id)
+        pk = self._keys(port)
+        with redis_errors():
+            code = self._scripts.release(
+                [pk.state, pk.open, pk.reservation(hex_id)],
+                [hex_id, self.settings.settled_seconds],
+            )[0]
+        if code == _UNKNOWN:
+            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+        self._recent.pop(reservation_id)
+        return bool(code == _OK)
+
+    @contextmanager
+    def reservation(
+        self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
+    ) -> Iterator[Reservation]:
+        """``with gate.reservation(...) as r: ...; r.commit(...)``.
+
+        Raises `BudgetExceeded` if refused; releases the hold if the block raises or
+        ends without committing.
+        """
+        decision = self.reserve(port_id, estimated_tokens, feature, user_id)
+        if not decision.ok or decision.reservation_id is None:
+            raise BudgetExceeded(decision)
+        held = Reservation(self, decision)
+        try:
+            yield held
+        finally:
+            if held.result is None:
+                self.release(decision.reservation_id)
+
+    # -------------------------------------------------------------------- usage
+
+    def commit(
+        self,
+        reservation_id: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str,
+        model: str,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        """Settle a reservation with the actual usage (counted in full) in one step.
+
+        Idempotent: a second commit (or a commit after release) is a no-op with
+        ``duplicate=True``. Like `record`, it never raises for a backend failure.
+        """
+        hex_id, port = _split_reservation(reservation_id)
+        pk = self._keys(port)
+        tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
+        prov, mod = v.label("provider", provider), v.label("model", model)
+        req = v.request_id(request_id)
+        event_id = str(uuid.uuid4())
+        marker = (pk.idempotency(req),) if req else ()
+
+        def attempt(count_without_budget: bool) -> list[Any]:
+            return self._run(
+                self._scripts.commit,
+                pk,
+                lambda w: (
+                    pk.budget,
+                    *pk.usage_all(w),
+                    pk.state,
+                    pk.stream,
+                    pk.open,
+                    pk.reservation(hex_id),
+                    *marker,
+                ),
+                lambda: (
+                    port,
+                    hex_id,
+                    prov,
+                    mod,
+                    tin,
+                    tout,
+                    req or "",
+                    event_id,
+                    self.settings.idempotency_seconds,
+                    self.settings.settled_seconds,
+                    "1" if count_without_budget else "0",
+                ),
+                load_budget=not count_without_budget,
+            )
+
+        try:
+            reply = self._usage_reply(attempt)
+        except RedisUnavailable as exc:
+            feature, user = self._recent.pop(reservation_id) or ("unknown", None)
+            event = UsageEvent(
+                event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
+            )
+            return self._fallback(event, exc)
+        if reply[0] == _UNKNOWN:
+            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+        self._recent.pop(reservation_id)
+        return self._usage_result(pk, reply, tin + tout, event_id)
+
+    def record(
+        self,
+        *,
+        port_id: str,
+        feature: str,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        user_id: str | None = None,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        """Count usage that had no reservation, and ledger it. Idempotent by request_id.
+
+        Raises `InvalidInput` for bad arguments, never for a backend failure: when
+        Redis is down the event goes straight to Postgres; when both are down it is
+        logged at ERROR in full and the result says ``stored=False``.
+        """
+        pk = self._keys(v.port_id(port_id))
+        feat, user = v.feature(feature), v.user_id(user_id)
+        prov, mod = v.label("provider", provider), v.label("model", model)
+        tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
+        req = v.request_id(request_id)
+        event_id = str(uuid.uuid4())
+        marker = (pk.idempotency(req),) if req else ()
+
+        def attempt(count_without_budget: bool) -> list[Any]:
+            return self._run(
+                self._scripts.record,
+                pk,
+                lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.stream, *marker),
+                lambda: (
+                    pk.port,
+                    feat,
+                    prov,
+                    mod,
+                    tin,
+                    tout,
+                    user or "",
+                    req or "",
+                    event_id,
+                    self.settings.idempotency_seconds,
+                    "1" if count_without_budget else "0",
+                ),
+                load_budget=not count_without_budget,
+            )
+
+        try:
+            reply = self._usage_reply(attempt)
+        except RedisUnavailable as exc:
+            event = UsageEvent(
+                event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
+            )
+            return self._fallback(event, exc)
+        return self._usage_result(pk, reply, tin + tout, event_id)
+
+    # ------------------------------------------------------------------- status
+
+    def current_period_tokens(self, port_id: str, feature: str | None = None) -> int:
+        """Tokens used in the port's current budget period (O(1), from Redis)."""
+        feat = "" if feature is None else v.feature(feature)
+        reply = self._check(self._keys(v.port_id(port_id)), 0, feat)
+        return int(reply[9] if feat else reply[2])
+
+    def status(self, port_id: str) -> Status:
+        """Usage against the caps in the port's current period: what a banner needs."""
+        pk = self._keys(v.port_id(port_id))
+        reply = self._check(pk, 0, "")
+        _, _, used, reserved, enabled, soft, hard, period, now_ms, _ = reply
+        budget = Budget(
+            enabled=enabled == 1, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period
+        )
+        now = from_ms(now_ms)
+        return Status(
+            port_id=pk.port,
+            enabled=budget.enabled,
+            period=budget.period,
+            used_tokens=used,
+            reserved_tokens=max(reserved, 0),
+            soft_cap_tokens=soft,
+            hard_cap_tokens=hard,
+            period_start=period_start(budget.period, now),
+            resets_at=period_end(budget.period, now),
+            state=state_of(budget, used),
+        )
+
+    def alerts(self, port_id: str) -> list[SoftCapAlert]:
+        """The soft-cap alerts stored for the port, oldest first."""
+        return self.store.alerts(v.port_id(port_id))
+
+    # ---------------------------------------------------------------- internals
+
+    def _keys(self, port: str) -> PortKeys:
+        pk = self._port_keys.get(port)
+        if pk is None:
+            if len(self._port_keys) > 100_000:
+                self._port_keys.clear()  # a bound, not an LRU: rebuilding a PortKeys is cheap
+            pk = self._port_keys[port] = self.layout.for_port(port)
+        return pk
+
+    def _now_windows(self) -> Windows:
+        now_ms = time.time_ns() // 1_000_000 + self._skew_ms
+        w = self._windows
+        if not w.day_start_ms <= now_ms < w.day_end_ms:
+            w = self._windows = Windows.at(from_ms(now_ms))
+        return w
+
+    def _run(
+        self,
+        script: Any,
+        pk: PortKeys,
+        keys: Callable[[Windows], tuple[str, ...]],
+        args: Callable[[], tuple[Any, ...]],
+        *,
+        load_budget: bool = True,
+    ) -> list[Any]:
+        """Run a period-keyed script, loading the budget copy or fixing the clock as asked."""
+        for _ in range(_ATTEMPTS):
+            w = self._now_windows()
+            with redis_errors():
+                reply: list[Any] = script(
+                    keys(w),
+                    (
+                        w.day_start_ms,
+                        w.day_end_ms,
+                        w.week_start_ms,
+                        w.month_start_ms,
+                        w.day_expire_s,
+                        w.week_expire_s,
+                        w.month_expire_s,
+                        *args(),
+                    ),
+                )
+            code = reply[0]
+            if code == _CLOCK:
+                # Our clock disagrees with the server's about the day: adopt its time.
+                self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
+                self._windows = Windows.at(from_ms(int(reply[1])))
+            elif code == _NO_BUDGET and load_budget:
+                self._load_budget(pk)
+            else:
+                return reply
+        raise RedisUnavailable(f"script did not settle after {_ATTEMPTS} attempts")
+
+    def _check(self, pk: PortKeys, estimate: int, feature: str) -> list[Any]:
+        return self._run(
+            self._scripts.check,
+            pk,
+            lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open),
+            lambda: (estimate, feature),
+        )
+
+    def _usage_reply(self, attempt: Callable[[bool], list[Any]]) -> list[Any]:
+        """Run a usage script; if the budget cannot be loaded, count without it."""
+        try:
+            reply = attempt(False)
+        except DatabaseUnavailable:
+            reply = [_NO_BUDGET]
+        if reply[0] == _NO_BUDGET:
+            log.warning("budget copy missing and Postgres down: counting without a budget")
+            reply = attempt(True)
+        return reply
+
+    @staticmethod
+    def _decision(reply: list[Any], reservation_id: str | None = None) -> Decision:
+        ok, reason, used, reserved, enabled, soft, hard, period, _, _ = reply
+        on = enabled == 1
+        return Decision(
+            ok=ok == _OK,
+            reason=cast(Any, _text(reason) or None),
+            used_tokens=used,
+            remaining=hard - used if on else None,
+            cap_tokens=hard,
+            soft_cap=on and used > soft,
+            reserved_tokens=max(reserved, 0),
+            enabled=on,
+            period=cast(Period, _text(period)),
+            reservation_id=reservation_id,
+        )
+
+    def _usage_result(
+        self, pk: PortKeys, reply: list[Any], total: int, event_id: str
+    ) -> UsageResult:
+        code, used, alert, now_ms, lease_expired = reply[:5]
+        if alert == 1:
+            self._emit_soft_alert(
+                pk.port, used, int(reply[5]), cast(Period, reply[6]), from_ms(now_ms)
+            )
+        return UsageResult(
+            stored=True,
+            duplicate=code == _NOOP,
+            backend="redis",
+            total_tokens=total,
+            used_tokens=None if used < 0 else used,
+            soft_cap_alert=alert == 1,
+            lease_expired=lease_expired == 1,
+            event_id=event_id if code == _OK else None,
+        )
+
+    def _emit_soft_alert(
+        self, port: str, used: int, soft: int, period: Period, now: datetime
+    ) -> None:
+        alert = SoftCapAlert(port, period, period_start(period, now), used, soft)
+        log.warning(
+            "port %s is above its soft cap: %d of %d tokens this %s", port, used, soft, period
+        )
+        try:
+            self.store.save_alert(alert)
+        except BackendError:
+            log.exception("soft-cap alert for %s not stored", port)
+        if self.on_soft_cap is not None:
+            try:
+                self.on_soft_cap(alert)
+            except Exception:
+                # The caller's hook must not fail the usage report that triggered it.
+                log.exception("on_soft_cap callback failed for %s", port)
+
+    def _fallback(self, event: UsageEvent, cause: BaseException) -> UsageResult:
+        """Redis is down: write the event straight to the ledger, or log it in full."""
+        total = event.total_tokens
+        try:
+            fresh = self.store.insert_event(event, "direct", self._dedupe_window)
+        except DatabaseUnavailable as exc:
+            payload = {**dataclasses.asdict(event), "occurred_at": event.occurred_at.isoformat()}
+            log.error(
+                "usage event NOT STORED (Redis: %s; Postgres: %s): %s",
+                cause,
+                exc,
+                json.dumps(payload, sort_keys=True),
+            )
+            return UsageResult(stored=False, duplicate=False, backend="none", total_tokens=total)
+        log.warning(
+            "Redis unavailable (%s): usage event %s written to Postgres", cause, event.event_id
+        )
+        return UsageResult(
+            stored=True,
+            duplicate=not fresh,
+            backend="postgres",
+            total_tokens=total,
+            event_id=event.event_id if fresh else None,
+        )
+
+
+@dataclasses.dataclass
+class Reservation:
+    """A held reservation inside `Gate.reservation`; call `commit` once the call is done."""
+
+    gate: Gate
+    decision: Decision
+    result: UsageResult | None = None
+
+    @property
+    def reservation_id(self) -> str:
+        assert self.decision.reservation_id is not None  # set for every ok reserve
+        return self.decision.reservation_id
+
+    def commit(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str,
+        model: str,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        self.result = self.gate.commit(
+            self.reservation_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            provider=provider,
+            model=model,
+            request_id=request_id,
+        )
+        return self.result

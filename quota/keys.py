@@ -1,0 +1,86 @@
+"""The Redis key layout. Pure.
+
+Every key of a port, and the stream of its shard, carry the shard's hash tag
+``{q<s>}``, so each script touches a single Cluster slot. Keys end with the port id
+after segments of fixed shape, so the layout is injective: two different
+(port, kind) pairs can never name the same key, and a port id can never reach
+another port's keys (tests/unit/test_keys.py checks this with hypothesis).
+
+    <prefix>:{q<s>}:b:<port>                      budget copy (hash, TTL)
+    <prefix>:{q<s>}:s:<port>                      state: held tokens, last soft alert (hash)
+    <prefix>:{q<s>}:o:<port>                      open holds (zset "<hex>:<tokens>" → lease end)
+    <prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>  usage: t = total, f:<feature> (hash, EXPIREAT)
+    <prefix>:{q<s>}:r:<hex32>:<port>              one reservation (hash, TTL)
+    <prefix>:{q<s>}:i:<len(port)>:<port>:<request id>   idempotency marker (string, TTL)
+    <prefix>:{q<s>}:events                        the shard's usage stream
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from quota.periods import Period, Windows
+
+_PERIOD_LETTER: dict[Period, str] = {"day": "d", "week": "w", "month": "m"}
+
+
+def shard_of(port: str, shards: int) -> int:
+    """Stable across processes and versions (unlike ``hash()``)."""
+    return zlib.crc32(port.encode()) % shards
+
+
+@dataclass(frozen=True, slots=True)
+class PortKeys:
+    port: str
+    shard: int
+    tag: str  # "<prefix>:{q<s>}"
+
+    @property
+    def budget(self) -> str:
+        return f"{self.tag}:b:{self.port}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.tag}:s:{self.port}"
+
+    @property
+    def open(self) -> str:
+        return f"{self.tag}:o:{self.port}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:events"
+
+    def usage(self, period: Period, period_id: str) -> str:
+        return f"{self.tag}:u:{_PERIOD_LETTER[period]}:{period_id}:{self.port}"
+
+    def usage_all(self, w: Windows) -> tuple[str, str, str]:
+        return (
+            self.usage("day", w.day_id),
+            self.usage("week", w.week_id),
+            self.usage("month", w.month_id),
+        )
+
+    def reservation(self, hex_id: str) -> str:
+        return f"{self.tag}:r:{hex_id}:{self.port}"
+
+    def idempotency(self, request_id: str) -> str:
+        # The length prefix keeps (port "a:b", request "c") apart from (port "a", request "b:c").
+        return f"{self.tag}:i:{len(self.port)}:{self.port}:{request_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    prefix: str
+    shards: int
+
+    def shard_tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{q{shard}}}"
+
+    def for_port(self, port: str) -> PortKeys:
+        shard = shard_of(port, self.shards)
+        return PortKeys(port=port, shard=shard, tag=self.shard_tag(shard))
+
+    def stream(self, shard: int) -> str:
+        return f"{self.shard_tag(shard)}:events"

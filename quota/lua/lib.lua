@@ -1,0 +1,134 @@
+-- Shared helpers, prepended to every operation script when it is registered
+-- (quota/scripts.py), so each operation stays one EVALSHA. Only local functions;
+-- they touch the operation's KEYS and nothing else.
+--
+-- Conventions shared by check, reserve, commit and record:
+--   KEYS[1] = budget copy (hash)       KEYS[2..4] = usage day/week/month (hash)
+--   KEYS[5] = port state (hash: held, alert)
+--   ARGV[1] = day start ms  ARGV[2] = day end ms  ARGV[3] = week start ms
+--   ARGV[4] = month start ms  ARGV[5..7] = EXPIREAT seconds for day/week/month
+-- Reply codes (first element): 1 done/ok, 0 refused, 2 no-op (duplicate or settled),
+--   -1 budget copy missing (client loads it and retries), -2 server clock outside
+--   the client's day (second element: server ms; client retries), -3 unknown reservation.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The client named the period keys from its own clock; the server's clock decides.
+-- A day lies inside one week and one month, so checking the day is enough.
+local function clock_guard(now)
+  if now < tonumber(ARGV[1]) or now >= tonumber(ARGV[2]) then
+    return {-2, now}
+  end
+  return nil
+end
+
+local PERIOD_INDEX = {day = 1, week = 2, month = 3}
+
+local function read_budget()
+  local b = redis.call('HMGET', KEYS[1], 'enabled', 'soft', 'hard', 'period')
+  if not b[1] then
+    return nil
+  end
+  return {enabled = tonumber(b[1]), soft = tonumber(b[2]), hard = tonumber(b[3]),
+          period = b[4], idx = PERIOD_INDEX[b[4]]}
+end
+
+-- Tokens used in the budget's own period (all three are always counted).
+local function used_in(b, feature)
+  local field = 't'
+  if feature then
+    field = 'f:' .. feature
+  end
+  return tonumber(redis.call('HGET', KEYS[1 + b.idx], field) or '0')
+end
+
+-- Tokens held by open reservations. If the open-set key is gone (it expires after
+-- its last lease), nothing can be held, whatever the counter says.
+local function held(open_key)
+  local h = tonumber(redis.call('HGET', KEYS[5], 'held') or '0')
+  if h ~= 0 and redis.call('EXISTS', open_key) == 0 then
+    return 0, true
+  end
+  return h, false
+end
+
+-- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>").
+local function expired(open_key, now)
+  local gone = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 256)
+  local freed = 0
+  for i = 1, #gone do
+    local m = gone[i]
+    freed = freed + tonumber(string.sub(m, string.find(m, ':', 1, true) + 1))
+  end
+  return freed, gone
+end
+
+-- Return expired holds to the budget (bounded per call; the rest go next call).
+local function purge_expired(open_key, now)
+  local h, stale = held(open_key)
+  if stale then
+    redis.call('HDEL', KEYS[5], 'held')
+    return 0
+  end
+  if h == 0 then
+    return 0
+  end
+  local freed, gone = expired(open_key, now)
+  if #gone > 0 then
+    redis.call('ZREM', open_key, unpack(gone))
+    h = redis.call('HINCRBY', KEYS[5], 'held', -freed)
+  end
+  return h
+end
+
+local function decide(b, used, reserved, estimate)
+  if b.enabled == 0 then
+    return 1, ''
+  end
+  if used >= b.hard then
+    return 0, 'hard-cap-exceeded'
+  end
+  if estimate > b.hard - used - reserved then
+    return 0, 'estimated-exceeds-cap'
+  end
+  return 1, ''
+end
+
+local function decision_reply(ok, reason, used, reserved, b, now, extra)
+  return {ok, reason, used, reserved, b.enabled, b.soft, b.hard, b.period, now, extra or 0}
+end
+
+-- Count `total` in the day, week and month counters, overall and for `feature`.
+local function add_usage(feature, total)
+  local fk = 'f:' .. feature
+  for i = 1, 3 do
+    redis.call('HINCRBY', KEYS[1 + i], 't', total)
+    redis.call('HINCRBY', KEYS[1 + i], fk, total)
+    redis.call('EXPIREAT', KEYS[1 + i], ARGV[4 + i])
+  end
+end
+
+-- 1 the first time in the budget's current period that usage is above the soft cap.
+local function soft_alert(b, used)
+  if b == nil or b.enabled == 0 or used <= b.soft then
+    return 0
+  end
+  local starts = {ARGV[1], ARGV[3], ARGV[4]}
+  local marker = b.period .. ':' .. starts[b.idx]
+  if redis.call('HGET', KEYS[5], 'alert') == marker then
+    return 0
+  end
+  redis.call('HSET', KEYS[5], 'alert', marker)
+  return 1
+end
+
+-- Append the usage event to the shard's stream, in the same step as the counters.
+local function append_event(stream, event_id, port, user, feature, provider, model,
+                            input, output, request_id, now)
+  redis.call('XADD', stream, '*', 'id', event_id, 'port', port, 'user', user,
+             'feature', feature, 'provider', provider, 'model', model,
+             'in', input, 'out', output, 'req', request_id, 'at', now)
+end

@@ -1,0 +1,73 @@
+"""Postgres tables, as SQLAlchemy Core objects. The DDL lives in the Alembic migrations
+(quota/migrations); these objects are what the code queries with."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("port_id", Text, primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("soft_cap_tokens", BigInteger, nullable=False),
+    Column("hard_cap_tokens", BigInteger, nullable=False),
+    Column("period", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("updated_by", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+budget_history = Table(
+    "budget_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("port_id", Text, nullable=False),
+    Column("changed_by", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("before", JSONB),
+    Column("after", JSONB, nullable=False),
+)
+
+soft_cap_alerts = Table(
+    "soft_cap_alerts",
+    metadata,
+    Column("port_id", Text, primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("used_tokens", BigInteger, nullable=False),
+    Column("soft_cap_tokens", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Partitioned by month on occurred_at (see the migration); the primary key is
+# (event_id, occurred_at) because a partitioned table's unique keys must include
+# the partition key.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), primary_key=True),
+    Column("port_id", Text, nullable=False),
+    Column("user_id", Text),
+    Column("feature", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("request_id", Text),
+    Column("source", Text, nullable=False),
+)

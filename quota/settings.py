@@ -1,0 +1,54 @@
+"""Configuration, read from ``QUOTA_*`` environment variables by pydantic-settings."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+class Settings(BaseSettings):
+    """Everything a `Gate` and the workers need to know about their environment."""
+
+    model_config = SettingsConfigDict(env_prefix="QUOTA_", frozen=True, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/quota"
+    #: Number of shards (hash tags and streams). Fixed for the life of a deployment.
+    shards: int = Field(default=16, ge=1, le=16384)
+    #: Prefix of every Redis key; lets a demo or a test share a server without touching data.
+    key_prefix: str = "quota"
+    #: How long a reservation holds tokens before it expires by itself.
+    lease_seconds: float = Field(default=600.0, gt=0, le=7 * 86400)
+    #: How long a retried request_id is recognised (and counted once).
+    idempotency_seconds: int = Field(default=2 * 86400, ge=60)
+    #: How long a settled reservation is remembered, so a repeated commit/release is a no-op.
+    settled_seconds: int = Field(default=3600, ge=1)
+    #: How long the Redis copy of a budget lives before it is re-read from Postgres.
+    budget_cache_seconds: int = Field(default=300, ge=1)
+    #: Socket timeout for Redis calls, in seconds.
+    redis_timeout: float = Field(default=2.0, gt=0)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_charset(cls, value: str) -> str:
+        # A '{' or ':' in the prefix would change the hash tag or the key grammar.
+        if not _PREFIX_RE.fullmatch(value):
+            raise ValueError("key_prefix must be 1-32 chars of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str) -> str:
+        return sqlalchemy_url(value)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and select the psycopg 3 driver."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url

@@ -1,0 +1,141 @@
+"""reserve / commit / release: holds, leases, idempotency, NOSCRIPT recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from quota import BudgetExceeded, Gate, UnknownReservation
+
+
+@pytest.fixture
+def capped(gate: Gate) -> Gate:
+    gate.set_budget(
+        "p", enabled=True, soft_cap_tokens=800, hard_cap_tokens=1000, period="day", updated_by="u"
+    )
+    return gate
+
+
+def commit(gate: Gate, rid: str | None, tokens: int, request_id: str | None = None) -> object:
+    assert rid is not None
+    return gate.commit(
+        rid,
+        input_tokens=tokens,
+        output_tokens=0,
+        provider="openai",
+        model="gpt-4o",
+        request_id=request_id,
+    )
+
+
+def test_reservations_count_against_the_hard_cap(capped: Gate) -> None:
+    a = capped.reserve("p", 600, "ocr")
+    assert a.ok
+    assert a.reserved_tokens == 600
+    b = capped.reserve("p", 401, "ocr")
+    assert (b.ok, b.reason, b.reservation_id) == (False, "estimated-exceeds-cap", None)
+    # check() keeps the seed's rule: usage only, holds reported beside it.
+    c = capped.check("p", 401)
+    assert (c.ok, c.reserved_tokens) == (True, 600)
+    assert capped.reserve("p", 400, "ocr").ok
+
+
+def test_commit_counts_actual_tokens_in_full_and_returns_the_hold(capped: Gate) -> None:
+    d = capped.reserve("p", 100, "ocr", user_id="alice")
+    result = commit(capped, d.reservation_id, 250)  # more than estimated: counted in full
+    assert result.used_tokens == 250  # type: ignore[attr-defined]
+    s = capped.status("p")
+    assert (s.used_tokens, s.reserved_tokens) == (250, 0)
+    assert capped.current_period_tokens("p", "ocr") == 250
+
+
+def test_commit_and_release_twice_are_no_ops(capped: Gate) -> None:
+    d = capped.reserve("p", 100, "ocr")
+    first = commit(capped, d.reservation_id, 60)
+    again = commit(capped, d.reservation_id, 60)
+    assert (first.duplicate, again.duplicate) == (False, True)  # type: ignore[attr-defined]
+    assert capped.release(d.reservation_id or "") is False
+    assert capped.current_period_tokens("p") == 60
+
+    e = capped.reserve("p", 100, "ocr")
+    assert capped.release(e.reservation_id or "") is True
+    assert capped.release(e.reservation_id or "") is False
+    assert commit(capped, e.reservation_id, 10).duplicate  # type: ignore[attr-defined]
+    assert capped.status("p").reserved_tokens == 0
+    assert capped.current_period_tokens("p") == 60
+
+
+@pytest.mark.parametrize(
+    "rid",
+    ["", "nope", "0" * 32 + ".p", "z" * 32 + ".p", "0" * 32 + "-p", "0" * 32 + ".bad port", 5],
+)
+def test_unknown_reservations_raise(capped: Gate, rid: object) -> None:
+    with pytest.raises(UnknownReservation):
+        capped.release(rid)  # type: ignore[arg-type]
+    with pytest.raises(UnknownReservation):
+        commit(capped, rid, 1)  # type: ignore[arg-type]
+    assert capped.current_period_tokens("p") == 0
+
+
+def test_a_reservation_id_cannot_reach_another_port(capped: Gate) -> None:
+    d = capped.reserve("p", 100, "ocr")
+    assert d.reservation_id is not None
+    forged = d.reservation_id.split(".")[0] + ".q"
+    with pytest.raises(UnknownReservation):
+        capped.release(forged)
+    assert capped.status("p").reserved_tokens == 100
+
+
+def test_lease_expiry_returns_the_held_tokens(settings: object, capped: Gate) -> None:
+    with Gate(capped.settings.model_copy(update={"lease_seconds": 0.2})) as short:
+        d = short.reserve("p", 1000, "ocr")
+        assert d.ok
+        assert not short.reserve("p", 1, "ocr").ok
+        time.sleep(0.3)
+        assert short.check("p", 0).reserved_tokens == 0  # read-only view already excludes it
+        again = short.reserve("p", 1000, "ocr")
+        assert again.ok
+        assert again.reserved_tokens == 1000
+        # Committing the expired one still counts the usage (the call happened) and
+        # does not return its hold a second time.
+        late = commit(short, d.reservation_id, 5)
+        assert late.lease_expired  # type: ignore[attr-defined]
+        assert short.status("p").reserved_tokens == 1000
+        assert short.current_period_tokens("p") == 5
+
+
+def test_context_manager_commits_or_releases(capped: Gate) -> None:
+    with capped.reservation("p", 300, "chat") as r:
+        r.commit(input_tokens=100, output_tokens=50, provider="openai", model="gpt-4o")
+    assert capped.current_period_tokens("p") == 150
+    held: list[int] = []
+
+    def failing_call() -> None:
+        with capped.reservation("p", 300, "chat"):
+            held.append(capped.status("p").reserved_tokens)
+            raise RuntimeError("the LLM call failed")
+
+    with pytest.raises(RuntimeError):
+        failing_call()
+    assert held == [300]
+    assert capped.status("p").reserved_tokens == 0
+    with pytest.raises(BudgetExceeded) as refused:
+        capped.reservation("p", 10**6, "chat").__enter__()
+    assert refused.value.decision.reason == "estimated-exceeds-cap"  # type: ignore[attr-defined]
+
+
+def test_script_flush_mid_run_surfaces_no_error(capped: Gate, r: redis.Redis) -> None:
+    for i in range(20):
+        if i % 5 == 0:
+            r.script_flush()
+        d = capped.reserve("p", 10, "ocr")
+        assert d.ok
+        commit(capped, d.reservation_id, 10)
+        capped.record(
+            port_id="p", feature="ocr", provider="x", model="y", input_tokens=1, output_tokens=0
+        )
+        capped.check("p", 1)
+        capped.release(capped.reserve("p", 1, "ocr").reservation_id or "")
+    assert capped.current_period_tokens("p") == 20 * 11
