@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import sys
 import random
+import sys
 import threading
 import time
 from collections import Counter
