@@ -11,7 +11,16 @@ from quota._exceptions import (
     UnknownReservation,
 )
 from quota.gate import Gate, Reservation
-from quota.models import Budget, Decision, SoftCapAlert, Status, UsageEvent, UsageResult
+from quota.models import (
+    Budget,
+    DailyUsage,
+    Decision,
+    FeatureUsage,
+    SoftCapAlert,
+    Status,
+    UsageEvent,
+    UsageResult,
+)
 from quota.periods import period_end, period_start
 from quota.settings import Settings
 
@@ -19,8 +28,10 @@ __all__ = [
     "BackendError",
     "Budget",
     "BudgetExceeded",
+    "DailyUsage",
     "DatabaseUnavailable",
     "Decision",
+    "FeatureUsage",
     "Gate",
     "InvalidBudget",
     "InvalidInput",

@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from quota.gate import Gate
 from quota.models import Budget
+from quota.schema import TABLES
 from quota.settings import Settings
 
 THREADS = 4
@@ -133,7 +134,7 @@ def _reset(gate: Gate, ports: list[DemoPort]) -> None:
     for i in range(0, len(keys), 1000):
         gate.redis.delete(*keys[i : i + 1000])
     with gate.store.engine.begin() as conn:
-        conn.execute(text("TRUNCATE budgets, budget_history, soft_cap_alerts, ledger"))
+        conn.execute(text("TRUNCATE " + ", ".join(TABLES)))
     for p in ports:
         gate.set_budget(p.port_id, updated_by="demo", **p.budget.model_dump())
 

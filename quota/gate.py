@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import redis
@@ -29,6 +29,7 @@ from quota._exceptions import (
     BackendError,
     BudgetExceeded,
     DatabaseUnavailable,
+    InvalidInput,
     QuotaError,
     RedisUnavailable,
     UnknownReservation,
@@ -38,7 +39,9 @@ from quota.keys import KeyLayout, PortKeys
 from quota.models import (
     Budget,
     BudgetChange,
+    DailyUsage,
     Decision,
+    FeatureUsage,
     SoftCapAlert,
     Status,
     UsageEvent,
@@ -184,8 +187,12 @@ class Gate:
         try:
             self._cache_budget(self._keys(port), budget, version)
         except RedisUnavailable:
-            # Postgres has the truth; the stale copy expires within budget_cache_seconds.
-            log.warning("budget of %s saved, but its Redis copy was not refreshed", port)
+            # Postgres has the truth; reconciliation refreshes every budget copy from it.
+            log.warning(
+                "budget of %s saved in Postgres; its Redis copy is stale until the "
+                "next reconcile or set_budget",
+                port,
+            )
         return budget
 
     def budget_history(self, port_id: str) -> list[BudgetChange]:
@@ -198,7 +205,6 @@ class Gate:
             budget.soft_cap_tokens,
             budget.hard_cap_tokens,
             budget.period,
-            self.settings.budget_cache_seconds,
         )
         with redis_errors():
             self._scripts.budget_put([pk.budget], args)
@@ -432,6 +438,22 @@ class Gate:
             resets_at=period_end(budget.period, now),
             state=state_of(budget, used),
         )
+
+    def breakdown(self, port_id: str) -> list[FeatureUsage]:
+        """Per-feature tokens and calls in the port's current period, from Postgres.
+
+        Durable (the ledger), so it lags the gate by the drain's few seconds.
+        """
+        port = v.port_id(port_id)
+        budget = self.get_budget(port)
+        since = period_start(budget.period, datetime.now(UTC)).date()
+        return self.store.breakdown(port, since)
+
+    def daily_usage(self, port_id: str, start: date, end: date) -> list[DailyUsage]:
+        """Per-day, per-feature tokens and calls for ``start`` ≤ day ≤ ``end`` (UTC days)."""
+        if not isinstance(start, date) or not isinstance(end, date) or start > end:
+            raise InvalidInput(f"need two dates with start <= end, got {start!r} and {end!r}")
+        return self.store.daily(v.port_id(port_id), start, end)
 
     def alerts(self, port_id: str) -> list[SoftCapAlert]:
         """The soft-cap alerts stored for the port, oldest first."""

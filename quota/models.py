@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -180,3 +180,22 @@ class BudgetChange:
     changed_at: datetime
     before: Budget | None
     after: Budget
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureUsage:
+    """Tokens and calls of one feature over a period (from the Postgres ledger)."""
+
+    feature: str
+    tokens: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """Tokens and calls of one feature on one UTC day (from the Postgres ledger)."""
+
+    day: date
+    feature: str
+    tokens: int
+    calls: int

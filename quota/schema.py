@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     MetaData,
     Table,
@@ -70,4 +71,23 @@ ledger = Table(
     Column("total_tokens", BigInteger, nullable=False),
     Column("request_id", Text),
     Column("source", Text, nullable=False),
+    Column("stream_ms", BigInteger),
+    Column("stream_seq", BigInteger),
 )
+
+ledger_daily = Table(
+    "ledger_daily",
+    metadata,
+    Column("port_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("feature", Text, primary_key=True),
+    Column("provider", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("calls", BigInteger, nullable=False),
+)
+
+#: Every table quota owns (for the demo's reset and the tests' clean slate).
+TABLES = ("budgets", "budget_history", "soft_cap_alerts", "ledger", "ledger_daily")

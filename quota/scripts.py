@@ -15,7 +15,19 @@ from importlib.resources import files
 import redis
 from redis.commands.core import Script
 
-OPERATIONS = ("check", "reserve", "commit", "release", "record", "budget_put")
+OPERATIONS = (
+    "check",
+    "reserve",
+    "commit",
+    "release",
+    "record",
+    "budget_put",
+    "trim",
+    "snapshot",
+    "adjust",
+)
+# Scripts that need none of the shared helpers are sent as they are.
+_STANDALONE = frozenset({"budget_put", "release", "trim", "adjust"})
 
 
 @cache
@@ -23,8 +35,8 @@ def source(operation: str) -> str:
     """The full text sent to Redis for ``operation``."""
     lua = files("quota") / "lua"
     body = (lua / f"{operation}.lua").read_text()
-    if operation == "budget_put" or operation == "release":
-        return body  # these use none of the shared helpers
+    if operation in _STANDALONE:
+        return body
     return (lua / "lib.lua").read_text() + "\n" + body
 
 
@@ -36,6 +48,9 @@ class Scripts:
     release: Script
     record: Script
     budget_put: Script
+    trim: Script
+    snapshot: Script
+    adjust: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

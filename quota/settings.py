@@ -27,8 +27,12 @@ class Settings(BaseSettings):
     idempotency_seconds: int = Field(default=2 * 86400, ge=60)
     #: How long a settled reservation is remembered, so a repeated commit/release is a no-op.
     settled_seconds: int = Field(default=3600, ge=1)
-    #: How long the Redis copy of a budget lives before it is re-read from Postgres.
-    budget_cache_seconds: int = Field(default=300, ge=1)
+    #: Stream entries read per drain batch.
+    drain_batch: int = Field(default=5000, ge=1, le=100_000)
+    #: A pending entry idle this long is taken over from its (presumed crashed) consumer.
+    drain_claim_idle_ms: int = Field(default=30_000, ge=0)
+    #: When the nightly reconciliation runs, "HH:MM" in UTC.
+    reconcile_at: str = Field(default="03:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     #: Socket timeout for Redis calls, in seconds.
     redis_timeout: float = Field(default=2.0, gt=0)
 

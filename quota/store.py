@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+import psycopg
+from sqlalchemy import Engine, create_engine, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from quota._backend import database_errors
-from quota.models import Budget, BudgetChange, SoftCapAlert, UsageEvent
-from quota.schema import budget_history, budgets, ledger, soft_cap_alerts
+from quota.ledger import StagedEvent, write_events
+from quota.models import (
+    Budget,
+    BudgetChange,
+    DailyUsage,
+    FeatureUsage,
+    SoftCapAlert,
+    UsageEvent,
+)
+from quota.periods import to_ms
+from quota.schema import budget_history, budgets, ledger, ledger_daily, soft_cap_alerts
 from quota.settings import sqlalchemy_url
 
 _BUDGET_COLUMNS = ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period")
@@ -139,12 +148,9 @@ class Store:
         """Write one event straight into the ledger (the path used when Redis is down).
 
         Returns False, writing nothing, when the request id was already recorded
-        within ``dedupe_window``. Creates the month's partition if it is missing.
+        within ``dedupe_window``. Rollups are updated as for drained events.
         """
         with database_errors(), self.engine.begin() as conn:
-            conn.execute(
-                text("SELECT quota_ensure_ledger_partition(:ts)"), {"ts": event.occurred_at}
-            )
             if event.request_id is not None:
                 # Serialise writers of one request id so the existence check holds.
                 conn.execute(
@@ -165,20 +171,46 @@ class Store:
                 ).first()
                 if seen is not None:
                     return False
-            conn.execute(
-                insert(ledger).values(
-                    event_id=uuid.UUID(event.event_id),
-                    occurred_at=event.occurred_at,
-                    port_id=event.port_id,
-                    user_id=event.user_id,
-                    feature=event.feature,
-                    provider=event.provider,
-                    model=event.model,
-                    input_tokens=event.input_tokens,
-                    output_tokens=event.output_tokens,
-                    total_tokens=event.total_tokens,
-                    request_id=event.request_id,
-                    source=source,
-                )
+            staged = StagedEvent(
+                event.event_id,
+                to_ms(event.occurred_at),
+                event.port_id,
+                event.user_id,
+                event.feature,
+                event.provider,
+                event.model,
+                event.input_tokens,
+                event.output_tokens,
+                event.request_id,
+                source,
+                None,
+                None,
             )
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            write_events(driver, [staged])
         return True
+
+    def breakdown(self, port: str, since: date) -> list[FeatureUsage]:
+        """Tokens and calls per feature from ``since`` on, largest first (daily rollups)."""
+        d = ledger_daily.c
+        query = (
+            select(d.feature, func.sum(d.total_tokens), func.sum(d.calls))
+            .where(d.port_id == port, d.day >= since)
+            .group_by(d.feature)
+            .order_by(func.sum(d.total_tokens).desc(), d.feature)
+        )
+        with database_errors(), self.engine.connect() as conn:
+            return [FeatureUsage(f, int(t), int(c)) for f, t, c in conn.execute(query)]
+
+    def daily(self, port: str, start: date, end: date) -> list[DailyUsage]:
+        """Tokens and calls per UTC day and feature, ``start`` ≤ day ≤ ``end``."""
+        d = ledger_daily.c
+        query = (
+            select(d.day, d.feature, func.sum(d.total_tokens), func.sum(d.calls))
+            .where(d.port_id == port, d.day.between(start, end))
+            .group_by(d.day, d.feature)
+            .order_by(d.day, d.feature)
+        )
+        with database_errors(), self.engine.connect() as conn:
+            return [DailyUsage(day, f, int(t), int(c)) for day, f, t, c in conn.execute(query)]

@@ -12,6 +12,7 @@ import redis
 from sqlalchemy import Engine, make_url, text
 
 from quota import Gate, Settings
+from quota.schema import TABLES
 from quota.store import make_engine
 
 
@@ -45,7 +46,7 @@ def engine(base_settings: Settings) -> Iterator[Engine]:
 def pg(engine: Engine) -> Engine:
     """The test database, emptied."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE budgets, budget_history, soft_cap_alerts, ledger"))
+        conn.execute(text("TRUNCATE " + ", ".join(TABLES)))
     return engine
 
 
@@ -87,6 +88,5 @@ def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]
 
 
 def pg_counts(engine: Engine) -> dict[str, int]:
-    tables = ("budgets", "budget_history", "soft_cap_alerts", "ledger")
     with engine.connect() as conn:
-        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}

@@ -2,7 +2,9 @@
 -- already (a slow cache fill must not overwrite a fresher set_budget).
 -- KEYS[1] = budget copy (hash)
 -- ARGV[1] = version  ARGV[2] = enabled (0/1)  ARGV[3] = soft cap  ARGV[4] = hard cap
--- ARGV[5] = period  ARGV[6] = ttl seconds
+-- ARGV[5] = period
+-- The copy has no TTL: set_budget overwrites it, and reconciliation refreshes it, so the
+-- gate keeps deciding from it while Postgres is down.
 -- returns 1 stored, 0 skipped (a newer version is cached)
 local cur = redis.call('HGET', KEYS[1], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then
@@ -10,5 +12,4 @@ if cur and tonumber(cur) > tonumber(ARGV[1]) then
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'enabled', ARGV[2], 'soft', ARGV[3],
            'hard', ARGV[4], 'period', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
 return 1

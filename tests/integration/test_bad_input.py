@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from quota import Gate, InvalidInput, QuotaError, UnknownReservation
+from quota.validation import MAX_CAP_TOKENS
 from tests.conftest import pg_counts, snapshot
 
 bad_ids = st.one_of(
@@ -35,6 +36,15 @@ bad_tokens = st.one_of(
     st.just(math.inf),
     st.text(max_size=5),
     st.none(),
+    st.decimals(allow_nan=True),
+)
+# Caps may be far larger than one call's tokens; only beyond MAX_CAP_TOKENS are they bad.
+bad_caps = st.one_of(
+    st.integers(max_value=-1),
+    st.integers(min_value=MAX_CAP_TOKENS + 1),
+    st.booleans(),
+    st.floats(),
+    st.text(max_size=5),
     st.decimals(allow_nan=True),
 )
 good: dict[str, Any] = {
@@ -83,7 +93,7 @@ calls = st.one_of(
     st.tuples(
         st.just("set_budget"),
         st.sampled_from(["soft_cap_tokens", "hard_cap_tokens"]),
-        bad_tokens.filter(lambda x: x is not None),
+        bad_caps,
     ),
     st.tuples(
         st.just("set_budget"),

@@ -1,0 +1,111 @@
+"""The Postgres ledger's write path: COPY → staging → insert + rollup, in one statement.
+
+Every write goes through `write_events`, whether it comes from the stream drain or
+from the gate's direct path while Redis is down, so rollups are always updated from
+the rows actually inserted, in the same statement: a redelivered event adds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import psycopg
+
+from quota.periods import from_ms
+
+
+class StagedEvent(NamedTuple):
+    """One event as it is COPYed into the staging table."""
+
+    event_id: str
+    at_ms: int
+    port_id: str
+    user_id: str | None
+    feature: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    request_id: str | None
+    source: str  # 'stream' or 'direct'
+    stream_ms: int | None
+    stream_seq: int | None
+
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS ledger_staging (
+    event_id text, at_ms bigint, port_id text, user_id text, feature text, provider text,
+    model text, input_tokens bigint, output_tokens bigint, request_id text, source text,
+    stream_ms bigint, stream_seq bigint
+) ON COMMIT DELETE ROWS
+"""
+
+_COPY = "COPY ledger_staging FROM STDIN"
+
+# One statement: insert what is new, roll up exactly those rows, report how many.
+# The rollup rows are upserted in key order so concurrent writers lock them in the
+# same order and cannot deadlock.
+_INSERT = """
+WITH inserted AS (
+    INSERT INTO ledger (event_id, occurred_at, port_id, user_id, feature, provider, model,
+                        input_tokens, output_tokens, total_tokens, request_id, source,
+                        stream_ms, stream_seq)
+    SELECT event_id::uuid, to_timestamp(at_ms / 1000.0), port_id, user_id, feature,
+           provider, model, input_tokens, output_tokens, input_tokens + output_tokens,
+           request_id, source, stream_ms, stream_seq
+    FROM ledger_staging
+    ON CONFLICT DO NOTHING
+    RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
+              total_tokens
+), rolled AS (
+    INSERT INTO ledger_daily AS d (port_id, day, feature, provider, model, input_tokens,
+                                   output_tokens, total_tokens, calls)
+    SELECT port_id, (occurred_at AT TIME ZONE 'UTC')::date, feature, provider, model,
+           sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (port_id, day, feature, provider, model) DO UPDATE SET
+        input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+        total_tokens = d.total_tokens + EXCLUDED.total_tokens,
+        calls = d.calls + EXCLUDED.calls
+)
+SELECT count(*) FROM inserted
+"""
+
+_known_partitions: set[tuple[int, int]] = set()
+_partitions_lock = threading.Lock()
+
+
+def ensure_partitions(conn: psycopg.Connection[Any], at_ms: Iterable[int]) -> None:
+    """Create the month partitions these instants fall in, once per process."""
+    months = {(d.year, d.month) for d in map(from_ms, at_ms)}
+    with _partitions_lock:
+        missing = months - _known_partitions
+    for year, month in sorted(missing):
+        conn.execute(
+            "SELECT quota_ensure_ledger_partition(%s)", (datetime(year, month, 1, tzinfo=UTC),)
+        )
+        with _partitions_lock:
+            _known_partitions.add((year, month))
+
+
+def write_events(conn: psycopg.Connection[Any], events: Sequence[StagedEvent]) -> int:
+    """Insert ``events`` that are not in the ledger yet and roll them up, in the caller's
+    transaction. Returns how many were new."""
+    if not events:
+        return 0
+    ensure_partitions(conn, {e.at_ms for e in events})
+    with conn.cursor() as cur:
+        cur.execute(_STAGING)
+        with cur.copy(_COPY) as copy:
+            for event in events:
+                copy.write_row(event)
+        cur.execute(_INSERT)
+        row = cur.fetchone()
+        cur.execute("TRUNCATE ledger_staging")  # the caller may write again before COMMIT
+    return int(row[0]) if row else 0

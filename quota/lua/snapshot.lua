@@ -1,0 +1,25 @@
+-- snapshot: some ports' usage counters and the stream position they reflect, read in
+-- one atomic step: every event up to that position is counted in them, none after.
+-- KEYS[1] = shard stream  KEYS[2..n] = usage hashes
+-- ARGV[1] = day start ms  ARGV[2] = day end ms (the client's day; see lib.lua)
+-- returns {1, now_ms, last stream id ('' if the stream is missing), {field, value, ...}
+--   for each usage key}, or {-2, now_ms} if the server is in another day
+local now = now_ms()
+local bad = clock_guard(now)
+if bad then
+  return bad
+end
+local last = ''
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last = info[i + 1]
+    end
+  end
+end
+local out = {1, now, last}
+for i = 2, #KEYS do
+  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+end
+return out

@@ -1,0 +1,298 @@
+"""Reconciliation: make the Redis counters equal the Postgres ledger, under live traffic.
+
+For each chunk of ports of a shard, one script reads their counters together with the
+stream position S they reflect (counting and appending are one atomic step, so the
+counters hold exactly the events up to S). The drain is brought up to S, the ledger
+is summed for events up to S (plus events written directly while Redis was down), and
+the difference is added to the counters with HINCRBY: events counted after the
+snapshot stay counted. If Redis lost everything, this rebuilds the counters, and
+every budget copy is refreshed from Postgres as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, TypeVar
+
+import redis
+from sqlalchemy import Engine, text
+
+from quota._backend import database_errors, redis_errors
+from quota._exceptions import BackendError
+from quota.drain import GROUP, Drainer, stream_id
+from quota.keys import KeyLayout, shard_of
+from quota.periods import Period, Windows, from_ms
+from quota.scripts import Scripts
+from quota.settings import Settings
+
+log = logging.getLogger("quota.reconcile")
+T = TypeVar("T")
+
+CHUNK = 400  # ports per snapshot script (3 keys each)
+_PERIODS: tuple[Period, ...] = ("day", "week", "month")
+# (port, period) -> {field: tokens}, field "t" or "f:<feature>"
+Counters = dict[tuple[str, Period], dict[str, int]]
+
+
+@dataclass
+class ReconcileReport:
+    ports_checked: int = 0
+    ports_drifted: int = 0
+    tokens_corrected: int = 0  # sum of |delta| over period totals
+    budgets_refreshed: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    drift: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # port -> "period:field" -> delta
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ports_checked": self.ports_checked,
+            "ports_drifted": self.ports_drifted,
+            "tokens_corrected": self.tokens_corrected,
+            "budgets_refreshed": self.budgets_refreshed,
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
+            "drift": self.drift,
+        }
+
+
+def fold_days(rows: Iterable[tuple[str, str, date, int]], w: Windows) -> Counters:
+    """Ledger sums per (port, feature, day) → counters per (port, period). Pure."""
+    day0 = from_ms(w.day_start_ms).date()
+    week0 = from_ms(w.week_start_ms).date()
+    month0 = from_ms(w.month_start_ms).date()
+    out: Counters = defaultdict(lambda: defaultdict(int))
+    for port, feature, day, tokens in rows:
+        for period, start in (("day", day0), ("week", week0), ("month", month0)):
+            if start <= day <= day0:
+                counters = out[(port, period)]  # type: ignore[index]
+                counters["t"] += tokens
+                counters["f:" + feature] += tokens
+    return out
+
+
+def deltas(redis_side: Counters, pg_side: Counters) -> Counters:
+    """What to add to each Redis counter so it equals Postgres. Pure."""
+    out: Counters = {}
+    for key in set(redis_side) | set(pg_side):
+        have, want = redis_side.get(key, {}), pg_side.get(key, {})
+        diff = {f: want.get(f, 0) - have.get(f, 0) for f in set(have) | set(want)}
+        diff = {f: d for f, d in diff.items() if d}
+        if diff:
+            out[key] = diff
+    return out
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        engine: Engine,
+        drainer: Drainer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.engine = engine
+        self.layout = KeyLayout(settings.key_prefix, settings.shards)
+        self.drainer = drainer or Drainer(settings, client, engine)
+        self._scripts = Scripts.register(client)
+
+    def run(
+        self,
+        *,
+        ports: Sequence[str] | None = None,
+        dry_run: bool = False,
+        catch_up_timeout: float = 60.0,
+    ) -> ReconcileReport:
+        started = time.monotonic()
+        report = ReconcileReport(dry_run=dry_run)
+        w = self._server_windows()
+        by_shard: dict[int, set[str]] = defaultdict(set)
+        for port in ports if ports is not None else self.active_ports(w):
+            by_shard[shard_of(port, self.settings.shards)].add(port)
+        for shard, shard_ports in sorted(by_shard.items()):
+            for chunk in _chunks(sorted(shard_ports), CHUNK):
+                self._reconcile_chunk(shard, chunk, w, report, dry_run, catch_up_timeout)
+        if not dry_run and ports is None:
+            report.budgets_refreshed = self.refresh_budgets()
+        report.seconds = time.monotonic() - started
+        log.info(
+            "reconciled %d ports: %d drifted, %d tokens corrected in %.2f s",
+            report.ports_checked,
+            report.ports_drifted,
+            report.tokens_corrected,
+            report.seconds,
+        )
+        return report
+
+    def _server_windows(self) -> Windows:
+        with redis_errors():
+            sec, usec = self.redis.time()
+        return Windows.at(from_ms(sec * 1000 + usec // 1000))
+
+    def active_ports(self, w: Windows) -> set[str]:
+        """Ports with a counter in a current period (Redis) or ledger rows in one (Postgres)."""
+        current = {f"u:d:{w.day_id}:", f"u:w:{w.week_id}:", f"u:m:{w.month_id}:"}
+        ports: set[str] = set()
+        with redis_errors():
+            for shard in range(self.settings.shards):
+                tag = self.layout.shard_tag(shard)
+                for key in self.redis.scan_iter(match=f"{tag}:u:*", count=1000):
+                    rest = str(key)[len(tag) + 1 :]  # "u:<p>:<id>:<port>"
+                    kind, letter, pid, port = rest.split(":", 3)
+                    if f"{kind}:{letter}:{pid}:" in current:
+                        ports.add(port)
+        since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
+        with database_errors(), self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT DISTINCT port_id FROM ledger_daily WHERE day >= :d"), {"d": since}
+            )
+            ports.update(r[0] for r in rows)
+        return ports
+
+    def _reconcile_chunk(
+        self,
+        shard: int,
+        ports: Sequence[str],
+        w: Windows,
+        report: ReconcileReport,
+        dry_run: bool,
+        timeout: float,
+    ) -> None:
+        position, w, redis_side = self._snapshot(shard, ports, w)
+        self._catch_up(shard, position, timeout)
+        pg_side = self._ledger_sums(ports, w, position)
+        fixes = deltas(redis_side, pg_side)
+        report.ports_checked += len(ports)
+        corrected: dict[str, int] = defaultdict(int)
+        for (port, period), diff in sorted(fixes.items()):
+            corrected[port] = max(corrected[port], abs(diff.get("t", 0)))
+            report.drift.setdefault(port, {}).update(
+                {f"{period}:{f}": d for f, d in sorted(diff.items())}
+            )
+        report.ports_drifted += len(corrected)
+        # A port's correction is its largest period-total change (an event is in all three).
+        report.tokens_corrected += sum(corrected.values())
+        if fixes and not dry_run:
+            self._apply(shard, fixes, w)
+
+    def _snapshot(
+        self, shard: int, ports: Sequence[str], w: Windows
+    ) -> tuple[tuple[int, int], Windows, Counters]:
+        for _ in range(3):
+            keys = [self.layout.stream(shard)]
+            for port in ports:
+                keys.extend(self.layout.for_port(port).usage_all(w))
+            with redis_errors():
+                reply = self._scripts.snapshot(keys, [w.day_start_ms, w.day_end_ms])
+            if reply[0] == -2:  # the day turned: use the server's
+                w = Windows.at(from_ms(int(reply[1])))
+                continue
+            now_ms, last = int(reply[1]), str(reply[2])
+            # With no stream, nothing since it vanished is counted; any later event gets
+            # an id at or above the server's clock.
+            position = stream_id(last) if last else (now_ms - 1, 2**62)
+            counters: Counters = {}
+            hashes = iter(reply[3:])
+            for port in ports:
+                for period in _PERIODS:
+                    flat = next(hashes)
+                    values = {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+                    if values:
+                        counters[(port, period)] = values
+            return position, w, counters
+        raise BackendError("the server's day kept changing during the snapshot")
+
+    def _catch_up(self, shard: int, position: tuple[int, int], timeout: float) -> None:
+        """Drain until every entry up to ``position`` is in Postgres and acknowledged."""
+        deadline = time.monotonic() + timeout
+        while not self._caught_up(self.layout.stream(shard), position):
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"shard {shard}: the drain did not reach the snapshot "
+                    f"position within {timeout:.0f} s"
+                )
+            # Entries another consumer holds are taken over after a second: a redelivered
+            # event is dropped by the ledger's unique key, so this is always safe.
+            stats = self.drainer.drain_shard(shard, max_seconds=0.5, claim_idle_ms=1000)
+            if stats.read + stats.claimed == 0:
+                time.sleep(0.05)  # another consumer's entries are not claimable yet
+
+    def _caught_up(self, key: str, position: tuple[int, int]) -> bool:
+        with redis_errors():
+            if not self.redis.xlen(key):
+                return True  # nothing waits (or the stream was lost with its counters)
+            groups: list[dict[str, Any]] = self.redis.xinfo_groups(key)
+            group = next((g for g in groups if g["name"] == GROUP), None)
+            if group is None or stream_id(str(group["last-delivered-id"])) < position:
+                return False
+            pending = self.redis.xpending(key, GROUP)
+        return not pending["pending"] or stream_id(str(pending["min"])) > position
+
+    def _ledger_sums(self, ports: Sequence[str], w: Windows, position: tuple[int, int]) -> Counters:
+        since = from_ms(min(w.week_start_ms, w.month_start_ms))
+        until = from_ms(w.day_end_ms)
+        query = text(
+            """SELECT port_id, feature, (occurred_at AT TIME ZONE 'UTC')::date, sum(total_tokens)
+               FROM ledger
+               WHERE port_id = ANY(:ports) AND occurred_at >= :since AND occurred_at < :until
+                 AND (stream_ms IS NULL OR (stream_ms, stream_seq) <= (:ms, :seq))
+               GROUP BY 1, 2, 3"""
+        )
+        params = {
+            "ports": list(ports),
+            "since": since,
+            "until": until,
+            "ms": position[0],
+            "seq": position[1],
+        }
+        with database_errors(), self.engine.connect() as conn:
+            rows = [(r[0], r[1], r[2], int(r[3])) for r in conn.execute(query, params)]
+        return fold_days(rows, w)
+
+    def _apply(self, shard: int, fixes: Counters, w: Windows) -> None:
+        expiry = {"day": w.day_expire_s, "week": w.week_expire_s, "month": w.month_expire_s}
+        keys: list[str] = []
+        args: list[Any] = []
+        for (port, period), diff in sorted(fixes.items()):
+            pk = self.layout.for_port(port)
+            keys.append(
+                pk.usage(period, {"day": w.day_id, "week": w.week_id, "month": w.month_id}[period])
+            )
+            args += [expiry[period], len(diff)]
+            for f, d in sorted(diff.items()):
+                args += [f, d]
+        with redis_errors():
+            self._scripts.adjust(keys, args)
+
+    def refresh_budgets(self) -> int:
+        """Write every stored budget's Redis copy (version-guarded), in pipelined batches."""
+        query = text(
+            "SELECT port_id, enabled, soft_cap_tokens, hard_cap_tokens, period, version "
+            "FROM budgets"
+        )
+        with database_errors(), self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for batch in _chunks(rows, 1000):
+            with redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+                for port, enabled, soft, hard, period, version in batch:
+                    self._scripts.budget_put(
+                        [self.layout.for_port(port).budget],
+                        [version, int(enabled), soft, hard, period],
+                        client=pipe,
+                    )
+                pipe.execute()
+        return len(rows)

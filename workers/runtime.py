@@ -1,0 +1,59 @@
+"""Per-process connections for jobs, opened on first use (safe after a fork)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import Engine
+
+from quota.drain import Drainer
+from quota.reconcile import Reconciler
+from quota.settings import Settings
+from quota.store import make_engine
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    engine: Engine
+    drainer: Drainer
+    reconciler: Reconciler
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5
+        )
+        engine = make_engine(settings.database_url)
+        drainer = Drainer(settings, client, engine)
+        return cls(settings, client, engine, drainer, Reconciler(settings, client, engine, drainer))
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()
+
+
+_lock = threading.Lock()
+_current: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime (a forked child gets its own, never its parent's)."""
+    global _current
+    with _lock:
+        if _current is None or _current[0] != os.getpid():
+            _current = (os.getpid(), Runtime.open(Settings()))
+        return _current[1]
+
+
+def reset() -> None:
+    """Forget this process's runtime (tests switch settings between runs)."""
+    global _current
+    with _lock:
+        if _current is not None and _current[0] == os.getpid():
+            _current[1].close()
+        _current = None
