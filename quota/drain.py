@@ -86,7 +86,8 @@ class ShardLag:
 
 
 def _entries(reply: Any) -> list[Entry]:
-    return [(str(i), dict(f)) for i, f in reply or []]
+    # An entry deleted while pending comes back with no fields: nothing to store.
+    return [(str(i), dict(f)) for i, f in reply or [] if f]
 
 
 def _read_reply_entries(reply: Any) -> list[Entry]:
@@ -144,16 +145,26 @@ class Drainer:
             if shard not in self._groups:
                 self.ensure_group(shard)
             try:
-                claimed = self.redis.xautoclaim(
-                    key, GROUP, self.consumer, idle, "0-0", count=count
-                )[1]
-                fresh = self.redis.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
+                # Our own unacknowledged entries first (a failed COMMIT, say): they
+                # would otherwise wait for the idle time like a dead consumer's.
+                own = _read_reply_entries(
+                    self.redis.xreadgroup(GROUP, self.consumer, {key: "0"}, count=count)
+                )
+                if own:
+                    claimed, fresh = own, None
+                else:
+                    claimed = _entries(
+                        self.redis.xautoclaim(key, GROUP, self.consumer, idle, "0-0", count=count)[
+                            1
+                        ]
+                    )
+                    fresh = self.redis.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._groups.discard(shard)  # the stream was lost (FLUSHALL): start again
                 return stats
-        entries: list[Entry] = list(claimed) + _read_reply_entries(fresh)
+        entries: list[Entry] = claimed + _read_reply_entries(fresh)
         stats.claimed, stats.read = len(claimed), len(entries) - len(claimed)
         if not entries:
             return stats

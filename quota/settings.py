@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     #: Socket timeout for Redis calls, in seconds.
     redis_timeout: float = Field(default=2.0, gt=0)
 
+    @property
+    def queue(self) -> str:
+        """The RQ queue of this deployment's jobs (named after the key prefix)."""
+        return self.key_prefix
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix_charset(cls, value: str) -> str:

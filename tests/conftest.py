@@ -90,3 +90,56 @@ def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]
 def pg_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+
+
+@pytest.fixture
+def worker_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Make jobs and subprocesses (which read QUOTA_* variables) use this test's prefix."""
+    from workers import runtime
+
+    monkeypatch.setenv("QUOTA_KEY_PREFIX", settings.key_prefix)
+    runtime.reset()
+    yield settings
+    runtime.reset()
+
+
+def ledger_totals(engine: Engine) -> dict[str, int]:
+    """Rows, distinct events and token sums of the ledger and of its rollup."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT event_id), coalesce(sum(total_tokens), 0) "
+                "FROM ledger"
+            )
+        ).one()
+        roll = conn.execute(
+            text("SELECT coalesce(sum(calls), 0), coalesce(sum(total_tokens), 0) FROM ledger_daily")
+        ).one()
+    return {
+        "rows": row[0],
+        "events": row[1],
+        "tokens": int(row[2]),
+        "rollup_calls": int(roll[0]),
+        "rollup_tokens": int(roll[1]),
+    }
+
+
+def record_many(gate: Gate, count: int, ports: int = 7, tag: str = "a") -> int:
+    """``count`` usage events over several ports, features and models (every fourth with
+    a request id made unique by ``tag``); returns the tokens counted."""
+    total = 0
+    for i in range(count):
+        tin, tout = 10 + i % 13, 3 + i % 5
+        result = gate.record(
+            port_id=f"port-{i % ports}",
+            feature=("ocr", "chat", "embed")[i % 3],
+            provider="openai",
+            model=("gpt-4o", "gpt-4o-mini")[i % 2],
+            input_tokens=tin,
+            output_tokens=tout,
+            request_id=f"{tag}-req-{i}" if i % 4 == 0 else None,
+        )
+        assert result.stored
+        assert not result.duplicate
+        total += tin + tout
+    return total

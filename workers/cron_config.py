@@ -13,9 +13,8 @@ from rq import cron
 from quota.settings import Settings
 from workers import jobs
 
-QUEUE = "quota"
-
 settings = Settings()
+QUEUE = settings.queue
 
 for shard in range(settings.shards):
     cron.register(

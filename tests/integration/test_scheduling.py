@@ -1,0 +1,95 @@
+"""The rq cron configuration and `quota cron` / `quota worker` end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from rq import Queue
+from rq.cron import CronScheduler
+from sqlalchemy import Engine
+
+from quota import Gate, Settings
+from tests.conftest import ledger_totals, record_many
+
+
+def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
+    worker_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUOTA_RECONCILE_AT", "02:07")
+    monkeypatch.setenv("QUOTA_SHARDS", "4")
+    sys.modules.pop("workers.cron_config", None)
+    scheduler = CronScheduler(connection=redis.Redis.from_url(worker_env.redis_url))
+    scheduler.load_config_from_file("workers.cron_config")
+    jobs = {job.name: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {f"quota-drain-{s}" for s in range(4)} | {"quota-reconcile"}
+    for shard in range(4):
+        drain = jobs[f"quota-drain-{shard}"]
+        assert (drain.func_name, drain.args, drain.interval) == ("workers.jobs.drain", (shard,), 1)
+        assert drain.queue_name == worker_env.key_prefix
+        assert drain.job_options["ttl"] <= 10  # stale runs are dropped, never piled up
+    assert jobs["quota-reconcile"].cron == "7 2 * * *"
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def _wait_for(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
+    worker_env: Settings, gate: Gate, pg: Engine, procs: list[subprocess.Popen[str]]
+) -> None:
+    env = {**os.environ, "QUOTA_SHARDS": str(worker_env.shards)}
+    record_many(gate, 120)
+    conn = redis.Redis.from_url(worker_env.redis_url)
+    queue = Queue(worker_env.queue, connection=conn)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "quota", "cron"],
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(first)
+    _wait_for(lambda: queue.count >= worker_env.shards, 20)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "quota", "cron"],
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(second)
+    time.sleep(1.5)
+    assert second.poll() is None  # waiting as a standby, not scheduling
+    second.kill()
+    _, standby_log = second.communicate()
+    assert "waiting to be the only active scheduler" in standby_log
+    assert "active\n" not in standby_log.replace("only active", "")
+    first.kill()
+    first.wait()
+    subprocess.run(
+        [sys.executable, "-m", "quota", "worker", "--burst"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert ledger_totals(pg)["rows"] == 120
+    assert queue.count == 0
