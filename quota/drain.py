@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,10 @@ from quota.settings import Settings
 log = logging.getLogger("quota.drain")
 
 GROUP = "ledger"
-Entry = tuple[str, dict[str, str]]
+#: A stream entry as the drain reads it: id and the flat [field, value, ...] list.
+Entry = tuple[str, list[str]]
+#: The field order record.lua and commit.lua write (append_event in lib.lua).
+FIELDS = ["id", "port", "user", "feature", "provider", "model", "in", "out", "req", "at"]
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:
@@ -39,23 +43,32 @@ def stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def parse_entry(entry_id: str, fields: dict[str, str]) -> StagedEvent:
-    """A stream entry as written by record.lua / commit.lua; KeyError/ValueError if not."""
+def parse_entry(entry_id: str, flat: list[str]) -> StagedEvent:
+    """A stream entry as written by the scripts; KeyError/ValueError/IndexError if not.
+
+    The scripts write the fields in one order, so values are taken by position (the
+    drain's hottest loop); an entry in another order is parsed by name.
+    """
     ms, seq = stream_id(entry_id)
+    if flat[0::2] == FIELDS:
+        ev_id, port, user, feature, provider, model, tin, tout, req, at = flat[1::2]
+    else:
+        named = dict(zip(flat[0::2], flat[1::2], strict=True))
+        ev_id, port, user, feature, provider, model, tin, tout, req, at = (named[f] for f in FIELDS)
     return StagedEvent(
-        event_id=fields["id"],
-        at_ms=int(fields["at"]),
-        port_id=fields["port"],
-        user_id=fields["user"] or None,
-        feature=fields["feature"],
-        provider=fields["provider"],
-        model=fields["model"],
-        input_tokens=int(fields["in"]),
-        output_tokens=int(fields["out"]),
-        request_id=fields["req"] or None,
-        source="stream",
-        stream_ms=ms,
-        stream_seq=seq,
+        ev_id,
+        int(at),
+        port,
+        user or None,
+        feature,
+        provider,
+        model,
+        int(tin),
+        int(tout),
+        req or None,
+        "stream",
+        ms,
+        seq,
     )
 
 
@@ -87,16 +100,20 @@ class ShardLag:
 
 def _entries(reply: Any) -> list[Entry]:
     # An entry deleted while pending comes back with no fields: nothing to store.
-    return [(str(i), dict(f)) for i, f in reply or [] if f]
+    return [(i, f) for i, f in reply or [] if f]
 
 
 def _read_reply_entries(reply: Any) -> list[Entry]:
-    """XREADGROUP of one stream: a list [[key, entries]] (RESP2) or {key: [entries]} (RESP3)."""
+    """Raw XREADGROUP of one stream: [[key, entries]] (RESP2) or {key: entries} (RESP3)."""
     if not reply:
         return []
     if isinstance(reply, dict):
-        return _entries(next(iter(reply.values()))[0])
+        return _entries(next(iter(reply.values())))
     return _entries(reply[0][1])
+
+
+def _raw(resp: Any, **_: Any) -> Any:
+    return resp
 
 
 class Drainer:
@@ -107,11 +124,18 @@ class Drainer:
     ) -> None:
         self.settings = settings
         self.redis = client
+        # Our own client on the same pool, returning stream replies unparsed: redis-py's
+        # per-entry dicts cost more than the rest of the drain's client work together.
+        self._raw = redis.Redis(connection_pool=client.connection_pool)
+        for command in ("XREADGROUP", "XAUTOCLAIM", "XRANGE"):
+            self._raw.set_response_callback(command, _raw)
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._scripts = Scripts.register(client)
         self._groups: set[int] = set()
+        # One writer: batches reach Postgres in the order they were read.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-drain-pg")
 
     def ensure_group(self, shard: int) -> None:
         """Create the consumer group (and the stream) if missing; read from the start."""
@@ -125,56 +149,78 @@ class Drainer:
     def drain_shard(
         self, shard: int, *, max_seconds: float = 1.0, claim_idle_ms: int | None = None
     ) -> DrainStats:
-        """Drain batches from one shard until it is empty or ``max_seconds`` have passed."""
+        """Drain batches from one shard until it is empty or ``max_seconds`` have passed.
+
+        While Postgres stores one batch (on the writer thread), the next is read and
+        parsed; a batch is acknowledged only after its COMMIT. If the store fails, the
+        batches read stay pending for this consumer and are stored by the next run.
+        """
+        key = self.layout.stream(shard)
         stats = DrainStats(shard)
         start = time.monotonic()
-        while True:
-            batch = self._one_batch(shard, claim_idle_ms)
-            stats.add(batch)
-            if batch.read + batch.claimed == 0 or time.monotonic() - start >= max_seconds:
-                break
+        in_flight: tuple[list[Entry], Future[int]] | None = None
+        first = True
+        try:
+            while True:
+                done = time.monotonic() - start >= max_seconds
+                entries = [] if done else self._read(shard, stats, claim_idle_ms, first)
+                first = False
+                if in_flight is not None:
+                    self._settle(key, *in_flight, stats)
+                    in_flight = None
+                if not entries:
+                    break
+                events, rejected = self._parse(entries)
+                stats.batches += 1
+                stats.rejected += len(rejected)
+                in_flight = (entries, self._writer.submit(self._store, events))
+        finally:
+            if in_flight is not None:  # an error above: let the write finish, unacked
+                in_flight[1].exception()
         stats.seconds = time.monotonic() - start
         return stats
 
-    def _one_batch(self, shard: int, claim_idle_ms: int | None) -> DrainStats:
+    def _read(
+        self, shard: int, stats: DrainStats, claim_idle_ms: int | None, first: bool
+    ) -> list[Entry]:
+        """The next batch. A run starts with our own unacknowledged entries (a failed
+        COMMIT, say, which would otherwise wait like a dead consumer's), then entries a
+        dead consumer left pending; then, and for the rest of the run, new ones. (Claims
+        scan the pending list, so they are not repeated for every batch.)"""
         key = self.layout.stream(shard)
-        stats = DrainStats(shard, batches=1)
         count = self.settings.drain_batch
         idle = self.settings.drain_claim_idle_ms if claim_idle_ms is None else claim_idle_ms
         with redis_errors():
             if shard not in self._groups:
                 self.ensure_group(shard)
             try:
-                # Our own unacknowledged entries first (a failed COMMIT, say): they
-                # would otherwise wait for the idle time like a dead consumer's.
-                own = _read_reply_entries(
-                    self.redis.xreadgroup(GROUP, self.consumer, {key: "0"}, count=count)
-                )
-                if own:
-                    claimed, fresh = own, None
-                else:
-                    claimed = _entries(
-                        self.redis.xautoclaim(key, GROUP, self.consumer, idle, "0-0", count=count)[
-                            1
-                        ]
+                claimed: list[Entry] = []
+                if first:
+                    claimed = _read_reply_entries(
+                        self._raw.xreadgroup(GROUP, self.consumer, {key: "0"}, count=count)
+                    ) or _entries(
+                        self._raw.xautoclaim(key, GROUP, self.consumer, idle, "0-0", count=count)[1]
                     )
-                    fresh = self.redis.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
+                fresh = _read_reply_entries(
+                    self._raw.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
+                )
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._groups.discard(shard)  # the stream was lost (FLUSHALL): start again
-                return stats
-        entries: list[Entry] = claimed + _read_reply_entries(fresh)
-        stats.claimed, stats.read = len(claimed), len(entries) - len(claimed)
-        if not entries:
-            return stats
-        events, rejected = self._parse(entries)
-        stats.rejected = len(rejected)
-        stats.inserted = self._store(events)
+                return []
+        stats.claimed += len(claimed)
+        stats.read += len(fresh)
+        return claimed + fresh
+
+    def _settle(
+        self, key: str, entries: list[Entry], stored: Future[int], stats: DrainStats
+    ) -> None:
+        """Wait for a batch's COMMIT, then acknowledge it and trim."""
+        stats.inserted += stored.result()
         with redis_errors():
             self.redis.xack(key, GROUP, *(entry_id for entry_id, _ in entries))
-            stats.trimmed = int(self._scripts.trim([key], [GROUP]))
-        return stats
+            stats.trimmed += int(self._scripts.trim([key], [GROUP]))
 
     @staticmethod
     def _parse(entries: Sequence[Entry]) -> tuple[list[StagedEvent], list[Entry]]:
@@ -202,7 +248,7 @@ class Drainer:
             groups: list[dict[str, Any]] = self.redis.xinfo_groups(key) if length else []
             group = next((g for g in groups if g["name"] == GROUP), None)
             if group is None:  # nothing drained yet: every entry waits
-                first = _entries(self.redis.xrange(key, count=1)) if length else []
+                first = _entries(self._raw.xrange(key, count=1)) if length else []
                 age = self._age(first[0][0]) if first else None
                 return ShardLag(shard, length, 0, length, age)
             pending, last = int(group["pending"]), str(group["last-delivered-id"])
@@ -211,7 +257,7 @@ class Drainer:
             if pending:
                 oldest = str(self.redis.xpending(key, GROUP)["min"])
             elif undelivered:
-                after = _entries(self.redis.xrange(key, min=f"({last}", count=1))
+                after = _entries(self._raw.xrange(key, min=f"({last}", count=1))
                 oldest = after[0][0] if after else None
             age = self._age(oldest) if oldest else None
         return ShardLag(shard, length, pending, undelivered, age)

@@ -35,6 +35,7 @@ from quota._exceptions import (
     UnknownReservation,
 )
 from quota.decisions import state_of
+from quota.ids import uuid7
 from quota.keys import KeyLayout, PortKeys
 from quota.models import (
     Budget,
@@ -308,7 +309,7 @@ class Gate:
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         prov, mod = v.label("provider", provider), v.label("model", model)
         req = v.request_id(request_id)
-        event_id = str(uuid.uuid4())
+        event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
 
         def attempt(count_without_budget: bool) -> list[Any]:
@@ -376,7 +377,7 @@ class Gate:
         prov, mod = v.label("provider", provider), v.label("model", model)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         req = v.request_id(request_id)
-        event_id = str(uuid.uuid4())
+        event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
 
         def attempt(count_without_budget: bool) -> list[Any]:

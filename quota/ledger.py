@@ -81,9 +81,20 @@ _known_partitions: set[tuple[int, int]] = set()
 _partitions_lock = threading.Lock()
 
 
+def months_between(first_ms: int, last_ms: int) -> set[tuple[int, int]]:
+    """Every (year, month) from the month of ``first_ms`` to that of ``last_ms``. Pure."""
+    first, last = from_ms(first_ms), from_ms(last_ms)
+    span = (last.year - first.year) * 12 + last.month - first.month
+    return {
+        (first.year + (first.month - 1 + k) // 12, (first.month - 1 + k) % 12 + 1)
+        for k in range(span + 1)
+    }
+
+
 def ensure_partitions(conn: psycopg.Connection[Any], at_ms: Iterable[int]) -> None:
     """Create the month partitions these instants fall in, once per process."""
-    months = {(d.year, d.month) for d in map(from_ms, at_ms)}
+    instants = list(at_ms)
+    months = months_between(min(instants), max(instants))
     with _partitions_lock:
         missing = months - _known_partitions
     for year, month in sorted(missing):
@@ -99,7 +110,7 @@ def write_events(conn: psycopg.Connection[Any], events: Sequence[StagedEvent]) -
     transaction. Returns how many were new."""
     if not events:
         return 0
-    ensure_partitions(conn, {e.at_ms for e in events})
+    ensure_partitions(conn, (e.at_ms for e in events))
     with conn.cursor() as cur:
         cur.execute(_STAGING)
         with cur.copy(_COPY) as copy:
