@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -212,22 +213,52 @@ def cron() -> None:
     time.tzset()
     settings = Settings()
     conn = redis.Redis.from_url(settings.redis_url)
-    lock = conn.lock(f"{settings.key_prefix}:cron-leader", timeout=15)
+    lease = settings.cron_lease_seconds
+    # thread_local=False: the lease is renewed from another thread than the one that took it.
+    lock = conn.lock(f"{settings.key_prefix}:cron-leader", timeout=lease, thread_local=False)
     click.echo("quota cron: waiting to be the only active scheduler", err=True)
     lock.acquire(blocking=True)
     click.echo("quota cron: active", err=True)
 
     def keep_leading() -> None:
         while True:
-            time.sleep(5)
+            time.sleep(lease / 3)
             try:
                 lock.reacquire()
-            except Exception:
+            except Exception as exc:
                 # Lost the lease (Redis down or too slow): stop, so two never run at once.
-                click.echo("quota cron: lost the scheduler lease, stopping", err=True)
+                click.echo(f"quota cron: lost the scheduler lease ({exc}), stopping", err=True)
                 os._exit(3)
 
     threading.Thread(target=keep_leading, daemon=True).start()
     scheduler = CronScheduler(connection=conn)
     scheduler.load_config_from_file("workers.cron_config")
     scheduler.start()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A few seconds: checks the harness, not speed.")
+@click.option("--only", multiple=True, help="Only these sections (repeatable).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as Markdown here (e.g. docs/BENCHMARKS.md).",
+)
+@_clean_errors
+def bench(quick: bool, only: tuple[str, ...], output: Path | None) -> None:
+    """Measure drain throughput and lag (see docs/BENCHMARKS.md)."""
+    from quota import bench as harness
+
+    unknown = set(only) - set(harness.SECTIONS)
+    if unknown:
+        raise QuotaError(
+            f"unknown section(s) {sorted(unknown)}: choose from {sorted(harness.SECTIONS)}"
+        )
+    harness.run(
+        Settings(),
+        quick=quick,
+        only=list(only),
+        output=output,
+        command="./scripts/bench" + (" --quick" if quick else ""),
+    )

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     drain_batch: int = Field(default=5000, ge=1, le=100_000)
     #: A pending entry idle this long is taken over from its (presumed crashed) consumer.
     drain_claim_idle_ms: int = Field(default=30_000, ge=0)
+    #: The scheduler lease: a standby `quota cron` takes over this long after the active
+    #: one dies.
+    cron_lease_seconds: float = Field(default=15.0, gt=0.5, le=600)
     #: When the nightly reconciliation runs, "HH:MM" in UTC.
     reconcile_at: str = Field(default="03:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     #: Socket timeout for Redis calls, in seconds.

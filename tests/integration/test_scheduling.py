@@ -55,35 +55,42 @@ def _wait_for(predicate: object, timeout: float) -> None:
 def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
     worker_env: Settings, gate: Gate, pg: Engine, procs: list[subprocess.Popen[str]]
 ) -> None:
-    env = {**os.environ, "QUOTA_SHARDS": str(worker_env.shards)}
+    env = {**os.environ, "QUOTA_SHARDS": str(worker_env.shards), "QUOTA_CRON_LEASE_SECONDS": "2"}
     record_many(gate, 120)
     conn = redis.Redis.from_url(worker_env.redis_url)
     queue = Queue(worker_env.queue, connection=conn)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "quota", "cron"],
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    procs.append(first)
+
+    def cron() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quota", "cron"],
+            env=env,
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    first = cron()
     _wait_for(lambda: queue.count >= worker_env.shards, 20)
-    second = subprocess.Popen(
-        [sys.executable, "-m", "quota", "cron"],
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    procs.append(second)
-    time.sleep(1.5)
-    assert second.poll() is None  # waiting as a standby, not scheduling
-    second.kill()
-    _, standby_log = second.communicate()
-    assert "waiting to be the only active scheduler" in standby_log
-    assert "active\n" not in standby_log.replace("only active", "")
+    second = cron()
+    # Well past several lease renewals: the first keeps scheduling, the second waits.
+    time.sleep(3.5)
+    assert first.poll() is None
+    assert second.poll() is None
+    enqueued = queue.count
+    time.sleep(1.2)
+    assert queue.count >= enqueued + worker_env.shards  # still enqueueing every second
     first.kill()
     first.wait()
+    # The standby takes over once the dead scheduler's lease runs out.
+    before = queue.count
+    _wait_for(lambda: queue.count >= before + worker_env.shards, 10)
+    second.kill()
+    _, standby_log = second.communicate()
+    assert standby_log.index("waiting to be the only active scheduler") < standby_log.index(
+        "quota cron: active"
+    )
     subprocess.run(
         [sys.executable, "-m", "quota", "worker", "--burst"],
         env=env,
