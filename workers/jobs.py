@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from quota.migrate import ensure_partitions
 from workers.runtime import runtime
 
 log = logging.getLogger("quota.jobs")
@@ -49,12 +50,17 @@ def drain(shard: int) -> dict[str, Any]:
 
 
 def reconcile(dry_run: bool = False) -> dict[str, Any]:
-    """Reconcile every active port's Redis counters with the Postgres ledger."""
+    """Reconcile every active port's Redis counters with the Postgres ledger, and create
+    the ledger partitions of the coming months."""
     rt = runtime()
     lock = rt.redis.lock(f"{rt.settings.key_prefix}:reconcile-lock", timeout=3600, blocking=False)
     if not lock.acquire():
         return {"skipped": "another reconciliation is running"}
     try:
-        return rt.reconciler.run(dry_run=dry_run).as_dict()
+        report = rt.reconciler.run(dry_run=dry_run).as_dict()
+        if not dry_run:
+            # Nightly is a good time to keep ledger partitions months ahead as well.
+            report["partitions"] = ensure_partitions(rt.settings.database_url)
+        return report
     finally:
         lock.release()

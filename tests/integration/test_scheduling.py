@@ -100,3 +100,16 @@ def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
     )
     assert ledger_totals(pg)["rows"] == 120
     assert queue.count == 0
+
+
+def test_the_nightly_job_reconciles_and_keeps_partitions_ahead(
+    worker_env: Settings, gate: Gate, pg: Engine
+) -> None:
+    from workers import jobs
+
+    record_many(gate, 40)
+    report = jobs.reconcile()
+    assert report["ports_checked"] == 7
+    assert report["ports_drifted"] == 0  # the catch-up drained everything first
+    assert len(report["partitions"]) == 5  # last month, this month and three ahead
+    assert ledger_totals(pg)["rows"] == 40
