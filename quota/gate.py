@@ -23,6 +23,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from quota import metrics
 from quota import validation as v
 from quota._backend import redis_errors
 from quota._exceptions import (
@@ -84,6 +85,22 @@ def _split_reservation(reservation_id: object) -> tuple[str, str]:
     if dot != ".":
         raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}")
     return hex_id, port
+
+
+def _counted(op: str, decision: Decision) -> Decision:
+    metrics.OUTCOMES[op, decision.reason or "ok"].inc()
+    return decision
+
+
+def _usage_counted(op: str, result: UsageResult) -> UsageResult:
+    if not result.stored:
+        outcome = "lost"
+    elif result.backend == "postgres":
+        outcome = "postgres"
+    else:
+        outcome = "duplicate" if result.duplicate else "counted"
+    metrics.OUTCOMES[op, outcome].inc()
+    return result
 
 
 class _RecentReservations:
@@ -221,7 +238,7 @@ class Gate:
         reply = self._check(
             self._keys(v.port_id(port_id)), v.tokens("estimated_tokens", estimated_tokens), ""
         )
-        return self._decision(reply)
+        return _counted("check", self._decision(reply))
 
     def reserve(
         self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
@@ -236,6 +253,7 @@ class Gate:
         feat, user = v.feature(feature), v.user_id(user_id)
         hex_id = uuid.uuid4().hex
         reply = self._run(
+            "reserve",
             self._scripts.reserve,
             pk,
             lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open, pk.reservation(hex_id)),
@@ -249,23 +267,26 @@ class Gate:
             ),
         )
         if reply[0] != _OK:
-            return self._decision(reply)
+            return _counted("reserve", self._decision(reply))
         rid = f"{hex_id}.{pk.port}"
         self._recent.add(rid, feat, user)
-        return self._decision(reply, rid)
+        return _counted("reserve", self._decision(reply, rid))
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
         hex_id, port = _split_reservation(reservation_id)
         pk = self._keys(port)
+        started = time.perf_counter()
         with redis_errors():
             code = self._scripts.release(
                 [pk.state, pk.open, pk.reservation(hex_id)],
                 [hex_id, self.settings.settled_seconds],
             )[0]
+        metrics.TIMERS["release"].observe(time.perf_counter() - started)
         if code == _UNKNOWN:
             raise UnknownReservation(f"unknown reservation {reservation_id!r}")
         self._recent.pop(reservation_id)
+        metrics.OUTCOMES["release", "released" if code == _OK else "noop"].inc()
         return bool(code == _OK)
 
     @contextmanager
@@ -314,6 +335,7 @@ class Gate:
 
         def attempt(count_without_budget: bool) -> list[Any]:
             return self._run(
+                "commit",
                 self._scripts.commit,
                 pk,
                 lambda w: (
@@ -348,11 +370,11 @@ class Gate:
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
-            return self._fallback(event, exc)
+            return _usage_counted("commit", self._fallback(event, exc))
         if reply[0] == _UNKNOWN:
             raise UnknownReservation(f"unknown reservation {reservation_id!r}")
         self._recent.pop(reservation_id)
-        return self._usage_result(pk, reply, tin + tout, event_id)
+        return _usage_counted("commit", self._usage_result(pk, reply, tin + tout, event_id))
 
     def record(
         self,
@@ -382,6 +404,7 @@ class Gate:
 
         def attempt(count_without_budget: bool) -> list[Any]:
             return self._run(
+                "record",
                 self._scripts.record,
                 pk,
                 lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.stream, *marker),
@@ -407,8 +430,8 @@ class Gate:
             event = UsageEvent(
                 event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
             )
-            return self._fallback(event, exc)
-        return self._usage_result(pk, reply, tin + tout, event_id)
+            return _usage_counted("record", self._fallback(event, exc))
+        return _usage_counted("record", self._usage_result(pk, reply, tin + tout, event_id))
 
     # ------------------------------------------------------------------- status
 
@@ -479,6 +502,7 @@ class Gate:
 
     def _run(
         self,
+        op: str,
         script: Any,
         pk: PortKeys,
         keys: Callable[[Windows], tuple[str, ...]],
@@ -487,8 +511,10 @@ class Gate:
         load_budget: bool = True,
     ) -> list[Any]:
         """Run a period-keyed script, loading the budget copy or fixing the clock as asked."""
+        timer = metrics.TIMERS[op]
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
+            started = time.perf_counter()
             with redis_errors():
                 reply: list[Any] = script(
                     keys(w),
@@ -503,6 +529,7 @@ class Gate:
                         *args(),
                     ),
                 )
+            timer.observe(time.perf_counter() - started)
             code = reply[0]
             if code == _CLOCK:
                 # Our clock disagrees with the server's about the day: adopt its time.
@@ -516,6 +543,7 @@ class Gate:
 
     def _check(self, pk: PortKeys, estimate: int, feature: str) -> list[Any]:
         return self._run(
+            "check",
             self._scripts.check,
             pk,
             lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open),

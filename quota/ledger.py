@@ -7,6 +7,7 @@ the rows actually inserted, in the same statement: a redelivered event adds noth
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -79,6 +80,14 @@ SELECT count(*) FROM inserted
 
 _known_partitions: set[tuple[int, int]] = set()
 _partitions_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _partitions_lock
+    _partitions_lock = threading.Lock()  # the parent's may have been held mid-fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def months_between(first_ms: int, last_ms: int) -> set[tuple[int, int]]:

@@ -49,7 +49,8 @@ class Budget(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'budget'}: {err['msg']}"
+                (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+                + err["msg"].removeprefix("Value error, ")
                 for err in exc.errors()
             )
             raise InvalidBudget(f"invalid budget: {problems}") from None

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import redis
 from sqlalchemy import Engine, text
 
+from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._exceptions import BackendError
 from quota.drain import GROUP, Drainer, stream_id
@@ -126,6 +127,9 @@ class Reconciler:
         for shard, shard_ports in sorted(by_shard.items()):
             for chunk in _chunks(sorted(shard_ports), CHUNK):
                 self._reconcile_chunk(shard, chunk, w, report, dry_run, catch_up_timeout)
+        if not dry_run:
+            metrics.RECONCILE_DRIFT.inc(report.tokens_corrected)
+            metrics.RECONCILE_DRIFTED_PORTS.inc(report.ports_drifted)
         if not dry_run and ports is None:
             report.budgets_refreshed = self.refresh_budgets()
         report.seconds = time.monotonic() - started

@@ -100,6 +100,13 @@ class Store:
             )
         return after, version
 
+    def ports_with_budgets(self, *, enabled_only: bool = False) -> list[str]:
+        query = select(budgets.c.port_id).order_by(budgets.c.port_id)
+        if enabled_only:
+            query = query.where(budgets.c.enabled)
+        with database_errors(), self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     def budget_history(self, port: str) -> list[BudgetChange]:
         query = (
             select(budget_history)

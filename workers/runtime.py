@@ -41,12 +41,27 @@ _lock = threading.Lock()
 _current: tuple[int, Runtime] | None = None
 
 
+def _after_fork_in_child() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked
+    # forever; the parent's connections are not the child's to use either.
+    global _lock, _current
+    _lock = threading.Lock()
+    _current = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def runtime() -> Runtime:
-    """This process's runtime (a forked child gets its own, never its parent's)."""
+    """This process's runtime for the current ``QUOTA_*`` settings (a forked child gets
+    its own, never its parent's; changed settings get new connections)."""
     global _current
+    settings = Settings()
     with _lock:
-        if _current is None or _current[0] != os.getpid():
-            _current = (os.getpid(), Runtime.open(Settings()))
+        if _current is None or _current[0] != os.getpid() or _current[1].settings != settings:
+            if _current is not None and _current[0] == os.getpid():
+                _current[1].close()
+            _current = (os.getpid(), Runtime.open(settings))
         return _current[1]
 
 

@@ -1,0 +1,45 @@
+"""Helpers shared by the CLI modules: output, and one gate per invocation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+
+from quota.gate import Gate
+from quota.settings import Settings
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def console() -> Console:
+    # Wide enough for tables when piped (CI logs, `| less`).
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True, default=str))
+
+
+@contextmanager
+def gate() -> Iterator[Gate]:
+    with Gate(Settings()) as g:
+        yield g

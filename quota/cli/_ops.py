@@ -1,0 +1,362 @@
+"""Operations: `quota db upgrade|worker|cron|drain|reconcile|status|health|demo|bench`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from quota._exceptions import InvalidInput, QuotaError
+from quota.cli._common import console, json_option, print_json
+from quota.settings import Settings
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database if it is missing, apply every migration, add partitions ahead."""
+    from quota.migrate import upgrade
+
+    upgrade(Settings().database_url)
+    click.echo("database is up to date", err=True)
+
+
+def _serve_metrics(port: int) -> None:
+    """Serve the metrics of this process and of every worker process it starts."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from workers.runtime import Runtime
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
+    start_http_server(port, registry=registry)
+
+    def sample_lag() -> None:
+        # Connections of its own: the worker processes are forked while this runs.
+        rt = Runtime.open(Settings())
+        while True:
+            try:
+                rt.drainer.lag()  # sets the lag gauges
+            except QuotaError as exc:
+                click.echo(f"quota worker: lag not sampled: {exc}", err=True)
+            time.sleep(5)
+
+    threading.Thread(target=sample_lag, daemon=True, name="quota-lag-sampler").start()
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (a pool); each runs jobs in-process, without forking.",
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port."
+)
+def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
+    """Run RQ workers for the drain and reconcile jobs."""
+    if metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # prometheus-client picks its multi-process mode when first imported, which has
+        # happened by now: start again with the directory set, for us and our children.
+        if "worker" not in sys.argv:
+            raise InvalidInput("set PROMETHEUS_MULTIPROC_DIR to use --metrics-port here")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quota-metrics-")
+        os.execv(sys.executable, [sys.executable, "-m", "quota", *sys.argv[1:]])
+    import redis
+    from rq import SimpleWorker
+    from rq.worker_pool import WorkerPool
+
+    settings = Settings()
+    if metrics_port:
+        _serve_metrics(metrics_port)
+    # RQ stores pickled jobs: its connection must not decode responses.
+    conn = redis.Redis.from_url(settings.redis_url)
+    if processes == 1:
+        SimpleWorker([settings.queue], connection=conn).work(burst=burst)
+    else:
+        WorkerPool(
+            [settings.queue], connection=conn, num_workers=processes, worker_class=SimpleWorker
+        ).start(burst=burst)
+
+
+@click.command()
+def cron() -> None:
+    """Run the one `rq cron` scheduler (drains every second, reconcile nightly, UTC).
+
+    A second `quota cron` waits as a standby and takes over if the active one dies.
+    """
+    import redis
+    from rq.cron import CronScheduler
+
+    os.environ["TZ"] = "UTC"  # RQ reads cron strings in local time; ours are UTC
+    time.tzset()
+    settings = Settings()
+    conn = redis.Redis.from_url(settings.redis_url)
+    lease = settings.cron_lease_seconds
+    # thread_local=False: the lease is renewed from another thread than the one that took it.
+    lock = conn.lock(f"{settings.key_prefix}:cron-leader", timeout=lease, thread_local=False)
+    click.echo("quota cron: waiting to be the only active scheduler", err=True)
+    lock.acquire(blocking=True)
+    click.echo("quota cron: active", err=True)
+
+    def keep_leading() -> None:
+        while True:
+            time.sleep(lease / 3)
+            try:
+                lock.reacquire()
+            except Exception as exc:
+                # Lost the lease (Redis down or too slow): stop, so two never run at once.
+                click.echo(f"quota cron: lost the scheduler lease ({exc}), stopping", err=True)
+                os._exit(3)
+
+    threading.Thread(target=keep_leading, daemon=True).start()
+    scheduler = CronScheduler(connection=conn)
+    scheduler.load_config_from_file("workers.cron_config")
+    scheduler.start()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+
+
+@click.command()
+@click.option("--shard", type=int, multiple=True, help="Only these shards (default: all).")
+@json_option
+def drain(shard: tuple[int, ...], as_json: bool) -> None:
+    """Drain the usage streams into the Postgres ledger now, until they are empty."""
+    from workers.runtime import runtime
+
+    rt = runtime()
+    shards = shard or tuple(range(rt.settings.shards))
+    bad = [s for s in shards if not 0 <= s < rt.settings.shards]
+    if bad:
+        raise InvalidInput(f"no shard {bad[0]}: shards are 0..{rt.settings.shards - 1}")
+    results = [rt.drainer.drain_shard(s, max_seconds=3600) for s in shards]
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title="Drain", title_justify="left")
+    for col in ("shard", "read", "claimed", "inserted", "trimmed", "seconds"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.shard),
+            f"{r.read:,}",
+            f"{r.claimed:,}",
+            f"{r.inserted:,}",
+            f"{r.trimmed:,}",
+            f"{r.seconds:.3f}",
+        )
+    console().print(table)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Report drift without correcting it.")
+@click.option("--port", "ports", multiple=True, help="Only these ports (repeatable).")
+@json_option
+def reconcile(dry_run: bool, ports: tuple[str, ...], as_json: bool) -> None:
+    """Make the Redis counters equal the Postgres ledger (rebuilds them after data loss)."""
+    from quota import validation
+    from workers.runtime import runtime
+
+    for p in ports:
+        validation.port_id(p)
+    report = runtime().reconciler.run(ports=list(ports) or None, dry_run=dry_run)
+    if as_json:
+        print_json(report.as_dict())
+        return
+    out = console()
+    verb = "would correct" if dry_run else "corrected"
+    out.print(
+        f"{report.ports_checked:,} ports checked, {report.ports_drifted:,} drifted, "
+        f"{verb} {report.tokens_corrected:,} tokens, {report.budgets_refreshed:,} "
+        f"budget copies refreshed, in {report.seconds:.2f} s"
+    )
+    if report.drift:
+        table = Table(title="Drift (Postgres minus Redis)", title_justify="left")
+        table.add_column("port")
+        table.add_column("counter")
+        table.add_column("delta", justify="right")
+        for port, fields in sorted(report.drift.items()):
+            for name, delta in sorted(fields.items()):
+                table.add_row(port, name, f"{delta:+,}")
+        out.print(table)
+
+
+@click.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Per-shard drain lag: stream length, pending entries, age of the oldest undrained."""
+    from workers.runtime import runtime
+
+    lags = runtime().drainer.lag()
+    if as_json:
+        print_json(lags)
+        return
+    table = Table(title="Usage streams", title_justify="left")
+    for col in ("shard", "length", "pending", "undelivered", "oldest undrained"):
+        table.add_column(col, justify="right")
+    for lag in lags:
+        age = "-" if lag.oldest_undrained_age_s is None else f"{lag.oldest_undrained_age_s:.1f} s"
+        table.add_row(
+            str(lag.shard), f"{lag.length:,}", f"{lag.pending:,}", f"{lag.undelivered:,}", age
+        )
+    console().print(table)
+
+
+def _check_redis() -> str:
+    from workers.runtime import runtime
+
+    info = runtime().redis.info("server")
+    return f"Redis {info['redis_version']} answers"
+
+
+def _check_postgres() -> str:
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from quota.migrate import alembic_config
+    from workers.runtime import runtime
+
+    rt = runtime()
+    head = ScriptDirectory.from_config(alembic_config(rt.settings.database_url)).get_current_head()
+    with rt.engine.connect() as conn:
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if current != head:
+        raise QuotaError(f"schema at {current}, code expects {head}: run `quota db upgrade`")
+    return f"schema at {head}"
+
+
+def _check_scripts() -> str:
+    from quota.scripts import OPERATIONS, Scripts
+    from workers.runtime import runtime
+
+    client = runtime().redis
+    scripts = Scripts.register(client)
+    shas = [getattr(scripts, op).sha for op in OPERATIONS]
+    missing = [
+        op for op, there in zip(OPERATIONS, client.script_exists(*shas), strict=True) if not there
+    ]
+    scripts.load_all(client)
+    return f"all {len(OPERATIONS)} loaded" + (f" ({len(missing)} reloaded now)" if missing else "")
+
+
+def _check_lag(max_lag: float) -> Callable[[], str]:
+    def check() -> str:
+        from workers.runtime import runtime
+
+        ages = [lag.oldest_undrained_age_s or 0.0 for lag in runtime().drainer.lag()]
+        worst = max(ages, default=0.0)
+        if worst > max_lag:
+            raise QuotaError(
+                f"oldest undrained event is {worst:.1f} s old (> {max_lag:g} s): "
+                "are `quota worker` and `quota cron` running?"
+            )
+        return f"oldest undrained event {worst:.1f} s old"
+
+    return check
+
+
+@click.command()
+@click.option(
+    "--max-lag",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds an event may wait for the drain before it counts as unhealthy.",
+)
+@json_option
+def health(max_lag: float, as_json: bool) -> int:
+    """Check Redis, Postgres, the Lua scripts and the drain lag. Exit 0 healthy, 1 not."""
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("redis", _check_redis),
+        ("postgres", _check_postgres),
+        ("scripts", _check_scripts),
+        ("drain lag", _check_lag(max_lag)),
+    ]
+    results: list[dict[str, Any]] = []
+    for name, run in checks:
+        try:
+            results.append({"check": name, "ok": True, "detail": run()})
+        except Exception as exc:  # every failure is a finding, reported, never a traceback
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            results.append({"check": name, "ok": False, "detail": detail})
+    healthy = all(r["ok"] for r in results)
+    if as_json:
+        print_json({"healthy": healthy, "checks": results})
+    else:
+        table = Table(title="quota health", title_justify="left")
+        for col in ("check", "", "detail"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r["check"], "[green]ok[/]" if r["ok"] else "[red]FAIL[/]", r["detail"])
+        console().print(table)
+    return 0 if healthy else 1
+
+
+@click.command()
+@click.option(
+    "--processes",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Worker processes.",
+)
+@click.option(
+    "--seconds",
+    default=8.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="How long the workers run.",
+)
+@click.option(
+    "--ports",
+    default=6,
+    show_default=True,
+    type=click.IntRange(2, 1000),
+    help="Ports with budgets.",
+)
+def demo(processes: int, seconds: float, ports: int) -> None:
+    """Simulate worker processes calling LLMs through the gate, then report."""
+    from quota.demo import run
+
+    run(Settings(), processes=processes, seconds=seconds, ports=ports)
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A few seconds: checks the harness, not speed.")
+@click.option("--only", multiple=True, help="Only these sections (repeatable).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as Markdown here (e.g. docs/BENCHMARKS.md).",
+)
+def bench(quick: bool, only: tuple[str, ...], output: Path | None) -> None:
+    """Measure throughput and latency (see docs/BENCHMARKS.md)."""
+    from quota import bench as harness
+
+    unknown = set(only) - set(harness.SECTIONS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown section(s) {sorted(unknown)}: choose from {sorted(harness.SECTIONS)}"
+        )
+    harness.run(
+        Settings(),
+        quick=quick,
+        only=list(only),
+        output=output,
+        command="./scripts/bench" + (" --quick" if quick else ""),
+    )

@@ -1,0 +1,157 @@
+"""`quota check|record|usage|top`: the gate from the command line."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from quota.cli._common import console, gate, json_option, print_json
+from quota.models import Status
+
+_STYLE = {"ok": "green", "soft": "yellow", "hard": "red"}
+
+
+@click.command()
+@click.argument("port")
+@click.option("--estimate", type=int, required=True, help="Tokens the call may spend.")
+@json_option
+def check(port: str, estimate: int, as_json: bool) -> int:
+    """May PORT spend about ESTIMATE tokens? Exit 0 if allowed, 1 if refused."""
+    with gate() as g:
+        d = g.check(port, estimated_tokens=estimate)
+    if as_json:
+        print_json(d)
+    elif d.ok:
+        left = "no cap" if d.remaining is None else f"{d.remaining:,} tokens left"
+        soft = " (above the soft cap)" if d.soft_cap else ""
+        console().print(f"[green]allowed[/]: {d.used_tokens:,} used, {left}{soft}")
+    else:
+        console().print(
+            f"[red]refused[/] ({d.reason}): {d.used_tokens:,} of "
+            f"{d.cap_tokens:,} tokens used this {d.period}"
+        )
+    return 0 if d.ok else 1
+
+
+@click.command()
+@click.argument("port")
+@click.option("--feature", required=True)
+@click.option("--provider", required=True)
+@click.option("--model", required=True)
+@click.option("--input", "input_tokens", type=int, required=True, help="Input tokens.")
+@click.option("--output", "output_tokens", type=int, required=True, help="Output tokens.")
+@click.option("--request-id", help="Idempotency key: a retried record counts once.")
+@click.option("--user", "user_id", help="The end user, if any.")
+@json_option
+def record(
+    port: str,
+    feature: str,
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    request_id: str | None,
+    user_id: str | None,
+    as_json: bool,
+) -> int:
+    """Record usage for PORT. Exit 0 if stored (or already counted), 1 if not stored."""
+    with gate() as g:
+        result = g.record(
+            port_id=port,
+            feature=feature,
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+            user_id=user_id,
+        )
+    if as_json:
+        print_json(result)
+    elif result.duplicate:
+        console().print(f"already counted (request id {request_id})")
+    elif result.stored:
+        used = "" if result.used_tokens is None else f"; {result.used_tokens:,} used this period"
+        console().print(f"recorded {result.total_tokens:,} tokens in {result.backend}{used}")
+    else:
+        console().print(
+            "[red]NOT stored[/]: Redis and Postgres are both unreachable "
+            "(the event was logged in full)"
+        )
+    return 0 if result.stored else 1
+
+
+def usage_bar(s: Status, width: int = 40) -> Text:
+    """Used tokens against the hard cap, with the soft cap marked by a bar."""
+    bar = Text()
+    if not s.enabled or s.hard_cap_tokens == 0:
+        return Text("no cap" if not s.enabled else "hard cap is 0", style="dim")
+    filled = min(width, round(width * s.used_tokens / s.hard_cap_tokens))
+    soft_at = min(width - 1, round(width * s.soft_cap_tokens / s.hard_cap_tokens))
+    for i in range(width):
+        char = "│" if i == soft_at else ("█" if i < filled else "░")
+        bar.append(char, style=_STYLE[s.state] if i < filled else "dim")
+    bar.append(f" {s.used_tokens / s.hard_cap_tokens:.0%}")
+    return bar
+
+
+@click.command()
+@click.argument("port")
+@json_option
+def usage(port: str, as_json: bool) -> None:
+    """PORT's usage this period against its caps, and the per-feature breakdown."""
+    with gate() as g:
+        s = g.status(port)
+        features = g.breakdown(port)
+    if as_json:
+        print_json({"status": s, "breakdown": features})
+        return
+    out = console()
+    out.print(
+        f"[bold]{port}[/] · {s.period} from {s.period_start:%Y-%m-%d %H:%M} UTC, "
+        f"resets {s.resets_at:%Y-%m-%d %H:%M} UTC · "
+        f"[{_STYLE[s.state]}]{s.state}[/]"
+    )
+    out.print(usage_bar(s))
+    out.print(
+        f"used {s.used_tokens:,} · held by reservations {s.reserved_tokens:,} · "
+        f"soft cap {s.soft_cap_tokens:,} · hard cap {s.hard_cap_tokens:,}"
+        + ("" if s.enabled else " (budget disabled)")
+    )
+    table = Table(title="By feature (Postgres ledger)", title_justify="left")
+    table.add_column("feature")
+    table.add_column("tokens", justify="right")
+    table.add_column("calls", justify="right")
+    table.add_column("share", justify="right")
+    total = sum(f.tokens for f in features) or 1
+    for f in features:
+        table.add_row(f.feature, f"{f.tokens:,}", f"{f.calls:,}", f"{f.tokens / total:.0%}")
+    out.print(table)
+
+
+@click.command()
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+def top(limit: int, as_json: bool) -> None:
+    """The ports with enabled budgets closest to their hard caps."""
+    with gate() as g:
+        statuses = [g.status(p) for p in g.store.ports_with_budgets(enabled_only=True)]
+    statuses.sort(key=lambda s: (-(s.used_tokens / max(s.hard_cap_tokens, 1)), s.port_id))
+    statuses = statuses[:limit]
+    if as_json:
+        print_json(statuses)
+        return
+    table = Table(title="Closest to their hard caps", title_justify="left")
+    for col in ("port", "period", "used", "hard cap", "usage", "state"):
+        table.add_column(col, justify="right" if col in ("used", "hard cap") else "left")
+    for s in statuses:
+        table.add_row(
+            s.port_id,
+            s.period,
+            f"{s.used_tokens:,}",
+            f"{s.hard_cap_tokens:,}",
+            usage_bar(s, 20),
+            Text(s.state, style=_STYLE[s.state]),
+        )
+    console().print(table)

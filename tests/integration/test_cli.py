@@ -1,0 +1,226 @@
+"""The `quota` CLI end to end against real Redis and Postgres (click's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine
+
+from quota import Gate, Settings
+from quota.cli import main
+from tests.conftest import ledger_totals
+
+
+@pytest.fixture
+def cli(worker_env: Settings, gate: Gate) -> CliRunner:
+    return CliRunner(env={"QUOTA_KEY_PREFIX": worker_env.key_prefix, "COLUMNS": "120"})
+
+
+def run(cli: CliRunner, *args: str) -> Result:
+    return cli.invoke(main, list(args), catch_exceptions=False)
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+def test_budget_set_show_history(cli: CliRunner) -> None:
+    r = run(
+        cli,
+        "budget",
+        "set",
+        "acme",
+        "--enable",
+        "--soft",
+        "800",
+        "--hard",
+        "1000",
+        "--period",
+        "day",
+        "--by",
+        "alice",
+        "--json",
+    )
+    assert r.exit_code == 0
+    assert as_json(r) == {
+        "port_id": "acme",
+        "enabled": True,
+        "soft_cap_tokens": 800,
+        "hard_cap_tokens": 1000,
+        "period": "day",
+    }
+    assert run(cli, "budget", "set", "acme", "--hard", "2000", "--by", "bob").exit_code == 0
+    shown = as_json(run(cli, "budget", "show", "acme", "--json"))
+    assert (shown["hard_cap_tokens"], shown["soft_cap_tokens"]) == (2000, 800)
+    history = as_json(run(cli, "budget", "history", "acme", "--json"))
+    assert [h["changed_by"] for h in history] == ["alice", "bob"]
+    assert history[1]["before"]["hard_cap_tokens"] == 1000
+    assert history[1]["after"]["hard_cap_tokens"] == 2000
+    table = run(cli, "budget", "history", "acme").stdout
+    assert "alice" in table
+    assert "2,000" in table
+
+
+def test_check_exit_codes(cli: CliRunner) -> None:
+    run(cli, "budget", "set", "acme", "--enable", "--soft", "10", "--hard", "100", "--by", "u")
+    allowed = run(cli, "check", "acme", "--estimate", "100")
+    assert (allowed.exit_code, "allowed" in allowed.stdout) == (0, True)
+    refused = run(cli, "check", "acme", "--estimate", "101", "--json")
+    assert refused.exit_code == 1
+    d = as_json(refused)
+    assert (d["ok"], d["reason"], d["cap_tokens"], d["used_tokens"]) == (
+        False,
+        "estimated-exceeds-cap",
+        100,
+        0,
+    )
+    assert set(d) >= {"remaining", "soft_cap", "reserved_tokens", "enabled", "period"}
+
+
+def test_record_usage_and_top(cli: CliRunner, worker_env: Settings, pg: Engine) -> None:
+    run(cli, "budget", "set", "a", "--enable", "--soft", "100", "--hard", "1000", "--by", "u")
+    run(cli, "budget", "set", "b", "--enable", "--soft", "100", "--hard", "1000", "--by", "u")
+    args = ["--feature", "ocr", "--provider", "openai", "--model", "gpt-4o"]
+    first = run(
+        cli,
+        "record",
+        "a",
+        *args,
+        "--input",
+        "600",
+        "--output",
+        "100",
+        "--request-id",
+        "r1",
+        "--json",
+    )
+    assert first.exit_code == 0
+    assert (as_json(first)["stored"], as_json(first)["duplicate"]) == (True, False)
+    again = run(
+        cli, "record", "a", *args, "--input", "600", "--output", "100", "--request-id", "r1"
+    )
+    assert (again.exit_code, "already counted" in again.stdout) == (0, True)
+    run(cli, "record", "b", *args, "--input", "10", "--output", "0")
+    run(
+        cli,
+        "record",
+        "a",
+        "--feature",
+        "chat",
+        "--provider",
+        "p",
+        "--model",
+        "m",
+        "--input",
+        "50",
+        "--output",
+        "0",
+    )
+    assert run(cli, "drain").exit_code == 0
+    assert ledger_totals(pg)["rows"] == 3
+    usage = as_json(run(cli, "usage", "a", "--json"))
+    assert usage["status"]["used_tokens"] == 750
+    assert usage["status"]["state"] == "soft"
+    assert usage["breakdown"] == [
+        {"feature": "ocr", "tokens": 700, "calls": 1},
+        {"feature": "chat", "tokens": 50, "calls": 1},
+    ]
+    text = run(cli, "usage", "a").stdout
+    assert "75%" in text
+    assert "ocr" in text
+    top = as_json(run(cli, "top", "--json"))
+    assert [s["port_id"] for s in top] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "bad port", "--estimate", "1"], "port id 'bad port' is invalid"),
+        (["check", "p", "--estimate", "-1"], "must be non-negative"),
+        (["check", "p", "--estimate", "lots"], "'lots' is not a valid integer"),
+        (["check", "p"], "Missing option '--estimate'"),
+        (["budget", "set", "p", "--soft", "9", "--hard", "5", "--by", "u"], "cannot exceed"),
+        (["budget", "set", "p", "--period", "year", "--by", "u"], "'year' is not one of"),
+        (["budget", "set", "p", "--soft", "5"], "Missing option '--by'"),
+        (
+            [
+                "record",
+                "p",
+                "--feature",
+                "f!",
+                "--provider",
+                "p",
+                "--model",
+                "m",
+                "--input",
+                "1",
+                "--output",
+                "1",
+            ],
+            "feature 'f!' is invalid",
+        ),
+        (["reconcile", "--port", "a b"], "port id 'a b' is invalid"),
+        (["drain", "--shard", "99"], "no shard 99"),
+        (["bench", "--only", "nope"], "unknown section"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_clear_line(cli: CliRunner, args: list[str], message: str) -> None:
+    r = run(cli, *args)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("quota: ")
+    assert message in lines[0]
+
+
+def test_unreachable_backend_is_one_clear_line(cli: CliRunner) -> None:
+    r = cli.invoke(
+        main,
+        ["check", "p", "--estimate", "1"],
+        env={"QUOTA_REDIS_URL": "redis://127.0.0.1:1/0", "QUOTA_REDIS_TIMEOUT": "0.5"},
+    )
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("quota: Redis failed")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_health(cli: CliRunner, gate: Gate) -> None:
+    healthy = run(cli, "health", "--json")
+    assert healthy.exit_code == 0
+    report = as_json(healthy)
+    assert report["healthy"] is True
+    assert [c["check"] for c in report["checks"]] == ["redis", "postgres", "scripts", "drain lag"]
+    gate.record(port_id="p", feature="f", provider="p", model="m", input_tokens=1, output_tokens=0)
+    stale = run(cli, "health", "--max-lag", "0", "--json")
+    assert stale.exit_code == 1
+    failed = [c for c in as_json(stale)["checks"] if not c["ok"]]
+    assert [c["check"] for c in failed] == ["drain lag"]
+    down = cli.invoke(main, ["health"], env={"QUOTA_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.exit_code == 1
+    assert "FAIL" in down.stdout
+
+
+def test_status_drain_and_reconcile_json(cli: CliRunner, gate: Gate) -> None:
+    for i in range(5):
+        gate.record(
+            port_id=f"p{i}", feature="f", provider="p", model="m", input_tokens=3, output_tokens=0
+        )
+    lags = as_json(run(cli, "status", "--json"))
+    assert sum(lag["undelivered"] for lag in lags) == 5
+    assert set(lags[0]) == {"shard", "length", "pending", "undelivered", "oldest_undrained_age_s"}
+    drained = as_json(run(cli, "drain", "--json"))
+    assert sum(d["inserted"] for d in drained) == 5
+    report = as_json(run(cli, "reconcile", "--json"))
+    assert (report["ports_checked"], report["ports_drifted"]) == (5, 0)
+
+
+def test_every_option_reads_a_quota_variable(cli: CliRunner) -> None:
+    run(cli, "budget", "set", "acme", "--enable", "--soft", "1", "--hard", "10", "--by", "u")
+    r = cli.invoke(main, ["check", "acme", "--json"], env={"QUOTA_CHECK_ESTIMATE": "11"})
+    assert r.exit_code == 1
+    assert as_json(r)["reason"] == "estimated-exceeds-cap"
