@@ -33,30 +33,6 @@ def db_upgrade() -> None:
     click.echo("database is up to date", err=True)
 
 
-def _serve_metrics(port: int) -> None:
-    """Serve the metrics of this process and of every worker process it starts."""
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    from workers.runtime import Runtime
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
-    start_http_server(port, registry=registry)
-
-    def sample_lag() -> None:
-        # Connections of its own: the worker processes are forked while this runs.
-        rt = Runtime.open(Settings())
-        while True:
-            try:
-                rt.drainer.lag()  # sets the lag gauges
-            except QuotaError as exc:
-                click.echo(f"quota worker: lag not sampled: {exc}", err=True)
-            time.sleep(5)
-
-    threading.Thread(target=sample_lag, daemon=True, name="quota-lag-sampler").start()
-
-
 @click.command()
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @click.option(
@@ -82,9 +58,11 @@ def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
     from rq import SimpleWorker
     from rq.worker_pool import WorkerPool
 
+    from workers import metrics_server
+
     settings = Settings()
     if metrics_port:
-        _serve_metrics(metrics_port)
+        metrics_server.start(metrics_port)
     # RQ stores pickled jobs: its connection must not decode responses.
     conn = redis.Redis.from_url(settings.redis_url)
     if processes == 1:
