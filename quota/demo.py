@@ -20,8 +20,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import text
 
+from quota.drain import Drainer
 from quota.gate import Gate
 from quota.models import Budget
+from quota.reconcile import Reconciler
 from quota.schema import TABLES
 from quota.settings import Settings
 
@@ -42,7 +44,8 @@ class DemoPort:
 
 
 def demo_ports(count: int) -> list[DemoPort]:
-    """A mix: one port that will blow through both caps, one disabled, the rest roomy."""
+    """A mix: one small port driven past its soft cap into its hard cap, one disabled,
+    and tenants with growing caps (the first reaches its hard cap, the last stays ok)."""
     ports = [
         DemoPort(
             "acme-small",
@@ -52,13 +55,13 @@ def demo_ports(count: int) -> list[DemoPort]:
         DemoPort("free-tier", Budget(enabled=False), 2),
     ]
     for i in range(max(count - 2, 0)):
-        hard = 2_000_000 * (i + 1)
+        hard = 8_000_000 * (i + 1)
         ports.append(
             DemoPort(
                 f"tenant-{i + 1:02d}",
                 Budget(
                     enabled=True,
-                    soft_cap_tokens=hard // 2,
+                    soft_cap_tokens=hard * 6 // 10,
                     hard_cap_tokens=hard,
                     period=("day", "week", "month")[i % 3],
                 ),
@@ -97,10 +100,12 @@ def _worker(
             estimate = int((mean_in + mean_out) * 1.5)
             d = gate.reserve(port, estimate, feature, user_id=f"user-{rng.randint(1, 20)}")
             mine["decisions"] += 1
+            mine["gate_calls"] += 1
             if not d.ok or d.reservation_id is None:
                 mine[f"refused:{port}:{d.reason}"] += 1
                 continue
             tin, tout = _tokens(rng, mean_in), _tokens(rng, mean_out)
+            mine["gate_calls"] += 1
             if rng.random() < 0.03:  # the LLM call failed: give the tokens back
                 gate.release(d.reservation_id)
                 continue
@@ -120,11 +125,16 @@ def _worker(
             totals.update(mine)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    busy = time.monotonic() - started
     gate.close()
+    # Rates per process (over its own running time, start-up excluded) add up.
+    totals["decisions_per_s"] = int(totals["decisions"] / busy)
+    totals["calls_per_s"] = int(totals["gate_calls"] / busy)
     out.put(totals)
 
 
@@ -179,13 +189,11 @@ def run(settings: Settings, *, processes: int, seconds: float, ports: int) -> No
             totals.update(out.get(timeout=60))
         for p in procs:
             p.join()
-        elapsed = deadline - start
-        _report(console, gate, demo, totals, elapsed)
+        _report(console, gate, demo, totals)
+        _ledger_report(console, gate, demo)
 
 
-def _report(
-    console: Console, gate: Gate, demo: list[DemoPort], totals: Counter[str], elapsed: float
-) -> None:
+def _report(console: Console, gate: Gate, demo: list[DemoPort], totals: Counter[str]) -> None:
     table = Table(title="Ports after the run", title_justify="left")
     for col in (
         "port",
@@ -216,16 +224,55 @@ def _report(
             "yes" if alerts else "-",
         )
     console.print(table)
-    reasons = Counter(k.rsplit(":", 1)[1] for k in totals if k.startswith("refused:"))
+    reasons: Counter[str] = Counter()
+    for key, n in totals.items():
+        if key.startswith("refused:"):
+            reasons[key.rsplit(":", 1)[1]] += n
     console.print(
-        f"{totals['decisions']:,} decisions in {elapsed:.1f} s = "
-        f"[bold]{totals['decisions'] / elapsed:,.0f} decisions/s[/] across all workers; "
-        f"{totals['calls']:,} calls committed, {totals['tokens']:,} tokens; refusals by reason: "
-        + (
-            ", ".join(
-                f"{r} {sum(n for k, n in totals.items() if k.endswith(r)):,}"
-                for r in sorted(reasons)
-            )
-            or "none"
+        f"{totals['decisions']:,} reserve decisions: [bold]{totals['decisions_per_s']:,} "
+        f"decisions/s[/] across all workers ({totals['calls_per_s']:,} gate calls/s with "
+        "commits and releases)"
+    )
+    console.print(f"{totals['calls']:,} calls committed, {totals['tokens']:,} tokens")
+    console.print(
+        "refusals by reason: "
+        + (", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items())) or "none")
+    )
+
+
+def _ledger_report(console: Console, gate: Gate, demo: list[DemoPort]) -> None:
+    """Drain the streams into Postgres, read the breakdown back, reconcile."""
+    drainer = Drainer(gate.settings, gate.redis, gate.store.engine)
+    started = time.monotonic()
+    drained = sum(
+        drainer.drain_shard(s, max_seconds=60).inserted for s in range(gate.settings.shards)
+    )
+    console.print(
+        f"drained {drained:,} usage events into the Postgres ledger in "
+        f"{time.monotonic() - started:.2f} s"
+    )
+    table = Table(
+        title="Per-feature breakdown, current period (read back from Postgres)",
+        title_justify="left",
+    )
+    for col in ("port", "feature", "tokens", "calls"):
+        table.add_column(
+            col, justify="right" if col in ("tokens", "calls") else "left", no_wrap=True
         )
+    for p in demo:
+        for i, f in enumerate(gate.breakdown(p.port_id)):
+            table.add_row(
+                p.port_id if i == 0 else "",
+                f.feature,
+                f"{f.tokens:,}",
+                f"{f.calls:,}",
+                end_section=False,
+            )
+        table.add_section()
+    console.print(table)
+    report = Reconciler(gate.settings, gate.redis, gate.store.engine, drainer).run()
+    console.print(
+        f"reconciliation: {report.ports_checked} ports checked against the ledger, "
+        f"{report.ports_drifted} drifted, {report.tokens_corrected:,} tokens corrected, "
+        f"in {report.seconds:.2f} s"
     )
