@@ -256,7 +256,7 @@ class Gate:
             "reserve",
             self._scripts.reserve,
             pk,
-            lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open, pk.reservation(hex_id)),
+            lambda w: (pk.budget, *pk.usage_all(w), pk.open, pk.reservation(hex_id)),
             lambda: (
                 estimate,
                 self._lease_ms,
@@ -279,7 +279,7 @@ class Gate:
         started = time.perf_counter()
         with redis_errors():
             code = self._scripts.release(
-                [pk.state, pk.open, pk.reservation(hex_id)],
+                [pk.budget, pk.open, pk.reservation(hex_id)],
                 [hex_id, self.settings.settled_seconds],
             )[0]
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
@@ -341,7 +341,6 @@ class Gate:
                 lambda w: (
                     pk.budget,
                     *pk.usage_all(w),
-                    pk.state,
                     pk.stream,
                     pk.open,
                     pk.reservation(hex_id),
@@ -407,7 +406,7 @@ class Gate:
                 "record",
                 self._scripts.record,
                 pk,
-                lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.stream, *marker),
+                lambda w: (pk.budget, *pk.usage_all(w), pk.stream, *marker),
                 lambda: (
                     pk.port,
                     feat,
@@ -546,7 +545,7 @@ class Gate:
             "check",
             self._scripts.check,
             pk,
-            lambda w: (pk.budget, *pk.usage_all(w), pk.state, pk.open),
+            lambda w: (pk.budget, *pk.usage_all(w), pk.open),
             lambda: (estimate, feature),
         )
 

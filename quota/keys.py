@@ -6,8 +6,7 @@ after segments of fixed shape, so the layout is injective: two different
 (port, kind) pairs can never name the same key, and a port id can never reach
 another port's keys (tests/unit/test_keys.py checks this with hypothesis).
 
-    <prefix>:{q<s>}:b:<port>                      budget copy (hash, TTL)
-    <prefix>:{q<s>}:s:<port>                      state: held tokens, last soft alert (hash)
+    <prefix>:{q<s>}:b:<port>                      budget copy + held tokens + last alert (hash)
     <prefix>:{q<s>}:o:<port>                      open holds (zset "<hex>:<tokens>" → lease end)
     <prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>  usage: t = total, f:<feature> (hash, EXPIREAT)
     <prefix>:{q<s>}:r:<hex32>:<port>              one reservation (hash, TTL)
@@ -39,10 +38,6 @@ class PortKeys:
     @property
     def budget(self) -> str:
         return f"{self.tag}:b:{self.port}"
-
-    @property
-    def state(self) -> str:
-        return f"{self.tag}:s:{self.port}"
 
     @property
     def open(self) -> str:

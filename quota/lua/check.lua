@@ -1,6 +1,6 @@
 -- check: the seed's decision for `estimate` tokens; changes nothing.
--- KEYS[1] = budget copy  KEYS[2..4] = usage day/week/month  KEYS[5] = port state
--- KEYS[6] = open reservations (zset)
+-- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2..4] = usage day/week/month
+-- KEYS[5] = open reservations (zset)
 -- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[8] = estimate
 -- ARGV[9] = feature whose usage to report, or '' for none
 -- returns {ok, reason, used, reserved, enabled, soft, hard, period, now_ms, feature_used}
@@ -16,9 +16,9 @@ if not b then
 end
 local used = used_in(b)
 -- Read-only view of the holds: expired leases do not count, even before a purge.
-local reserved = held(KEYS[6])
+local reserved = held(b, KEYS[5])
 if reserved > 0 then
-  reserved = reserved - expired(KEYS[6], now)
+  reserved = reserved - expired(KEYS[5], now)
 end
 local ok, reason = decide(b, used, 0, tonumber(ARGV[8]))
 local feature_used = 0

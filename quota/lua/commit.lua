@@ -1,9 +1,9 @@
 -- commit: settle a reservation: return its hold and count the actual tokens (in
 -- full, even above the estimate) in one step, append the usage event. Idempotent:
 -- a settled reservation is a no-op.
--- KEYS[1] = budget copy  KEYS[2..4] = usage day/week/month  KEYS[5] = port state
--- KEYS[6] = shard stream  KEYS[7] = open reservations (zset)  KEYS[8] = the reservation
--- KEYS[9] = request-id marker (only when a request id is given)
+-- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2..4] = usage day/week/month
+-- KEYS[5] = shard stream  KEYS[6] = open reservations (zset)  KEYS[7] = the reservation
+-- KEYS[8] = request-id marker (only when a request id is given)
 -- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[8] = port  ARGV[9] = reservation hex id
 -- ARGV[10] = provider  ARGV[11] = model  ARGV[12] = input tokens  ARGV[13] = output tokens
 -- ARGV[14] = request id or ''  ARGV[15] = event id  ARGV[16] = request-id marker ttl s
@@ -17,7 +17,7 @@ local bad = clock_guard(now)
 if bad then
   return bad
 end
-local r = redis.call('HMGET', KEYS[8], 'tokens', 'feature', 'user', 'state')
+local r = redis.call('HMGET', KEYS[7], 'tokens', 'feature', 'user', 'state')
 if not r[1] then
   return {-3}
 end
@@ -28,20 +28,22 @@ local b = read_budget()
 if not b and ARGV[18] ~= '1' then
   return {-1}
 end
-purge_expired(KEYS[7], now)
+if b then
+  purge_expired(b, KEYS[6], now)
+end
 local lease_expired = 1
-if redis.call('ZREM', KEYS[7], ARGV[9] .. ':' .. r[1]) == 1 then
-  redis.call('HINCRBY', KEYS[5], 'held', -tonumber(r[1]))
+if redis.call('ZREM', KEYS[6], ARGV[9] .. ':' .. r[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(r[1]))
   lease_expired = 0
 end
-redis.call('HSET', KEYS[8], 'state', 'committed')
-redis.call('EXPIRE', KEYS[8], ARGV[17])
-if KEYS[9] and not redis.call('SET', KEYS[9], ARGV[15], 'NX', 'EX', ARGV[16]) then
+redis.call('HSET', KEYS[7], 'state', 'committed')
+redis.call('EXPIRE', KEYS[7], ARGV[17])
+if KEYS[8] and not redis.call('SET', KEYS[8], ARGV[15], 'NX', 'EX', ARGV[16]) then
   return {2, -1, 0, now, lease_expired}
 end
 local total = tonumber(ARGV[12]) + tonumber(ARGV[13])
 add_usage(r[2], total)
-append_event(KEYS[6], ARGV[15], ARGV[8], r[3], r[2], ARGV[10], ARGV[11],
+append_event(KEYS[5], ARGV[15], ARGV[8], r[3], r[2], ARGV[10], ARGV[11],
              ARGV[12], ARGV[13], ARGV[14], now)
 if not b then
   return {1, -1, 0, now, lease_expired}

@@ -3,8 +3,9 @@
 -- they touch the operation's KEYS and nothing else.
 --
 -- Conventions shared by check, reserve, commit and record:
---   KEYS[1] = budget copy (hash)       KEYS[2..4] = usage day/week/month (hash)
---   KEYS[5] = port state (hash: held, alert)
+--   KEYS[1] = the port hash: budget copy (version, enabled, soft, hard, period) and
+--             state (held: tokens of open reservations; alert: last soft-alert period)
+--   KEYS[2..4] = usage day/week/month (hash: t = total, f:<feature>)
 --   ARGV[1] = day start ms  ARGV[2] = day end ms  ARGV[3] = week start ms
 --   ARGV[4] = month start ms  ARGV[5..7] = EXPIREAT seconds for day/week/month
 -- Reply codes (first element): 1 done/ok, 0 refused, 2 no-op (duplicate or settled),
@@ -27,13 +28,14 @@ end
 
 local PERIOD_INDEX = {day = 1, week = 2, month = 3}
 
+-- The budget copy and the held tokens, in one call; nil when the copy is missing.
 local function read_budget()
-  local b = redis.call('HMGET', KEYS[1], 'enabled', 'soft', 'hard', 'period')
+  local b = redis.call('HMGET', KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held')
   if not b[1] then
     return nil
   end
   return {enabled = tonumber(b[1]), soft = tonumber(b[2]), hard = tonumber(b[3]),
-          period = b[4], idx = PERIOD_INDEX[b[4]]}
+          period = b[4], idx = PERIOD_INDEX[b[4]], held = tonumber(b[5] or '0')}
 end
 
 -- Tokens used in the budget's own period (all three are always counted).
@@ -47,12 +49,11 @@ end
 
 -- Tokens held by open reservations. If the open-set key is gone (it expires after
 -- its last lease), nothing can be held, whatever the counter says.
-local function held(open_key)
-  local h = tonumber(redis.call('HGET', KEYS[5], 'held') or '0')
-  if h ~= 0 and redis.call('EXISTS', open_key) == 0 then
+local function held(b, open_key)
+  if b.held ~= 0 and redis.call('EXISTS', open_key) == 0 then
     return 0, true
   end
-  return h, false
+  return b.held, false
 end
 
 -- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>").
@@ -67,10 +68,10 @@ local function expired(open_key, now)
 end
 
 -- Return expired holds to the budget (bounded per call; the rest go next call).
-local function purge_expired(open_key, now)
-  local h, stale = held(open_key)
+local function purge_expired(b, open_key, now)
+  local h, stale = held(b, open_key)
   if stale then
-    redis.call('HDEL', KEYS[5], 'held')
+    redis.call('HDEL', KEYS[1], 'held')
     return 0
   end
   if h == 0 then
@@ -79,7 +80,7 @@ local function purge_expired(open_key, now)
   local freed, gone = expired(open_key, now)
   if #gone > 0 then
     redis.call('ZREM', open_key, unpack(gone))
-    h = redis.call('HINCRBY', KEYS[5], 'held', -freed)
+    h = redis.call('HINCRBY', KEYS[1], 'held', -freed)
   end
   return h
 end
@@ -118,10 +119,10 @@ local function soft_alert(b, used)
   end
   local starts = {ARGV[1], ARGV[3], ARGV[4]}
   local marker = b.period .. ':' .. starts[b.idx]
-  if redis.call('HGET', KEYS[5], 'alert') == marker then
+  if redis.call('HGET', KEYS[1], 'alert') == marker then
     return 0
   end
-  redis.call('HSET', KEYS[5], 'alert', marker)
+  redis.call('HSET', KEYS[1], 'alert', marker)
   return 1
 end
 

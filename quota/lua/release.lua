@@ -1,5 +1,5 @@
 -- release: return a reservation's hold without counting usage. Idempotent.
--- KEYS[1] = port state  KEYS[2] = open reservations (zset)  KEYS[3] = the reservation
+-- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2] = open reservations (zset)  KEYS[3] = the reservation
 -- ARGV[1] = reservation hex id  ARGV[2] = seconds a settled reservation is remembered
 -- returns {1} released, {2} already settled (no-op), {-3} unknown reservation
 local r = redis.call('HMGET', KEYS[3], 'tokens', 'state')

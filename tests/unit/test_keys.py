@@ -18,7 +18,6 @@ def all_keys(port: str, request_id: str) -> set[str]:
     pk = layout.for_port(port)
     return {
         pk.budget,
-        pk.state,
         pk.open,
         *pk.usage_all(windows),
         pk.reservation("0" * 32),
