@@ -106,6 +106,19 @@ class Windows:
             month_expire_s=int((period_end("month", now) + grace).timestamp()),
         )
 
+    @property
+    def argv(self) -> tuple[int, ...]:
+        """ARGV[1..7] of every period-keyed script (see quota/lua/lib.lua)."""
+        return (
+            self.day_start_ms,
+            self.day_end_ms,
+            self.week_start_ms,
+            self.month_start_ms,
+            self.day_expire_s,
+            self.week_expire_s,
+            self.month_expire_s,
+        )
+
     def start_ms(self, period: Period) -> int:
         if period == "day":
             return self.day_start_ms

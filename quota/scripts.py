@@ -17,6 +17,7 @@ from redis.commands.core import Script
 
 OPERATIONS = (
     "check",
+    "check_many",
     "reserve",
     "commit",
     "release",
@@ -43,6 +44,7 @@ def source(operation: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Scripts:
     check: Script
+    check_many: Script
     reserve: Script
     commit: Script
     release: Script

@@ -29,8 +29,9 @@ end
 local PERIOD_INDEX = {day = 1, week = 2, month = 3}
 
 -- The budget copy and the held tokens, in one call; nil when the copy is missing.
-local function read_budget()
-  local b = redis.call('HMGET', KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held')
+-- `key` defaults to KEYS[1] (check_many passes each port's).
+local function read_budget(key)
+  local b = redis.call('HMGET', key or KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held')
   if not b[1] then
     return nil
   end
@@ -38,13 +39,14 @@ local function read_budget()
           period = b[4], idx = PERIOD_INDEX[b[4]], held = tonumber(b[5] or '0')}
 end
 
--- Tokens used in the budget's own period (all three are always counted).
-local function used_in(b, feature)
+-- Tokens used in the budget's own period (all three are always counted). The usage
+-- keys are KEYS[base + 1 .. base + 3] (base 1 unless check_many says otherwise).
+local function used_in(b, feature, base)
   local field = 't'
   if feature then
     field = 'f:' .. feature
   end
-  return tonumber(redis.call('HGET', KEYS[1 + b.idx], field) or '0')
+  return tonumber(redis.call('HGET', KEYS[(base or 1) + b.idx], field) or '0')
 end
 
 -- Tokens held by open reservations. If the open-set key is gone (it expires after

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota import Budget, Gate
+from quota import Budget, Gate, InvalidInput
 from quota.decisions import decide
 
 
@@ -111,3 +113,30 @@ def test_lua_decision_equals_the_python_rules(
     r = gate.reserve(port, estimate, "f")
     assert (r.ok, r.reason) == decide(budget, used, 0, estimate)
     assert budget == Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=soft + extra)
+
+
+def test_check_many_equals_check_for_every_port(gate: Gate, r: redis.Redis) -> None:
+    requests = []
+    for i in range(60):
+        port = f"many-{i}"
+        if i % 3:
+            gate.set_budget(
+                port, enabled=i % 2 == 0, soft_cap_tokens=50, hard_cap_tokens=100, updated_by="u"
+            )  # others keep the default (disabled) budget
+        if i % 4 == 0:
+            spend(gate, port, i * 3)
+        requests.append((port, (i * 7) % 130))
+    r.delete(gate.layout.for_port("many-1").budget)  # a cache miss inside the batch
+    r.script_flush()  # and a server that forgot the scripts
+    many = gate.check_many(requests)
+    assert many == [gate.check(p, e) for p, e in requests]
+    assert {d.reason for d in many} == {None, "hard-cap-exceeded", "estimated-exceeds-cap"}
+    assert len({gate.layout.for_port(p).shard for p, _ in requests}) == 16  # all shards
+    assert gate.check_many([]) == []
+
+
+def test_check_many_refuses_bad_input_before_any_call(gate: Gate) -> None:
+    with pytest.raises(InvalidInput):
+        gate.check_many([("ok", 1), ("bad port", 1)])
+    with pytest.raises(InvalidInput):
+        gate.check_many([("ok", -1)])
