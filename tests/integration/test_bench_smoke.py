@@ -22,7 +22,22 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         timeout=240,
     )
     report = out.read_text()
-    for row in ("1 process", "2 processes", "offered load", "oldest undrained event, p99"):
+    for row in (
+        "baseline: raw redis-py EVALSHA",
+        "gate.reserve",
+        "4 processes",
+        "gate.check_many",
+        "limits FixedWindow",
+        "limits MovingWindow",
+        "seed check (Postgres SUM), 10,000 ledger rows",
+        "1 process",
+        "2 processes",
+        "offered load",
+        "oldest undrained event, p99",
+        "reconcile 500 active ports",
+        "Redis memory per active port",
+        "Redis time per call: reserve",
+    ):
         assert row in report
     assert "Redis 7" in report
     assert "PostgreSQL" in report

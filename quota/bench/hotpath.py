@@ -1,0 +1,225 @@
+"""The hot path against a raw-EVALSHA baseline: sequential (rows 1-2), four processes
+on 1,000 ports (row 3), and batched checks (row 4)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
+
+import redis
+
+from quota.bench._measure import Row, Timing, reset, time_calls
+from quota.gate import Gate
+from quota.settings import Settings
+
+TRIVIAL = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+HUGE = 10**14  # caps no benchmark reaches: every decision is an "ok" one
+
+
+def budgets(gate: Gate, ports: list[str]) -> None:
+    for port in ports:
+        gate.set_budget(
+            port,
+            enabled=True,
+            soft_cap_tokens=HUGE // 2,
+            hard_cap_tokens=HUGE,
+            period="month",
+            updated_by="bench",
+        )
+
+
+def operations(
+    gate: Gate, raw: redis.Redis, ports: list[str], seed: int
+) -> tuple[dict[str, Callable[[], object]], deque[str]]:
+    """The calls measured, by name, and the queue through which reserve hands its
+    reservation ids to commit."""
+    sha = raw.script_load(TRIVIAL)
+    trivial_key = f"{gate.settings.key_prefix}:{{q0}}:trivial"
+    rng = random.Random(seed)
+    held: deque[str] = deque()
+
+    def reserve() -> None:
+        held.append(gate.reserve(rng.choice(ports), 1500, "ocr").reservation_id or "")
+
+    def commit() -> None:
+        gate.commit(
+            held.popleft(), input_tokens=1000, output_tokens=200, provider="openai", model="gpt-4o"
+        )
+
+    return {
+        "baseline": lambda: raw.evalsha(sha, 1, trivial_key, 1),
+        "check": lambda: gate.check(rng.choice(ports), 1500),
+        "reserve": reserve,
+        "commit": commit,
+        "record": lambda: gate.record(
+            port_id=rng.choice(ports),
+            feature="ocr",
+            provider="openai",
+            model="gpt-4o",
+            input_tokens=1000,
+            output_tokens=200,
+        ),
+    }, held
+
+
+def interleaved(
+    ops: dict[str, Callable[[], object]], calls: int, rounds: int = 5
+) -> dict[str, Timing]:
+    """Each operation ``calls`` times, in ``rounds`` alternating blocks so that a slow
+    patch of the machine hits all of them alike; latencies merged over the rounds."""
+    per: dict[str, list[Timing]] = {name: [] for name in ops}
+    for _ in range(rounds):
+        for name, fn in ops.items():
+            per[name].append(time_calls(fn, calls // rounds, warmup=50))
+    return {
+        name: Timing(
+            sum(t.per_second for t in ts) / len(ts),
+            sorted(t.p50_us for t in ts)[len(ts) // 2],
+            max(t.p99_us for t in ts),
+        )
+        for name, ts in per.items()
+    }
+
+
+NAMES = {
+    "baseline": "baseline: raw redis-py EVALSHA of a one-key INCRBY script",
+    "check": "gate.check",
+    "reserve": "gate.reserve",
+    "commit": "gate.commit",
+    "record": "gate.record",
+}
+GOALS = {
+    "check": "goal ≥ 0.85×",
+    "reserve": "goal ≥ 0.85×",
+    "commit": "goal ≥ 0.75×",
+    "record": "goal ≥ 0.75×",
+}
+
+
+def bench_sequential(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
+    reset(settings, client)
+    with Gate(settings) as gate:
+        ports = ["bench-port"]
+        budgets(gate, ports)
+        raw = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        timings = interleaved(operations(gate, raw, ports, seed=1)[0], calls)
+        raw.close()
+    base = Row(
+        "sequential",
+        NAMES["baseline"],
+        timings["baseline"].per_second,
+        "calls/s",
+        timings["baseline"].p50_us,
+        timings["baseline"].p99_us,
+    )
+    rows = [base]
+    for name in ("check", "reserve", "commit", "record"):
+        t = timings[name]
+        rows.append(
+            Row(
+                "sequential",
+                NAMES[name],
+                t.per_second,
+                "calls/s",
+                t.p50_us,
+                t.p99_us,
+                note=GOALS[name],
+            ).against(base)
+        )
+    return rows
+
+
+def _process(
+    settings: Settings,
+    ports: list[str],
+    seconds: float,
+    seed: int,
+    barrier: Barrier,
+    out: mp.Queue[dict[str, tuple[int, list[int]]]],
+) -> None:
+    gate = Gate(settings)
+    raw = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    ops, held = operations(gate, raw, ports, seed)
+    result: dict[str, tuple[int, list[int]]] = {}
+    for name, fn in ops.items():
+        barrier.wait()  # every process runs the same operation at the same time
+        latencies: list[int] = []
+        started = time.monotonic()
+        # Commits settle what the reserve phase held, so they may run out first.
+        while time.monotonic() - started < seconds and (name != "commit" or held):
+            t0 = time.perf_counter_ns()
+            fn()
+            latencies.append(time.perf_counter_ns() - t0)
+        busy = time.monotonic() - started
+        result[name] = (
+            int(len(latencies) * seconds / busy),
+            latencies[:: max(1, len(latencies) // 2000)],
+        )
+    gate.close()
+    out.put(result)
+
+
+def bench_processes(
+    settings: Settings,
+    client: redis.Redis,
+    seconds: float,
+    processes: int = 4,
+    port_count: int = 1000,
+) -> list[Row]:
+    reset(settings, client)
+    ports = [f"tenant-{i}" for i in range(port_count)]
+    with Gate(settings) as gate:
+        budgets(gate, ports)
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(processes)
+    out: mp.Queue[dict[str, tuple[int, list[int]]]] = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process, args=(settings, ports, seconds, i, barrier, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    rows: list[Row] = []
+    for name in ("baseline", "check", "reserve", "commit", "record"):
+        count = sum(r[name][0] for r in results)
+        lat = sorted(x for r in results for x in r[name][1])
+        row = Row(
+            f"{processes} processes",
+            NAMES[name] + f", {port_count:,} ports",
+            count / seconds,
+            "calls/s",
+            lat[len(lat) // 2] / 1000,
+            lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000,
+            note="" if name == "baseline" else "goal ≥ 0.8×",
+        )
+        rows.append(row if not rows else row.against(rows[0]))
+    return rows
+
+
+def bench_batched(
+    settings: Settings, client: redis.Redis, batches: int, batch: int = 1000
+) -> list[Row]:
+    reset(settings, client)
+    ports = [f"tenant-{i}" for i in range(batch)]
+    with Gate(settings) as gate:
+        budgets(gate, ports)
+        requests = [(p, 1500) for p in ports]
+        t = time_calls(lambda: gate.check_many(requests), batches, warmup=3)
+    return [
+        Row(
+            "batched",
+            f"gate.check_many, {batch:,} ports per call",
+            t.per_second * batch,
+            "decisions/s",
+            t.p50_us,
+            t.p99_us,
+            note=f"latency per call of {batch:,}; goal ≥ 100,000 decisions/s",
+        )
+    ]

@@ -1,0 +1,109 @@
+"""What users would otherwise use: the `limits` library on the same Redis (row 5), and
+the seed's check, a Postgres SUM over the ledger, at growing ledger sizes (row 6)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+from limits import RateLimitItemPerDay
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from sqlalchemy import text
+
+from quota.bench._measure import Row, reset, timed_row
+from quota.bench.hotpath import budgets
+from quota.gate import Gate
+from quota.periods import period_start
+from quota.settings import Settings
+from quota.store import make_engine
+
+
+def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
+    """A decision with cost from `limits` (1 counter, one window) against gate.reserve
+    (hard cap with holds, three periods, per-feature counters, a ledger event on commit)
+    and gate.check, all on the same Redis in the same run."""
+    reset(settings, client)
+    storage = RedisStorage(settings.redis_url, key_prefix=f"{settings.key_prefix}-limits")
+    item = RateLimitItemPerDay(10**12)
+    fixed, moving = FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage)
+    rows = [
+        timed_row(
+            "peers",
+            "limits FixedWindow hit(cost=1500)",
+            lambda: fixed.hit(item, "fixed-port", cost=1500),
+            calls,
+        ),
+        timed_row(
+            "peers",
+            "limits MovingWindow hit(cost=15)",
+            lambda: moving.hit(item, "moving-port", cost=15),
+            calls // 4,
+            note="cost 15: the moving window stores one entry per unit of cost",
+        ),
+    ]
+    with Gate(settings) as gate:
+        budgets(gate, ["port-1"])
+        check = timed_row(
+            "peers", "gate.check (same run)", lambda: gate.check("port-1", 1500), calls
+        )
+        reserve = timed_row(
+            "peers", "gate.reserve (same run)", lambda: gate.reserve("port-1", 1500, "ocr"), calls
+        )
+    fixed_row = rows[0]
+    return [*rows, check.against(fixed_row), reserve.against(fixed_row)]
+
+
+_FILL = text("""
+INSERT INTO ledger (event_id, occurred_at, port_id, feature, provider, model, input_tokens,
+                    output_tokens, total_tokens, source)
+SELECT gen_random_uuid(), :start + (random() * (:now - :start)), 'seed-port', 'ocr', 'openai',
+       'gpt-4o', 1000, 200, 1200, 'direct'
+FROM generate_series(1, :n)
+""")
+# The seed's checkBudget: read the budget, then SUM the ledger since the period start.
+_SEED_BUDGET = text("SELECT enabled, hard_cap_tokens, period FROM budgets WHERE port_id = :p")
+_SEED_SUM = text(
+    "SELECT coalesce(sum(total_tokens), 0) FROM ledger WHERE port_id = :p AND occurred_at >= :since"
+)
+
+
+def bench_seed(settings: Settings, client: redis.Redis, sizes: list[int], calls: int) -> list[Row]:
+    reset(settings, client)
+    engine = make_engine(settings.database_url)
+    now = datetime.now(UTC)
+    start = period_start("month", now)
+    rows: list[Row] = []
+    with Gate(settings) as gate, engine.connect() as conn:
+        budgets(gate, ["seed-port"])
+
+        def seed_check() -> None:
+            conn.execute(_SEED_BUDGET, {"p": "seed-port"}).one()
+            conn.execute(_SEED_SUM, {"p": "seed-port", "since": start}).scalar_one()
+
+        have = 0
+        seed_base = ours_base = None
+        for size in [0, *sizes]:
+            if size > have:
+                conn.execute(_FILL, {"start": start, "now": now, "n": size - have})
+                conn.commit()
+                conn.execute(text("ANALYZE ledger"))
+                conn.commit()
+                have = size
+            seed = timed_row(
+                "seed",
+                f"seed check (Postgres SUM), {size:,} ledger rows",
+                seed_check,
+                max(20, calls // (1 + size // 20_000)),
+            )
+            ours = timed_row(
+                "seed",
+                f"gate.check, {size:,} ledger rows",
+                lambda: gate.check("seed-port", 1500),
+                calls,
+            )
+            seed_base = seed_base or seed
+            ours_base = ours_base or ours
+            rows += [seed.against(seed_base), ours.against(ours_base)]
+    engine.dispose()
+    return rows

@@ -1,0 +1,107 @@
+"""Scale: reconciliation of 10,000 active ports (row 8), Redis memory per active port
+and server-side time per script call (row 9)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from quota.bench._measure import Row, reset
+from quota.bench.hotpath import TRIVIAL, budgets
+from quota.drain import Drainer
+from quota.gate import Gate
+from quota.reconcile import Reconciler
+from quota.settings import Settings
+
+
+def _activate(gate: Gate, ports: list[str]) -> None:
+    """Each port: a budget copy, usage in two features, one event each."""
+    budgets(gate, ports)
+    for port in ports:
+        for feature in ("ocr", "chat"):
+            gate.record(
+                port_id=port,
+                feature=feature,
+                provider="openai",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=200,
+            )
+
+
+def bench_reconcile_and_memory(settings: Settings, client: redis.Redis, ports: int) -> list[Row]:
+    reset(settings, client)
+    names = [f"tenant-{i}" for i in range(ports)]
+    with Gate(settings) as gate:
+        used_before = int(client.info("memory")["used_memory"])
+        _activate(gate, names)
+        drainer = Drainer(settings, gate.redis, gate.store.engine)
+        for shard in range(settings.shards):
+            drainer.drain_shard(shard, max_seconds=3600)  # streams drained and trimmed
+        used_after = int(client.info("memory")["used_memory"])
+        started = time.perf_counter()
+        report = Reconciler(settings, gate.redis, gate.store.engine, drainer).run()
+        seconds = time.perf_counter() - started
+    return [
+        Row(
+            "scale",
+            f"reconcile {ports:,} active ports",
+            seconds,
+            "s",
+            note=f"{report.ports_checked:,} checked, {report.ports_drifted} drifted; "
+            "goal ≤ 10 s for 10,000",
+        ),
+        Row(
+            "scale",
+            "Redis memory per active port",
+            (used_after - used_before) / ports,
+            "bytes",
+            note="budget copy + day/week/month usage (2 features); streams drained; goal ≤ 1,024",
+        ),
+    ]
+
+
+def bench_server_time(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
+    """Redis-side microseconds per call (INFO commandstats), one operation at a time."""
+    reset(settings, client)
+    rows: list[Row] = []
+    with Gate(settings) as gate:
+        budgets(gate, ["port-1"])
+        sha = gate.redis.script_load(TRIVIAL)
+        ids: list[str] = []
+        ops: dict[str, Callable[[], object]] = {
+            "trivial one-key INCRBY script": lambda: gate.redis.evalsha(
+                sha, 1, f"{settings.key_prefix}:{{q0}}:t", 1
+            ),
+            "check": lambda: gate.check("port-1", 1500),
+            "reserve": lambda: ids.append(gate.reserve("port-1", 1500, "ocr").reservation_id or ""),
+            "commit": lambda: gate.commit(
+                ids.pop(), input_tokens=1000, output_tokens=200, provider="openai", model="gpt-4o"
+            ),
+            "record": lambda: gate.record(
+                port_id="port-1",
+                feature="ocr",
+                provider="openai",
+                model="gpt-4o",
+                input_tokens=1000,
+                output_tokens=200,
+            ),
+        }
+        base: Row | None = None
+        for name, fn in ops.items():
+            client.config_resetstat()
+            for _ in range(calls):
+                fn()
+            stats = client.info("commandstats")["cmdstat_evalsha"]
+            row = Row(
+                "server",
+                f"Redis time per call: {name}",
+                float(stats["usec_per_call"]),
+                "µs",
+                note="goal ≤ 15 µs" if name == "reserve" else "",
+            )
+            base = base or row
+            rows.append(row if row is base else row.against(base))
+    return rows
