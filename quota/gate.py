@@ -51,7 +51,7 @@ from quota.models import (
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
 from quota.scripts import Scripts
-from quota.settings import Settings
+from quota.settings import MAX_LEASE_SECONDS, Settings
 from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
@@ -62,14 +62,13 @@ _NO_BUDGET, _CLOCK, _UNKNOWN = -1, -2, -3
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
 _HEX_LEN = 32
+# The open-reservation set lives this long past its creation or renewal; it is renewed
+# at least once per lease, so twice the longest lease keeps it alive under any lease.
+_OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
 # Reservations this process made, remembered for commit's Postgres fallback.
 _LOCAL_RESERVATIONS = 100_000
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _split_reservation(reservation_id: object) -> tuple[str, str]:
@@ -313,6 +312,7 @@ class Gate:
                 feat,
                 user or "",
                 self.settings.settled_seconds,
+                _OPEN_SET_MS,
             ),
         )
         if reply[0] != _OK:
@@ -563,8 +563,10 @@ class Gate:
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
             started = time.perf_counter()
-            with redis_errors():
+            try:  # inline rather than redis_errors(): this is the hot path
                 reply: list[Any] = script(keys(w), (*w.argv, *args()))
+            except redis.exceptions.RedisError as exc:
+                raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
             code = reply[0]
             if code == _CLOCK:
@@ -603,14 +605,14 @@ class Gate:
         on = enabled == 1
         return Decision(
             ok=ok == _OK,
-            reason=cast(Any, _text(reason) or None),
+            reason=reason or None,
             used_tokens=used,
             remaining=hard - used if on else None,
             cap_tokens=hard,
             soft_cap=on and used > soft,
             reserved_tokens=max(reserved, 0),
             enabled=on,
-            period=cast(Period, _text(period)),
+            period=period,
             reservation_id=reservation_id,
         )
 

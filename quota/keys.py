@@ -6,10 +6,10 @@ after segments of fixed shape, so the layout is injective: two different
 (port, kind) pairs can never name the same key, and a port id can never reach
 another port's keys (tests/unit/test_keys.py checks this with hypothesis).
 
-    <prefix>:{q<s>}:b:<port>                      budget copy + held tokens + last alert (hash)
+    <prefix>:{q<s>}:b:<port>                      budget copy, held tokens, next lease end, alert
     <prefix>:{q<s>}:o:<port>                      open holds (zset "<hex>:<tokens>" → lease end)
     <prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>  usage: t = total, f:<feature> (hash, EXPIREAT)
-    <prefix>:{q<s>}:r:<hex32>:<port>              one reservation (hash, TTL)
+    <prefix>:{q<s>}:r:<hex32>:<port>              a reservation: "tokens|feature|user|state"
     <prefix>:{q<s>}:i:<len(port)>:<port>:<request id>   idempotency marker (string, TTL)
     <prefix>:{q<s>}:events                        the shard's usage stream
 """

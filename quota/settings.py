@@ -8,6 +8,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
+#: The longest lease allowed. Open-reservation sets outlive their last write by this
+#: much, so no lease, whichever gate granted it, can outlast the set that tracks it.
+MAX_LEASE_SECONDS = 7 * 86400
 
 
 class Settings(BaseSettings):
@@ -22,7 +25,7 @@ class Settings(BaseSettings):
     #: Prefix of every Redis key; lets a demo or a test share a server without touching data.
     key_prefix: str = "quota"
     #: How long a reservation holds tokens before it expires by itself.
-    lease_seconds: float = Field(default=600.0, gt=0, le=7 * 86400)
+    lease_seconds: float = Field(default=600.0, gt=0, le=MAX_LEASE_SECONDS)
     #: How long a retried request_id is recognised (and counted once).
     idempotency_seconds: int = Field(default=2 * 86400, ge=60)
     #: How long a settled reservation is remembered, so a repeated commit/release is a no-op.

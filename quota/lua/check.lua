@@ -1,5 +1,5 @@
 -- check: the seed's decision for `estimate` tokens; changes nothing.
--- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2..4] = usage day/week/month
+-- KEYS[1] = port hash (budget copy, held, next, alert)  KEYS[2..4] = usage day/week/month
 -- KEYS[5] = open reservations (zset)
 -- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[8] = estimate
 -- ARGV[9] = feature whose usage to report, or '' for none
@@ -15,14 +15,9 @@ if not b then
   return {-1}
 end
 local used = used_in(b)
--- Read-only view of the holds: expired leases do not count, even before a purge.
-local reserved = held(b, KEYS[5])
-if reserved > 0 then
-  reserved = reserved - expired(KEYS[5], now)
-end
 local ok, reason = decide(b, used, 0, tonumber(ARGV[8]))
 local feature_used = 0
 if ARGV[9] ~= '' then
   feature_used = used_in(b, ARGV[9])
 end
-return decision_reply(ok, reason, used, reserved, b, now, feature_used)
+return decision_reply(ok, reason, used, live_held(b, KEYS[5], now), b, now, feature_used)

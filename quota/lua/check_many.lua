@@ -16,10 +16,7 @@ for i = 1, #KEYS / 5 do
     out[i] = {-1}
   else
     local used = used_in(b, nil, base + 1)
-    local reserved = held(b, KEYS[base + 5])
-    if reserved > 0 then
-      reserved = reserved - expired(KEYS[base + 5], now)
-    end
+    local reserved = live_held(b, KEYS[base + 5], now)
     local ok, reason = decide(b, used, 0, tonumber(ARGV[7 + i]))
     out[i] = {ok, reason, used, reserved, b.enabled, b.soft, b.hard, b.period}
   end

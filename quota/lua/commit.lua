@@ -1,7 +1,7 @@
 -- commit: settle a reservation: return its hold and count the actual tokens (in
 -- full, even above the estimate) in one step, append the usage event. Idempotent:
 -- a settled reservation is a no-op.
--- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2..4] = usage day/week/month
+-- KEYS[1] = port hash (budget copy, held, next, alert)  KEYS[2..4] = usage day/week/month
 -- KEYS[5] = shard stream  KEYS[6] = open reservations (zset)  KEYS[7] = the reservation
 -- KEYS[8] = request-id marker (only when a request id is given)
 -- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[8] = port  ARGV[9] = reservation hex id
@@ -17,11 +17,12 @@ local bad = clock_guard(now)
 if bad then
   return bad
 end
-local r = redis.call('HMGET', KEYS[7], 'tokens', 'feature', 'user', 'state')
-if not r[1] then
+local value = redis.call('GET', KEYS[7])
+if not value then
   return {-3}
 end
-if r[4] ~= 'open' then
+local tokens, feature, user, state = parse_reservation(value)
+if state ~= 'open' then
   return {2, -1, 0, now, 0}
 end
 local b = read_budget()
@@ -32,21 +33,19 @@ if b then
   purge_expired(b, KEYS[6], now)
 end
 local lease_expired = 1
-if redis.call('ZREM', KEYS[6], ARGV[9] .. ':' .. r[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(r[1]))
+if redis.call('ZREM', KEYS[6], ARGV[9] .. ':' .. tokens) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(tokens))
   lease_expired = 0
 end
-redis.call('HSET', KEYS[7], 'state', 'committed')
-redis.call('EXPIRE', KEYS[7], ARGV[17])
+redis.call('SET', KEYS[7], tokens .. '|' .. feature .. '|' .. user .. '|committed', 'EX',
+           ARGV[17])
 if KEYS[8] and not redis.call('SET', KEYS[8], ARGV[15], 'NX', 'EX', ARGV[16]) then
   return {2, -1, 0, now, lease_expired}
 end
-local total = tonumber(ARGV[12]) + tonumber(ARGV[13])
-add_usage(r[2], total)
-append_event(KEYS[5], ARGV[15], ARGV[8], r[3], r[2], ARGV[10], ARGV[11],
+local used = add_usage(feature, tonumber(ARGV[12]) + tonumber(ARGV[13]), b)
+append_event(KEYS[5], ARGV[15], ARGV[8], user, feature, ARGV[10], ARGV[11],
              ARGV[12], ARGV[13], ARGV[14], now)
 if not b then
   return {1, -1, 0, now, lease_expired}
 end
-local used = used_in(b)
 return {1, used, soft_alert(b, used), now, lease_expired, b.soft, b.period}

@@ -28,15 +28,18 @@ end
 
 local PERIOD_INDEX = {day = 1, week = 2, month = 3}
 
--- The budget copy and the held tokens, in one call; nil when the copy is missing.
+-- The port hash in one call: budget copy, held tokens, the earliest lease end of the
+-- open reservations ("next"), and the last soft-alert marker. nil if the copy is missing.
 -- `key` defaults to KEYS[1] (check_many passes each port's).
 local function read_budget(key)
-  local b = redis.call('HMGET', key or KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held')
+  local b = redis.call('HMGET', key or KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held',
+                       'next', 'alert')
   if not b[1] then
     return nil
   end
   return {enabled = tonumber(b[1]), soft = tonumber(b[2]), hard = tonumber(b[3]),
-          period = b[4], idx = PERIOD_INDEX[b[4]], held = tonumber(b[5] or '0')}
+          period = b[4], idx = PERIOD_INDEX[b[4]], held = tonumber(b[5] or '0'),
+          next = tonumber(b[6] or '0'), alert = b[7]}
 end
 
 -- Tokens used in the budget's own period (all three are always counted). The usage
@@ -49,16 +52,7 @@ local function used_in(b, feature, base)
   return tonumber(redis.call('HGET', KEYS[(base or 1) + b.idx], field) or '0')
 end
 
--- Tokens held by open reservations. If the open-set key is gone (it expires after
--- its last lease), nothing can be held, whatever the counter says.
-local function held(b, open_key)
-  if b.held ~= 0 and redis.call('EXISTS', open_key) == 0 then
-    return 0, true
-  end
-  return b.held, false
-end
-
--- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>").
+-- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>"), bounded.
 local function expired(open_key, now)
   local gone = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 256)
   local freed = 0
@@ -69,22 +63,43 @@ local function expired(open_key, now)
   return freed, gone
 end
 
--- Return expired holds to the budget (bounded per call; the rest go next call).
-local function purge_expired(b, open_key, now)
-  local h, stale = held(b, open_key)
-  if stale then
-    redis.call('HDEL', KEYS[1], 'held')
-    return 0
+-- Held tokens with ended leases left out, read-only. The open set is only looked at
+-- once the earliest lease ("next") may have ended: the usual call costs nothing here.
+local function live_held(b, open_key, now)
+  if b.held == 0 or now < b.next then
+    return b.held
   end
-  if h == 0 then
-    return 0
+  if redis.call('EXISTS', open_key) == 0 then
+    return 0  -- the set expired after its last lease: nothing can be held
+  end
+  return b.held - expired(open_key, now)
+end
+
+-- Return ended leases' holds to the budget and move "next" on (bounded per call).
+-- With `renew_ms`, also push the open set's expiry that far ahead (reserve does).
+local function purge_expired(b, open_key, now, renew_ms)
+  if b.held == 0 or now < b.next then
+    return b.held
   end
   local freed, gone = expired(open_key, now)
   if #gone > 0 then
     redis.call('ZREM', open_key, unpack(gone))
-    h = redis.call('HINCRBY', KEYS[1], 'held', -freed)
   end
-  return h
+  local first = redis.call('ZRANGE', open_key, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('HDEL', KEYS[1], 'held', 'next')  -- nothing open, so nothing held
+    b.held, b.next = 0, 0
+  else
+    if freed ~= 0 then
+      b.held = redis.call('HINCRBY', KEYS[1], 'held', -freed)
+    end
+    b.next = tonumber(first[2])
+    redis.call('HSET', KEYS[1], 'next', first[2])
+    if renew_ms then
+      redis.call('PEXPIREAT', open_key, now + renew_ms)
+    end
+  end
+  return b.held
 end
 
 local function decide(b, used, reserved, estimate)
@@ -104,14 +119,24 @@ local function decision_reply(ok, reason, used, reserved, b, now, extra)
   return {ok, reason, used, reserved, b.enabled, b.soft, b.hard, b.period, now, extra or 0}
 end
 
--- Count `total` in the day, week and month counters, overall and for `feature`.
-local function add_usage(feature, total)
+-- Count `total` in the day, week and month counters, overall and for `feature`, and
+-- return the new total of the budget's own period (-1 without a budget). A counter's
+-- expiry is set when it is created (its total equals this event's): one call less.
+local function add_usage(feature, total, b)
   local fk = 'f:' .. feature
+  local used = -1
   for i = 1, 3 do
-    redis.call('HINCRBY', KEYS[1 + i], 't', total)
-    redis.call('HINCRBY', KEYS[1 + i], fk, total)
-    redis.call('EXPIREAT', KEYS[1 + i], ARGV[4 + i])
+    local key = KEYS[1 + i]
+    local t = redis.call('HINCRBY', key, 't', total)
+    if t == total then
+      redis.call('EXPIREAT', key, ARGV[4 + i])
+    end
+    redis.call('HINCRBY', key, fk, total)
+    if b and i == b.idx then
+      used = t
+    end
   end
+  return used
 end
 
 -- 1 the first time in the budget's current period that usage is above the soft cap.
@@ -121,11 +146,16 @@ local function soft_alert(b, used)
   end
   local starts = {ARGV[1], ARGV[3], ARGV[4]}
   local marker = b.period .. ':' .. starts[b.idx]
-  if redis.call('HGET', KEYS[1], 'alert') == marker then
+  if b.alert == marker then
     return 0
   end
   redis.call('HSET', KEYS[1], 'alert', marker)
   return 1
+end
+
+-- A reservation is one string: "<tokens>|<feature>|<user>|<state>".
+local function parse_reservation(value)
+  return string.match(value, '^(%d+)|([^|]*)|([^|]*)|(%a+)$')
 end
 
 -- Append the usage event to the shard's stream, in the same step as the counters.

@@ -1,6 +1,6 @@
 -- record: count usage that had no reservation and append its event, in one step.
 -- Idempotent by request id.
--- KEYS[1] = port hash (budget copy, held, alert)  KEYS[2..4] = usage day/week/month
+-- KEYS[1] = port hash (budget copy, held, next, alert)  KEYS[2..4] = usage day/week/month
 -- KEYS[5] = shard stream  KEYS[6] = request-id marker (only when a request id is given)
 -- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[8] = port  ARGV[9] = feature
 -- ARGV[10] = provider  ARGV[11] = model  ARGV[12] = input tokens  ARGV[13] = output tokens
@@ -21,12 +21,10 @@ end
 if KEYS[6] and not redis.call('SET', KEYS[6], ARGV[16], 'NX', 'EX', ARGV[17]) then
   return {2, -1, 0, now, 0}
 end
-local total = tonumber(ARGV[12]) + tonumber(ARGV[13])
-add_usage(ARGV[9], total)
+local used = add_usage(ARGV[9], tonumber(ARGV[12]) + tonumber(ARGV[13]), b)
 append_event(KEYS[5], ARGV[16], ARGV[8], ARGV[14], ARGV[9], ARGV[10], ARGV[11],
              ARGV[12], ARGV[13], ARGV[15], now)
 if not b then
   return {1, -1, 0, now, 0}
 end
-local used = used_in(b)
 return {1, used, soft_alert(b, used), now, 0, b.soft, b.period}

@@ -139,3 +139,17 @@ def test_script_flush_mid_run_surfaces_no_error(capped: Gate, r: redis.Redis) ->
         capped.check("p", 1)
         capped.release(capped.reserve("p", 1, "ocr").reservation_id or "")
     assert capped.current_period_tokens("p") == 20 * 11
+
+
+def test_an_expired_lease_behind_a_longer_one_is_returned(capped: Gate) -> None:
+    """Leases of different lengths (two gates): only the ended one's hold comes back."""
+    long_hold = capped.reserve("p", 300, "ocr")  # the default 10-minute lease
+    with Gate(capped.settings.model_copy(update={"lease_seconds": 0.2})) as short:
+        short_hold = short.reserve("p", 500, "ocr")
+        assert short_hold.reserved_tokens == 800
+        time.sleep(0.3)
+        assert short.check("p", 0).reserved_tokens == 300
+        assert short.reserve("p", 700, "ocr").reserved_tokens == 1000  # 300 + 700, not 1500
+        assert not short.reserve("p", 1, "ocr").ok
+    assert capped.release(long_hold.reservation_id or "") is True
+    assert capped.status("p").reserved_tokens == 700
