@@ -146,6 +146,7 @@ class Gate:
         self._windows = Windows.at(datetime.now(UTC))
         self._recent = _RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
+        self._usage_cache: dict[str, tuple[Windows, tuple[str, str, str]]] = {}
 
     @classmethod
     def from_settings(
@@ -261,7 +262,7 @@ class Gate:
                         keys: list[str] = []
                         for i in idxs:
                             pk = items[i][0]
-                            keys += (pk.budget, *pk.usage_all(w), pk.open)
+                            keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
                         pipe.evalsha(sha, len(keys), *keys, *w.argv, *(items[i][1] for i in idxs))
                     replies = pipe.execute()
             except redis.exceptions.NoScriptError:
@@ -271,6 +272,7 @@ class Gate:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             metrics.TIMERS["check"].observe(time.perf_counter() - started)
             retry: dict[int, list[int]] = {}
+            outcomes: dict[str, int] = {}
             for (shard, idxs), reply in zip(pending.items(), replies, strict=True):
                 if reply[0] == _CLOCK:
                     self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
@@ -282,7 +284,12 @@ class Gate:
                         self._load_budget(items[i][0])
                         retry.setdefault(shard, []).append(i)
                     else:
-                        results[i] = _counted("check", self._decision([*one, 0, 0]))
+                        decision = self._decision(one)
+                        results[i] = decision
+                        outcome: str = decision.reason or "ok"
+                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            for outcome, n in outcomes.items():  # one increment per outcome, not per port
+                metrics.OUTCOMES["check", outcome].inc(n)
             pending = retry
         if pending:
             raise RedisUnavailable(f"check_many did not settle after {_ATTEMPTS} attempts")
@@ -304,7 +311,7 @@ class Gate:
             "reserve",
             self._scripts.reserve,
             pk,
-            lambda w: (pk.budget, *pk.usage_all(w), pk.open, pk.reservation(hex_id)),
+            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
             lambda: (
                 estimate,
                 self._lease_ms,
@@ -389,7 +396,7 @@ class Gate:
                 pk,
                 lambda w: (
                     pk.budget,
-                    *pk.usage_all(w),
+                    *self._usage_keys(pk, w),
                     pk.stream,
                     pk.open,
                     pk.reservation(hex_id),
@@ -455,7 +462,7 @@ class Gate:
                 "record",
                 self._scripts.record,
                 pk,
-                lambda w: (pk.budget, *pk.usage_all(w), pk.stream, *marker),
+                lambda w: (pk.budget, *self._usage_keys(pk, w), pk.stream, *marker),
                 lambda: (
                     pk.port,
                     feat,
@@ -541,6 +548,17 @@ class Gate:
             pk = self._port_keys[port] = self.layout.for_port(port)
         return pk
 
+    def _usage_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str]:
+        """The port's day/week/month counter keys for ``w``, built once per day."""
+        cached = self._usage_cache.get(pk.port)
+        if cached is not None and cached[0] is w:
+            return cached[1]
+        if len(self._usage_cache) > 100_000:
+            self._usage_cache.clear()  # a bound, not an LRU: rebuilding is cheap
+        keys = pk.usage_all(w)
+        self._usage_cache[pk.port] = (w, keys)
+        return keys
+
     def _now_windows(self) -> Windows:
         now_ms = time.time_ns() // 1_000_000 + self._skew_ms
         w = self._windows
@@ -584,7 +602,7 @@ class Gate:
             "check",
             self._scripts.check,
             pk,
-            lambda w: (pk.budget, *pk.usage_all(w), pk.open),
+            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open),
             lambda: (estimate, feature),
         )
 
@@ -601,7 +619,7 @@ class Gate:
 
     @staticmethod
     def _decision(reply: list[Any], reservation_id: str | None = None) -> Decision:
-        ok, reason, used, reserved, enabled, soft, hard, period, _, _ = reply
+        ok, reason, used, reserved, enabled, soft, hard, period = reply[:8]
         on = enabled == 1
         return Decision(
             ok=ok == _OK,
