@@ -260,7 +260,9 @@ class Drainer:
             undelivered = int(group.get("lag") or 0)
             oldest: str | None = None
             if pending:
-                oldest = str(self.redis.xpending(key, GROUP)["min"])
+                # Acknowledged since XINFO was read? Then there is no minimum any more.
+                first = self.redis.xpending(key, GROUP)["min"]
+                oldest = str(first) if first else None
             elif undelivered:
                 after = _entries(self._raw.xrange(key, min=f"({last}", count=1))
                 oldest = after[0][0] if after else None
