@@ -26,6 +26,7 @@ from redis.retry import Retry
 from quota import metrics
 from quota import validation as v
 from quota._backend import redis_errors
+from quota._calls import ScriptCaller
 from quota._exceptions import (
     BackendError,
     BudgetExceeded,
@@ -140,6 +141,7 @@ class Gate:
         self.store = Store(make_engine(settings.database_url))
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self._scripts = Scripts.register(self.redis)
+        self._call = ScriptCaller(self.redis)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
         self._skew_ms = 0  # server clock minus ours, learnt from the scripts
@@ -163,6 +165,7 @@ class Gate:
         return cls(base, on_soft_cap=on_soft_cap)
 
     def close(self) -> None:
+        self._call.close()
         self.redis.close()
         self.store.engine.dispose()
 
@@ -334,9 +337,10 @@ class Gate:
         pk = self._keys(port)
         started = time.perf_counter()
         with redis_errors():
-            code = self._scripts.release(
-                [pk.budget, pk.open, pk.reservation(hex_id)],
-                [hex_id, self.settings.settled_seconds],
+            code = self._call(
+                self._scripts.release,
+                (pk.budget, pk.open, pk.reservation(hex_id)),
+                (hex_id, self.settings.settled_seconds),
             )[0]
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
         if code == _UNKNOWN:
@@ -582,7 +586,7 @@ class Gate:
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: list[Any] = script(keys(w), (*w.argv, *args()))
+                reply: list[Any] = self._call(script, keys(w), (*w.argv, *args()))
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)

@@ -1,0 +1,65 @@
+"""The gate's own call path: per-thread connections that survive the server dropping
+them, a forked child, and many threads at once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+
+import redis
+
+from quota import Gate
+
+
+def test_dropped_connections_are_reopened_silently(gate: Gate, r: redis.Redis) -> None:
+    gate.set_budget("p", enabled=True, soft_cap_tokens=10, hard_cap_tokens=100, updated_by="u")
+    assert gate.check("p", 1).ok
+    killed = r.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert gate.check("p", 1).ok  # a new connection, no error
+    gate.record(port_id="p", feature="f", provider="p", model="m", input_tokens=5, output_tokens=0)
+    assert gate.current_period_tokens("p") == 5
+
+
+def _child(gate: Gate, out: mp.Queue[int]) -> None:
+    out.put(gate.current_period_tokens("p"))
+
+
+def test_a_forked_child_uses_its_own_connection(gate: Gate) -> None:
+    gate.record(
+        port_id="p", feature="f", provider="p", model="m", input_tokens=7, output_tokens=0
+    )  # the parent's thread now holds a connection
+    ctx = mp.get_context("fork")
+    out: mp.Queue[int] = ctx.Queue()
+    child = ctx.Process(target=_child, args=(gate, out))
+    child.start()
+    assert out.get(timeout=30) == 7
+    child.join()
+    assert child.exitcode == 0
+    assert gate.current_period_tokens("p") == 7  # and the parent's still works
+
+
+def test_each_thread_gets_its_own_connection(gate: Gate, r: redis.Redis) -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                gate.record(
+                    port_id="p",
+                    feature="f",
+                    provider="p",
+                    model="m",
+                    input_tokens=1,
+                    output_tokens=0,
+                )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert gate.current_period_tokens("p") == 400
