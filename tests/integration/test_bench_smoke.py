@@ -40,4 +40,6 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
     ):
         assert row in report
     assert "Redis 7" in report
+    assert "## Targets" in report
+    assert "| check, sequential, vs raw EVALSHA | ≥ 0.85× |" in report
     assert "PostgreSQL" in report
