@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
 import uuid
 from datetime import UTC, datetime
@@ -32,3 +33,14 @@ def test_months_between_crosses_years() -> None:
         (2027, 2),
     }
     assert months_between(ms(2026, 11, 1), ms(2026, 11, 30)) == {(2026, 11)}
+
+
+def test_forked_children_do_not_repeat_ids() -> None:
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        batches = pool.map(_ids, [200, 200])
+    assert len(set(batches[0]) | set(batches[1])) == 400
+
+
+def _ids(n: int) -> list[str]:
+    return [uuid7() for _ in range(n)]
