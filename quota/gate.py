@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -32,7 +30,6 @@ from quota._exceptions import (
     BudgetExceeded,
     DatabaseUnavailable,
     InvalidInput,
-    QuotaError,
     RedisUnavailable,
     UnknownReservation,
 )
@@ -51,6 +48,7 @@ from quota.models import (
     UsageResult,
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
+from quota.reservations import RecentReservations, reservation_id, split_reservation_id
 from quota.scripts import Scripts
 from quota.settings import MAX_LEASE_SECONDS, Settings
 from quota.store import Store, make_engine
@@ -62,7 +60,6 @@ _OK, _NOOP = 1, 2
 _NO_BUDGET, _CLOCK, _UNKNOWN = -1, -2, -3
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
-_HEX_LEN = 32
 # The open-reservation set lives this long past its creation or renewal; it is renewed
 # at least once per lease, so twice the longest lease keeps it alive under any lease.
 _OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
@@ -70,56 +67,6 @@ _OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
 _LOCAL_RESERVATIONS = 100_000
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
-
-
-def _split_reservation(reservation_id: object) -> tuple[str, str]:
-    """``<32 hex>.<port>`` → (hex, port); anything else is an unknown reservation."""
-    if not isinstance(reservation_id, str) or len(reservation_id) <= _HEX_LEN + 1:
-        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}")
-    hex_id, dot, port = reservation_id[:_HEX_LEN], reservation_id[_HEX_LEN], reservation_id[33:]
-    try:
-        int(hex_id, 16)
-        v.port_id(port)
-    except (ValueError, QuotaError):
-        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}") from None
-    if dot != ".":
-        raise UnknownReservation(f"not a reservation id: {reservation_id!r:.200}")
-    return hex_id, port
-
-
-def _counted(op: str, decision: Decision) -> Decision:
-    metrics.OUTCOMES[op, decision.reason or "ok"].inc()
-    return decision
-
-
-def _usage_counted(op: str, result: UsageResult) -> UsageResult:
-    if not result.stored:
-        outcome = "lost"
-    elif result.backend == "postgres":
-        outcome = "postgres"
-    else:
-        outcome = "duplicate" if result.duplicate else "counted"
-    metrics.OUTCOMES[op, outcome].inc()
-    return result
-
-
-class _RecentReservations:
-    """feature and user of the reservations this process made, bounded (oldest dropped)."""
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
-        self._limit = limit
-        self._lock = threading.Lock()
-
-    def add(self, reservation_id: str, feature: str, user_id: str | None) -> None:
-        with self._lock:
-            self._items[reservation_id] = (feature, user_id)
-            if len(self._items) > self._limit:
-                self._items.popitem(last=False)
-
-    def pop(self, reservation_id: str) -> tuple[str, str | None] | None:
-        with self._lock:
-            return self._items.pop(reservation_id, None)
 
 
 class Gate:
@@ -146,7 +93,7 @@ class Gate:
         self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
         self._skew_ms = 0  # server clock minus ours, learnt from the scripts
         self._windows = Windows.at(datetime.now(UTC))
-        self._recent = _RecentReservations(_LOCAL_RESERVATIONS)
+        self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
         self._usage_cache: dict[str, tuple[Windows, tuple[str, str, str]]] = {}
 
@@ -241,7 +188,7 @@ class Gate:
         reply = self._check(
             self._keys(v.port_id(port_id)), v.tokens("estimated_tokens", estimated_tokens), ""
         )
-        return _counted("check", self._decision(reply))
+        return metrics.count_decision("check", self._decision(reply))
 
     def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
         """`check` for many ``(port_id, estimated_tokens)`` pairs, in their order.
@@ -326,14 +273,14 @@ class Gate:
             ),
         )
         if reply[0] != _OK:
-            return _counted("reserve", self._decision(reply))
-        rid = f"{hex_id}.{pk.port}"
+            return metrics.count_decision("reserve", self._decision(reply))
+        rid = reservation_id(hex_id, pk.port)
         self._recent.add(rid, feat, user)
-        return _counted("reserve", self._decision(reply, rid))
+        return metrics.count_decision("reserve", self._decision(reply, rid))
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
-        hex_id, port = _split_reservation(reservation_id)
+        hex_id, port = split_reservation_id(reservation_id)
         pk = self._keys(port)
         started = time.perf_counter()
         with redis_errors():
@@ -385,7 +332,7 @@ class Gate:
         Idempotent: a second commit (or a commit after release) is a no-op with
         ``duplicate=True``. Like `record`, it never raises for a backend failure.
         """
-        hex_id, port = _split_reservation(reservation_id)
+        hex_id, port = split_reservation_id(reservation_id)
         pk = self._keys(port)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         prov, mod = v.label("provider", provider), v.label("model", model)
@@ -429,11 +376,11 @@ class Gate:
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
-            return _usage_counted("commit", self._fallback(event, exc))
+            return metrics.count_usage("commit", self._fallback(event, exc))
         if reply[0] == _UNKNOWN:
             raise UnknownReservation(f"unknown reservation {reservation_id!r}")
         self._recent.pop(reservation_id)
-        return _usage_counted("commit", self._usage_result(pk, reply, tin + tout, event_id))
+        return metrics.count_usage("commit", self._usage_result(pk, reply, tin + tout, event_id))
 
     def record(
         self,
@@ -489,8 +436,8 @@ class Gate:
             event = UsageEvent(
                 event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
             )
-            return _usage_counted("record", self._fallback(event, exc))
-        return _usage_counted("record", self._usage_result(pk, reply, tin + tout, event_id))
+            return metrics.count_usage("record", self._fallback(event, exc))
+        return metrics.count_usage("record", self._usage_result(pk, reply, tin + tout, event_id))
 
     # ------------------------------------------------------------------- status
 

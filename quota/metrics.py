@@ -7,7 +7,12 @@ Label children are bound once here: the hot path pays an increment, not a lookup
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from quota.models import Decision, UsageResult
 
 DECISIONS = Counter("quota_decisions", "Gate calls by operation and outcome.", ["op", "outcome"])
 SCRIPT_SECONDS = Histogram(
@@ -63,3 +68,19 @@ OUTCOMES = {
         ("release", "noop"),
     ]
 }
+
+
+def count_decision(op: str, decision: Decision) -> Decision:
+    OUTCOMES[op, decision.reason or "ok"].inc()
+    return decision
+
+
+def count_usage(op: str, result: UsageResult) -> UsageResult:
+    if not result.stored:
+        outcome = "lost"
+    elif result.backend == "postgres":
+        outcome = "postgres"
+    else:
+        outcome = "duplicate" if result.duplicate else "counted"
+    OUTCOMES[op, outcome].inc()
+    return result
