@@ -330,7 +330,8 @@ class Gate:
         """Settle a reservation with the actual usage (counted in full) in one step.
 
         Idempotent: a second commit (or a commit after release) is a no-op with
-        ``duplicate=True``. Like `record`, it never raises for a backend failure.
+        ``duplicate=True``. Like `record`, it never raises for a backend failure; a
+        reservation this process made that Redis has lost is counted as a `record`.
         """
         hex_id, port = split_reservation_id(reservation_id)
         pk = self._keys(port)
@@ -378,7 +379,25 @@ class Gate:
             )
             return metrics.count_usage("commit", self._fallback(event, exc))
         if reply[0] == _UNKNOWN:
-            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+            made_here = self._recent.pop(reservation_id)
+            if made_here is None:
+                raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+            # This process made it, so Redis lost it (a restart without persistence, a
+            # flush) or forgot it long after its lease: the call happened, count it.
+            log.warning(
+                "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
+            )
+            feature, user = made_here
+            return self.record(
+                port_id=port,
+                feature=feature,
+                provider=prov,
+                model=mod,
+                input_tokens=tin,
+                output_tokens=tout,
+                user_id=user,
+                request_id=req,
+            )
         self._recent.pop(reservation_id)
         return metrics.count_usage("commit", self._usage_result(pk, reply, tin + tout, event_id))
 

@@ -57,13 +57,18 @@ def r(base_settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
+def _forget(r: redis.Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own), so none outlives its test."""
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
+    for i in range(0, len(keys), 5000):
+        r.delete(*keys[i : i + 5000])
+
+
 @pytest.fixture
 def gate(settings: Settings, pg: Engine, r: redis.Redis) -> Iterator[Gate]:
     with Gate(settings) as g:
         yield g
-    keys = list(r.scan_iter(match=f"{settings.key_prefix}:*", count=1000))
-    if keys:
-        r.delete(*keys)
+    _forget(r, settings.key_prefix)
 
 
 def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
@@ -101,6 +106,9 @@ def worker_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     runtime.reset()
     yield settings
     runtime.reset()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    _forget(client, settings.key_prefix)  # also what subprocesses (demo, cron) wrote
+    client.close()
 
 
 def ledger_totals(engine: Engine) -> dict[str, int]:

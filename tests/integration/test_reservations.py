@@ -153,3 +153,21 @@ def test_an_expired_lease_behind_a_longer_one_is_returned(capped: Gate) -> None:
         assert not short.reserve("p", 1, "ocr").ok
     assert capped.release(long_hold.reservation_id or "") is True
     assert capped.status("p").reserved_tokens == 700
+
+
+def test_a_reservation_redis_lost_is_still_counted_by_its_process(
+    capped: Gate, r: redis.Redis
+) -> None:
+    d = capped.reserve("p", 100, "ocr", user_id="erin")
+    assert d.reservation_id
+    hex_id, _ = d.reservation_id.split(".", 1)
+    r.delete(capped.layout.for_port("p").reservation(hex_id))  # as after a flush
+    result = commit(capped, d.reservation_id, 70)
+    assert result.stored  # type: ignore[attr-defined]
+    assert capped.current_period_tokens("p") == 70
+    # Another process (another gate) cannot vouch for it: still an unknown reservation.
+    other = capped.reserve("p", 10, "ocr")
+    assert other.reservation_id
+    r.delete(capped.layout.for_port("p").reservation(other.reservation_id.split(".")[0]))
+    with Gate(capped.settings) as elsewhere, pytest.raises(UnknownReservation):
+        commit(elsewhere, other.reservation_id, 5)
