@@ -301,7 +301,7 @@ def health(max_lag: float, as_json: bool) -> int:
 )
 @click.option(
     "--ports",
-    default=6,
+    default=10,
     show_default=True,
     type=click.IntRange(2, 1000),
     help="Ports with budgets.",
