@@ -76,13 +76,17 @@ class Gate:
         self.settings = settings
         self.on_soft_cap = on_soft_cap
         # Retry only connection errors: a timed-out script may have run, and running
-        # a non-idempotent record twice would count it twice.
+        # a non-idempotent record twice would count it twice. (The hot path goes through
+        # ScriptCaller, which keeps the same rule; this client serves the rest.)
         self.redis: redis.Redis = redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout,
             socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
-            retry_on_timeout=False,
+            retry=Retry(
+                ExponentialBackoff(cap=0.2, base=0.01),
+                2,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
             decode_responses=True,
         )
         self.store = Store(make_engine(settings.database_url))
