@@ -24,7 +24,8 @@ def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Ro
     (hard cap with holds, three periods, per-feature counters, a ledger event on commit)
     and gate.check, all on the same Redis in the same run."""
     reset(settings, client)
-    storage = RedisStorage(settings.redis_url, key_prefix=f"{settings.key_prefix}-limits")
+    # Under the bench prefix, so that reset() and the tests clean its keys up too.
+    storage = RedisStorage(settings.redis_url, key_prefix=f"{settings.key_prefix}:limits")
     item = RateLimitItemPerDay(10**12)
     fixed, moving = FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage)
     rows = [
