@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -56,6 +56,47 @@ class ScriptCaller:
                 )
                 return conn.read_response()
             except redis.exceptions.NoScriptError:
+                script.sha = self._client.script_load(script.script)
+            except redis.exceptions.TimeoutError:
+                self._drop()
+                raise
+            except redis.exceptions.ConnectionError:
+                self._drop()
+                if attempt == 2:
+                    raise
+        raise redis.exceptions.NoScriptError("script could not be loaded")
+
+    def call_each(
+        self,
+        script: Script,
+        calls: Callable[[], Iterable[tuple[Sequence[Any], Sequence[Any]]]],
+        handle: Callable[[int, Any], None],
+    ) -> None:
+        """EVALSHA ``script`` once per ``(keys, args)`` that ``calls()`` yields, in one
+        round trip: each is sent as soon as it is built, and ``handle(n, reply)`` runs as
+        each reply arrives, so the client builds and parses while Redis works. For
+        read-only scripts: after a NOSCRIPT or a dropped connection the batch runs again
+        (``calls`` is a factory so that it can)."""
+        for attempt in range(3):
+            conn = self._connection()
+            try:
+                sent = 0
+                for keys, args in calls():
+                    conn.send_command(  # type: ignore[no-untyped-call]
+                        "EVALSHA", script.sha, len(keys), *keys, *args
+                    )
+                    sent += 1
+                missing = False
+                for n in range(sent):
+                    try:
+                        reply = conn.read_response()
+                    except redis.exceptions.NoScriptError:
+                        missing = True  # keep reading: every reply must be consumed
+                        continue
+                    if not missing:
+                        handle(n, reply)
+                if not missing:
+                    return
                 script.sha = self._client.script_load(script.script)
             except redis.exceptions.TimeoutError:
                 self._drop()

@@ -197,57 +197,70 @@ class Gate:
     def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
         """`check` for many ``(port_id, estimated_tokens)`` pairs, in their order.
 
-        One script per shard, all pipelined: a single round trip (per Redis node).
+        One script per shard, each sent as soon as it is built and its reply parsed as
+        it arrives: a single round trip, with the client working while Redis does.
         """
         items = [(self._keys(v.port_id(p)), v.tokens("estimated_tokens", e)) for p, e in requests]
         results: list[Decision | None] = [None] * len(items)
         pending: dict[int, list[int]] = {}
         for i, (pk, _) in enumerate(items):
             pending.setdefault(pk.shard, []).append(i)
-        sha = self._scripts.check_many.sha
         for _ in range(_ATTEMPTS):
             if not pending:
                 break
-            w = self._now_windows()
-            started = time.perf_counter()
-            try:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for idxs in pending.values():
-                        keys: list[str] = []
-                        for i in idxs:
-                            pk = items[i][0]
-                            keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
-                        pipe.evalsha(sha, len(keys), *keys, *w.argv, *(items[i][1] for i in idxs))
-                    replies = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                self._scripts.load_all(self.redis)  # the server forgot it: load and go again
-                continue
-            except redis.exceptions.RedisError as exc:
-                raise RedisUnavailable(f"Redis failed: {exc}") from exc
-            metrics.TIMERS["check"].observe(time.perf_counter() - started)
-            retry: dict[int, list[int]] = {}
-            outcomes: dict[str, int] = {}
-            for (shard, idxs), reply in zip(pending.items(), replies, strict=True):
-                if reply[0] == _CLOCK:
-                    self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
-                    self._windows = Windows.at(from_ms(int(reply[1])))
-                    retry[shard] = idxs
-                    continue
-                for i, one in zip(idxs, reply, strict=True):
-                    if one[0] == _NO_BUDGET:
-                        self._load_budget(items[i][0])
-                        retry.setdefault(shard, []).append(i)
-                    else:
-                        decision = self._decision(one)
-                        results[i] = decision
-                        outcome: str = decision.reason or "ok"
-                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            for outcome, n in outcomes.items():  # one increment per outcome, not per port
-                metrics.OUTCOMES["check", outcome].inc(n)
-            pending = retry
+            pending = self._check_many_round(items, pending, results)
         if pending:
             raise RedisUnavailable(f"check_many did not settle after {_ATTEMPTS} attempts")
         return cast(list[Decision], results)
+
+    def _check_many_round(
+        self,
+        items: list[tuple[PortKeys, int]],
+        pending: dict[int, list[int]],
+        results: list[Decision | None],
+    ) -> dict[int, list[int]]:
+        """One round trip of check_many: fills ``results``; returns what must go again
+        (ports whose budget copy was missing, now loaded, or a clock correction)."""
+        w = self._now_windows()
+        order = list(pending.items())
+        retry: dict[int, list[int]] = {}
+        missing: list[int] = []  # ports whose budget copy is not in Redis
+        outcomes: dict[str, int] = {}
+
+        def calls() -> Iterator[tuple[list[str], tuple[Any, ...]]]:
+            for _, idxs in order:  # built one shard at a time, while Redis runs the last
+                keys: list[str] = []
+                for i in idxs:
+                    pk = items[i][0]
+                    keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
+                yield keys, (*w.argv, *(items[i][1] for i in idxs))
+
+        def handle(n: int, reply: list[Any]) -> None:
+            shard, idxs = order[n]
+            if reply[0] == _CLOCK:
+                self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
+                self._windows = Windows.at(from_ms(int(reply[1])))
+                retry[shard] = idxs
+                return
+            for i, one in zip(idxs, reply, strict=True):
+                if one[0] == _NO_BUDGET:
+                    retry.setdefault(shard, []).append(i)
+                    missing.append(i)
+                else:
+                    decision = self._decision(one)
+                    results[i] = decision
+                    outcome: str = decision.reason or "ok"
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        started = time.perf_counter()
+        with redis_errors():
+            self._call.call_each(self._scripts.check_many, calls, handle)
+        metrics.TIMERS["check"].observe(time.perf_counter() - started)
+        for outcome, n in outcomes.items():  # one increment per outcome, not per port
+            metrics.OUTCOMES["check", outcome].inc(n)
+        for i in missing:
+            self._load_budget(items[i][0])
+        return retry
 
     def reserve(
         self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None

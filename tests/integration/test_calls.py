@@ -17,6 +17,8 @@ def test_dropped_connections_are_reopened_silently(gate: Gate, r: redis.Redis) -
     killed = r.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1
     assert gate.check("p", 1).ok  # a new connection, no error
+    r.client_kill_filter(_type="normal", skipme=True)
+    assert [d.ok for d in gate.check_many([("p", 1), ("q", 10**6)])] == [True, True]
     gate.record(port_id="p", feature="f", provider="p", model="m", input_tokens=5, output_tokens=0)
     assert gate.current_period_tokens("p") == 5
 
