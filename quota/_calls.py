@@ -45,26 +45,10 @@ class ScriptCaller:
             self._local.conn = None
 
     def __call__(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVALSHA ``script``. A script the server forgot is loaded and run again; a
-        connection error before the reply is retried once on a new connection (as the
-        client's own retry would); a timeout is never retried: the script may have run."""
-        for attempt in range(3):
-            conn = self._connection()
-            try:
-                conn.send_command(  # type: ignore[no-untyped-call]  # unannotated upstream
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
-                return conn.read_response()
-            except redis.exceptions.NoScriptError:
-                script.sha = self._client.script_load(script.script)
-            except redis.exceptions.TimeoutError:
-                self._drop()
-                raise
-            except redis.exceptions.ConnectionError:
-                self._drop()
-                if attempt == 2:
-                    raise
-        raise redis.exceptions.NoScriptError("script could not be loaded")
+        """EVALSHA ``script`` once and return its reply (see `call_each` for the rules)."""
+        replies: list[Any] = []
+        self.call_each(script, lambda: ((keys, args),), lambda _, reply: replies.append(reply))
+        return replies[0]
 
     def call_each(
         self,
@@ -74,9 +58,12 @@ class ScriptCaller:
     ) -> None:
         """EVALSHA ``script`` once per ``(keys, args)`` that ``calls()`` yields, in one
         round trip: each is sent as soon as it is built, and ``handle(n, reply)`` runs as
-        each reply arrives, so the client builds and parses while Redis works. For
-        read-only scripts: after a NOSCRIPT or a dropped connection the batch runs again
-        (``calls`` is a factory so that it can)."""
+        each reply arrives, so the client builds and parses while Redis works.
+
+        A script the server forgot is loaded and the batch sent again (``calls`` is a
+        factory so that it can be). A connection error is retried on a new connection,
+        twice, as the client's own retry would; a timeout is never retried, because the
+        script may have run. Batches of more than one call are for read-only scripts."""
         for attempt in range(3):
             conn = self._connection()
             try:
@@ -94,7 +81,11 @@ class ScriptCaller:
                         missing = True  # keep reading: every reply must be consumed
                         continue
                     if not missing:
-                        handle(n, reply)
+                        try:
+                            handle(n, reply)
+                        except BaseException:
+                            self._drop()  # unread replies would answer the next call
+                            raise
                 if not missing:
                     return
                 script.sha = self._client.script_load(script.script)
