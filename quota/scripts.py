@@ -28,7 +28,7 @@ OPERATIONS = (
     "adjust",
 )
 # Scripts that need none of the shared helpers are sent as they are.
-_STANDALONE = frozenset({"budget_put", "release", "trim", "adjust"})
+_STANDALONE = frozenset({"budget_put", "trim", "adjust"})
 
 
 @cache

@@ -37,8 +37,7 @@ if redis.call('ZREM', KEYS[6], ARGV[9] .. ':' .. tokens) == 1 then
   redis.call('HINCRBY', KEYS[1], 'held', -tonumber(tokens))
   lease_expired = 0
 end
-redis.call('SET', KEYS[7], tokens .. '|' .. feature .. '|' .. user .. '|committed', 'EX',
-           ARGV[17])
+settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[17])
 if KEYS[8] and not redis.call('SET', KEYS[8], ARGV[15], 'NX', 'EX', ARGV[16]) then
   return {2, -1, 0, now, lease_expired}
 end

@@ -158,6 +158,12 @@ local function parse_reservation(value)
   return string.match(value, '^(%d+)|([^|]*)|([^|]*)|(%a+)$')
 end
 
+-- Mark a reservation settled ("committed" or "released"): remembered `ttl` seconds,
+-- so that a repeated commit or release is a no-op rather than an unknown id.
+local function settle_reservation(key, tokens, feature, user, state, ttl)
+  redis.call('SET', key, tokens .. '|' .. feature .. '|' .. user .. '|' .. state, 'EX', ttl)
+end
+
 -- Append the usage event to the shard's stream, in the same step as the counters.
 local function append_event(stream, event_id, port, user, feature, provider, model,
                             input, output, request_id, now)

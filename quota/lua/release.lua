@@ -6,12 +6,12 @@ local value = redis.call('GET', KEYS[3])
 if not value then
   return {-3}
 end
-local tokens, feature, user, state = string.match(value, '^(%d+)|([^|]*)|([^|]*)|(%a+)$')
+local tokens, feature, user, state = parse_reservation(value)
 if state ~= 'open' then
   return {2}
 end
 if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. tokens) == 1 then
   redis.call('HINCRBY', KEYS[1], 'held', -tonumber(tokens))
 end
-redis.call('SET', KEYS[3], tokens .. '|' .. feature .. '|' .. user .. '|released', 'EX', ARGV[2])
+settle_reservation(KEYS[3], tokens, feature, user, 'released', ARGV[2])
 return {1}
