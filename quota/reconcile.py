@@ -149,16 +149,16 @@ class Reconciler:
 
     def active_ports(self, w: Windows) -> set[str]:
         """Ports with a counter in a current period (Redis) or ledger rows in one (Postgres)."""
-        current = {f"u:d:{w.day_id}:", f"u:w:{w.week_id}:", f"u:m:{w.month_id}:"}
+        current = {("d", w.day_id), ("w", w.week_id), ("m", w.month_id)}
         ports: set[str] = set()
+        # One pass over the keyspace for every shard (SCAN walks all keys whatever the
+        # pattern): "<prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>", the port may hold ':'.
+        pattern = f"{self.settings.key_prefix}:{{q*}}:u:*"
         with redis_errors():
-            for shard in range(self.settings.shards):
-                tag = self.layout.shard_tag(shard)
-                for key in self.redis.scan_iter(match=f"{tag}:u:*", count=1000):
-                    rest = str(key)[len(tag) + 1 :]  # "u:<p>:<id>:<port>"
-                    kind, letter, pid, port = rest.split(":", 3)
-                    if f"{kind}:{letter}:{pid}:" in current:
-                        ports.add(port)
+            for key in self.redis.scan_iter(match=pattern, count=5000):
+                _, _, _, letter, pid, port = str(key).split(":", 5)
+                if (letter, pid) in current:
+                    ports.add(port)
         since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(
