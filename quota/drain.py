@@ -27,7 +27,7 @@ from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota.keys import KeyLayout
 from quota.ledger import StagedEvent, write_events
-from quota.scripts import Scripts
+from quota.scripts import library
 from quota.settings import Settings
 
 log = logging.getLogger("quota.drain")
@@ -133,7 +133,7 @@ class Drainer:
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
-        self._scripts = Scripts.register(client)
+        self._library = library()
         self._groups: set[int] = set()
         # One writer: batches reach Postgres in the order they were read.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-drain-pg")
@@ -221,7 +221,7 @@ class Drainer:
         stats.inserted += stored.result()
         with redis_errors():
             self.redis.xack(key, GROUP, *(entry_id for entry_id, _ in entries))
-            stats.trimmed += int(self._scripts.trim([key], [GROUP]))
+            stats.trimmed += int(self._library.call(self.redis, "trim", [key], [GROUP]))
 
     @staticmethod
     def _parse(entries: Sequence[Entry]) -> tuple[list[StagedEvent], list[Entry]]:

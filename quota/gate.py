@@ -1,8 +1,9 @@
 """The gate: the library every worker process calls before and after each LLM call.
 
-Every decision and every usage report is one EVALSHA of one Lua script (see
-quota/lua/). Postgres is touched only on a budget-cache miss, on set_budget, on a
-soft-cap alert (once per port per period) and on the fallback path when Redis is down.
+Every decision and every usage report is one FCALL of one Lua function (see
+quota/lua/ and quota/scripts.py). Postgres is touched only on a budget-cache miss, on
+set_budget, on a soft-cap alert (once per port per period) and on the fallback path
+when Redis is down.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -49,8 +50,8 @@ from quota.models import (
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
 from quota.reservations import RecentReservations, reservation_id, split_reservation_id
-from quota.scripts import Scripts
-from quota.settings import MAX_LEASE_SECONDS, Settings
+from quota.scripts import library
+from quota.settings import Settings
 from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
@@ -60,9 +61,6 @@ _OK, _NOOP = 1, 2
 _NO_BUDGET, _CLOCK, _UNKNOWN = -1, -2, -3
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
-# The open-reservation set lives this long past its creation or renewal; it is renewed
-# at least once per lease, so twice the longest lease keeps it alive under any lease.
-_OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
 # Reservations this process made, remembered for commit's Postgres fallback.
 _LOCAL_RESERVATIONS = 100_000
 
@@ -91,9 +89,12 @@ class Gate:
         )
         self.store = Store(make_engine(settings.database_url))
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
-        self._scripts = Scripts.register(self.redis)
-        self._call = ScriptCaller(self.redis)
+        self._library = library()
+        self._call = ScriptCaller(self.redis, self._library)
         self._lease_ms = int(settings.lease_seconds * 1000)
+        # A reservation key outlives its lease by the time a settled one is remembered.
+        self._reservation_ms = self._lease_ms + settings.settled_seconds * 1000
+        self._cfg_cache: dict[str, tuple[bool, int, int, Period]] = {}
         self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
         self._skew_ms = 0  # server clock minus ours, learnt from the scripts
         self._windows = Windows.at(datetime.now(UTC))
@@ -179,7 +180,7 @@ class Gate:
             budget.period,
         )
         with redis_errors():
-            self._scripts.budget_put([pk.budget], args)
+            self._library.call(self.redis, "budget_put", [pk.budget], args)
 
     def _load_budget(self, pk: PortKeys) -> None:
         budget, version = self.store.load_budget(pk.port)
@@ -233,7 +234,7 @@ class Gate:
                 for i in idxs:
                     pk = items[i][0]
                     keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
-                yield keys, (*w.argv, *(items[i][1] for i in idxs))
+                yield keys, (w.day, *(items[i][1] for i in idxs))
 
         def handle(n: int, reply: list[Any]) -> None:
             shard, idxs = order[n]
@@ -254,7 +255,7 @@ class Gate:
 
         started = time.perf_counter()
         with redis_errors():
-            self._call.call_each(self._scripts.check_many, calls, handle)
+            self._call.call_each("check_many", calls, handle)
         metrics.TIMERS["check"].observe(time.perf_counter() - started)
         for outcome, n in outcomes.items():  # one increment per outcome, not per port
             metrics.OUTCOMES["check", outcome].inc(n)
@@ -273,21 +274,14 @@ class Gate:
         pk = self._keys(v.port_id(port_id))
         estimate = v.tokens("estimated_tokens", estimated_tokens)
         feat, user = v.feature(feature), v.user_id(user_id)
-        hex_id = uuid.uuid4().hex
+        # Unique, not secret: a reservation id is no capability (any caller of the gate
+        # may release any port's reservations), and urandom would cost a system call.
+        hex_id = f"{random.getrandbits(128):032x}"
         reply = self._run(
             "reserve",
-            self._scripts.reserve,
             pk,
             lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
-            lambda: (
-                estimate,
-                self._lease_ms,
-                hex_id,
-                feat,
-                user or "",
-                self.settings.settled_seconds,
-                _OPEN_SET_MS,
-            ),
+            (estimate, self._lease_ms, hex_id, feat, user or "", self._reservation_ms),
         )
         if reply[0] != _OK:
             return metrics.count_decision("reserve", self._decision(reply))
@@ -302,7 +296,7 @@ class Gate:
         started = time.perf_counter()
         with redis_errors():
             code = self._call(
-                self._scripts.release,
+                "release",
                 (pk.budget, pk.open, pk.reservation(hex_id)),
                 (hex_id, self.settings.settled_seconds),
             )[0]
@@ -361,7 +355,6 @@ class Gate:
         def attempt(count_without_budget: bool) -> list[Any]:
             return self._run(
                 "commit",
-                self._scripts.commit,
                 pk,
                 lambda w: (
                     pk.budget,
@@ -371,13 +364,14 @@ class Gate:
                     pk.reservation(hex_id),
                     *marker,
                 ),
-                lambda: (
+                (
                     port,
                     hex_id,
                     prov,
                     mod,
                     tin,
                     tout,
+                    tin + tout,
                     req or "",
                     event_id,
                     self.settings.idempotency_seconds,
@@ -447,16 +441,16 @@ class Gate:
         def attempt(count_without_budget: bool) -> list[Any]:
             return self._run(
                 "record",
-                self._scripts.record,
                 pk,
                 lambda w: (pk.budget, *self._usage_keys(pk, w), pk.stream, *marker),
-                lambda: (
+                (
                     pk.port,
                     feat,
                     prov,
                     mod,
                     tin,
                     tout,
+                    tin + tout,
                     user or "",
                     req or "",
                     event_id,
@@ -481,17 +475,16 @@ class Gate:
         """Tokens used in the port's current budget period (O(1), from Redis)."""
         feat = "" if feature is None else v.feature(feature)
         reply = self._check(self._keys(v.port_id(port_id)), 0, feat)
-        return int(reply[9] if feat else reply[2])
+        return int(reply[5] if feat else reply[2])
 
     def status(self, port_id: str) -> Status:
         """Usage against the caps in the port's current period: what a banner needs."""
         pk = self._keys(v.port_id(port_id))
         reply = self._check(pk, 0, "")
-        _, _, used, reserved, enabled, soft, hard, period, now_ms, _ = reply
-        budget = Budget(
-            enabled=enabled == 1, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period
-        )
-        now = from_ms(now_ms)
+        _, _, used, reserved, cfg = reply
+        enabled, soft, hard, period = self._budget_of(cfg)
+        budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
+        now = self._now()
         return Status(
             port_id=pk.port,
             enabled=budget.enabled,
@@ -546,6 +539,10 @@ class Gate:
         self._usage_cache[pk.port] = (w, keys)
         return keys
 
+    def _now(self) -> datetime:
+        """Our clock, corrected by what the scripts taught us of the server's."""
+        return from_ms(time.time_ns() // 1_000_000 + self._skew_ms)
+
     def _now_windows(self) -> Windows:
         now_ms = time.time_ns() // 1_000_000 + self._skew_ms
         w = self._windows
@@ -556,20 +553,19 @@ class Gate:
     def _run(
         self,
         op: str,
-        script: Any,
         pk: PortKeys,
         keys: Callable[[Windows], tuple[str, ...]],
-        args: Callable[[], tuple[Any, ...]],
+        args: tuple[Any, ...],
         *,
         load_budget: bool = True,
     ) -> list[Any]:
-        """Run a period-keyed script, loading the budget copy or fixing the clock as asked."""
+        """Run a period-keyed function, loading the budget copy or fixing the clock as asked."""
         timer = metrics.TIMERS[op]
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: list[Any] = self._call(script, keys(w), (*w.argv, *args()))
+                reply: list[Any] = self._call(op, keys(w), (w.day, *args))
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
@@ -587,10 +583,9 @@ class Gate:
     def _check(self, pk: PortKeys, estimate: int, feature: str) -> list[Any]:
         return self._run(
             "check",
-            self._scripts.check,
             pk,
             lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open),
-            lambda: (estimate, feature),
+            (estimate, feature),
         )
 
     def _usage_reply(self, attempt: Callable[[bool], list[Any]]) -> list[Any]:
@@ -604,10 +599,21 @@ class Gate:
             reply = attempt(True)
         return reply
 
-    @staticmethod
-    def _decision(reply: list[Any], reservation_id: str | None = None) -> Decision:
-        ok, reason, used, reserved, enabled, soft, hard, period = reply[:8]
-        on = enabled == 1
+    def _budget_of(self, cfg: str) -> tuple[bool, int, int, Period]:
+        """(enabled, soft cap, hard cap, period) from a budget copy's "cfg" field, as the
+        functions pass it on: parsed once per distinct budget, not once per call."""
+        parsed = self._cfg_cache.get(cfg)
+        if parsed is None:
+            on, soft, hard, period = cfg.split("|")
+            parsed = (on == "1", int(soft), int(hard), cast(Period, period))
+            if len(self._cfg_cache) > 10_000:
+                self._cfg_cache.clear()  # a bound, not an LRU: parsing is cheap
+            self._cfg_cache[cfg] = parsed
+        return parsed
+
+    def _decision(self, reply: list[Any], reservation_id: str | None = None) -> Decision:
+        ok, reason, used, reserved, cfg = reply[:5]
+        on, soft, hard, period = self._budget_of(cfg)
         return Decision(
             ok=ok == _OK,
             reason=reason or None,
@@ -624,11 +630,10 @@ class Gate:
     def _usage_result(
         self, pk: PortKeys, reply: list[Any], total: int, event_id: str
     ) -> UsageResult:
-        code, used, alert, now_ms, lease_expired = reply[:5]
+        code, used, alert, lease_expired = reply[:4]
         if alert == 1:
-            self._emit_soft_alert(
-                pk.port, used, int(reply[5]), cast(Period, reply[6]), from_ms(now_ms)
-            )
+            _, soft, _, period = self._budget_of(reply[4])
+            self._emit_soft_alert(pk.port, used, soft, period, self._now())
         return UsageResult(
             stored=True,
             duplicate=code == _NOOP,

@@ -12,6 +12,8 @@ from typing import Literal, get_args
 
 from quota._exceptions import InvalidInput
 
+DAY_MS = 86_400_000
+
 Period = Literal["day", "week", "month"]
 PERIODS: tuple[Period, ...] = get_args(Period)
 
@@ -107,17 +109,10 @@ class Windows:
         )
 
     @property
-    def argv(self) -> tuple[int, ...]:
-        """ARGV[1..7] of every period-keyed script (see quota/lua/lib.lua)."""
-        return (
-            self.day_start_ms,
-            self.day_end_ms,
-            self.week_start_ms,
-            self.month_start_ms,
-            self.day_expire_s,
-            self.week_expire_s,
-            self.month_expire_s,
-        )
+    def day(self) -> int:
+        """Days since 1970-01-01: ARGV[1] of every period-keyed function (quota/lua/lib.lua
+        derives the day's week and month from it)."""
+        return self.day_start_ms // DAY_MS
 
     def start_ms(self, period: Period) -> int:
         if period == "day":

@@ -28,7 +28,7 @@ from quota._exceptions import BackendError
 from quota.drain import GROUP, Drainer, stream_id
 from quota.keys import KeyLayout, shard_of
 from quota.periods import Period, Windows, from_ms
-from quota.scripts import Scripts
+from quota.scripts import library
 from quota.settings import Settings
 
 log = logging.getLogger("quota.reconcile")
@@ -109,7 +109,7 @@ class Reconciler:
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.drainer = drainer or Drainer(settings, client, engine)
-        self._scripts = Scripts.register(client)
+        self._library = library()
 
     def run(
         self,
@@ -201,7 +201,7 @@ class Reconciler:
             for port in ports:
                 keys.extend(self.layout.for_port(port).usage_all(w))
             with redis_errors():
-                reply = self._scripts.snapshot(keys, [w.day_start_ms, w.day_end_ms])
+                reply = self._library.call(self.redis, "snapshot", keys, [w.day])
             if reply[0] == -2:  # the day turned: use the server's
                 w = Windows.at(from_ms(int(reply[1])))
                 continue
@@ -280,7 +280,7 @@ class Reconciler:
             for f, d in sorted(diff.items()):
                 args += [f, d]
         with redis_errors():
-            self._scripts.adjust(keys, args)
+            self._library.call(self.redis, "adjust", keys, args)
 
     def refresh_budgets(self) -> int:
         """Write every stored budget's Redis copy (version-guarded), in pipelined batches."""
@@ -290,13 +290,22 @@ class Reconciler:
         )
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(query).all()
+        with redis_errors():
+            if not self._library.loaded(self.redis):  # a pipeline cannot load it midway
+                self._library.load(self.redis)
+        budget_put = self._library.functions["budget_put"]
         for batch in _chunks(rows, 1000):
             with redis_errors(), self.redis.pipeline(transaction=False) as pipe:
                 for port, enabled, soft, hard, period, version in batch:
-                    self._scripts.budget_put(
-                        [self.layout.for_port(port).budget],
-                        [version, int(enabled), soft, hard, period],
-                        client=pipe,
+                    pipe.fcall(
+                        budget_put,
+                        1,
+                        self.layout.for_port(port).budget,
+                        version,
+                        int(enabled),
+                        soft,
+                        hard,
+                        period,
                     )
                 pipe.execute()
         return len(rows)

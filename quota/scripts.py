@@ -1,19 +1,28 @@
-"""The Lua scripts, loaded from package data and registered once per Redis client.
+"""The Lua operations, built into one Redis function library (Redis ≥ 7.0).
 
-Each operation file is prefixed with ``lib.lua`` (shared local functions) so every
-operation is still exactly one EVALSHA. redis-py's `Script` reloads a script that
-the server forgot (restart, failover, SCRIPT FLUSH) and retries: NOSCRIPT never
-reaches the caller.
+Each operation file in quota/lua/ becomes one function; lib.lua's helpers are
+defined once, when the library loads, rather than on every call as an EVAL script's
+would be (measured: docs/BENCHMARKS.md). The library's name carries a digest of its
+source, so processes running different versions of quota against one Redis each
+call their own functions during a rolling deploy.
+
+A server that lost the library (restart without persistence, failover to a replica
+that never had it, FUNCTION FLUSH) answers "Function not found"; callers load it and
+call again, so that never reaches the user (`Library.call` here, `ScriptCaller` on
+the hot path).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
 import redis
-from redis.commands.core import Script
+
+from quota.settings import MAX_LEASE_SECONDS
 
 OPERATIONS = (
     "check",
@@ -27,39 +36,57 @@ OPERATIONS = (
     "snapshot",
     "adjust",
 )
-# Scripts that need none of the shared helpers are sent as they are.
-_STANDALONE = frozenset({"budget_put", "trim", "adjust"})
+# The open-reservation set lives this long past its creation or renewal; it is renewed
+# at least once per lease, so twice the longest lease keeps it alive under any lease.
+OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
+
+
+def is_missing(exc: BaseException) -> bool:
+    """True for the server's answer to a call of a function it does not have."""
+    return isinstance(exc, redis.exceptions.ResponseError) and "Function not found" in str(exc)
+
+
+class Library:
+    """The quota function library: its source, its name and its functions' names."""
+
+    def __init__(self) -> None:
+        lua = files("quota") / "lua"
+        parts = [
+            "local KEYS, ARGV  -- set by each function before its body runs",
+            f"local OPEN_SET_MS = {OPEN_SET_MS}",
+            (lua / "lib.lua").read_text(),
+        ]
+        for op in OPERATIONS:
+            parts.append(f"local function op_{op}()\n{(lua / f'{op}.lua').read_text()}end")
+        body = "\n".join(parts)
+        self.name = "quota_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+        self.functions = {op: f"{self.name}_{op}" for op in OPERATIONS}
+        registrations = "\n".join(
+            f"redis.register_function('{self.functions[op]}', "
+            f"function(keys, args) KEYS, ARGV = keys, args return op_{op}() end)"
+            for op in OPERATIONS
+        )
+        self.source = f"#!lua name={self.name}\n{body}\n{registrations}\n"
+
+    def load(self, client: redis.Redis) -> None:
+        client.function_load(self.source, replace=True)
+
+    def loaded(self, client: redis.Redis) -> bool:
+        return bool(client.function_list(library=self.name))
+
+    def call(self, client: redis.Redis, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """FCALL ``op`` (not for the hot path: see quota/_calls.py), loading the library
+        first if the server does not have it."""
+        name = self.functions[op]
+        try:
+            return client.fcall(name, len(keys), *keys, *args)
+        except redis.exceptions.ResponseError as exc:
+            if not is_missing(exc):
+                raise
+        self.load(client)
+        return client.fcall(name, len(keys), *keys, *args)
 
 
 @cache
-def source(operation: str) -> str:
-    """The full text sent to Redis for ``operation``."""
-    lua = files("quota") / "lua"
-    body = (lua / f"{operation}.lua").read_text()
-    if operation in _STANDALONE:
-        return body
-    return (lua / "lib.lua").read_text() + "\n" + body
-
-
-@dataclass(frozen=True, slots=True)
-class Scripts:
-    check: Script
-    check_many: Script
-    reserve: Script
-    commit: Script
-    release: Script
-    record: Script
-    budget_put: Script
-    trim: Script
-    snapshot: Script
-    adjust: Script
-
-    @classmethod
-    def register(cls, client: redis.Redis) -> Scripts:
-        return cls(**{op: client.register_script(source(op)) for op in OPERATIONS})
-
-    def load_all(self, client: redis.Redis) -> None:
-        """Load every script now (e.g. at start-up), rather than on first use."""
-        for op in OPERATIONS:
-            script: Script = getattr(self, op)
-            script.sha = client.script_load(script.script)
+def library() -> Library:
+    return Library()

@@ -217,18 +217,15 @@ def _check_postgres() -> str:
     return f"schema at {head}"
 
 
-def _check_scripts() -> str:
-    from quota.scripts import OPERATIONS, Scripts
+def _check_functions() -> str:
+    from quota.scripts import library
     from workers.runtime import runtime
 
-    client = runtime().redis
-    scripts = Scripts.register(client)
-    shas = [getattr(scripts, op).sha for op in OPERATIONS]
-    missing = [
-        op for op, there in zip(OPERATIONS, client.script_exists(*shas), strict=True) if not there
-    ]
-    scripts.load_all(client)
-    return f"all {len(OPERATIONS)} loaded" + (f" ({len(missing)} reloaded now)" if missing else "")
+    client, lib = runtime().redis, library()
+    if lib.loaded(client):
+        return f"function library {lib.name} loaded"
+    lib.load(client)
+    return f"function library {lib.name} loaded now"
 
 
 def _check_lag(max_lag: float) -> Callable[[], str]:
@@ -257,11 +254,11 @@ def _check_lag(max_lag: float) -> Callable[[], str]:
 )
 @json_option
 def health(max_lag: float, as_json: bool) -> int:
-    """Check Redis, Postgres, the Lua scripts and the drain lag. Exit 0 healthy, 1 not."""
+    """Check Redis, Postgres, the Lua function library and the drain lag. Exit 0 healthy, 1 not."""
     checks: list[tuple[str, Callable[[], str]]] = [
         ("redis", _check_redis),
         ("postgres", _check_postgres),
-        ("scripts", _check_scripts),
+        ("functions", _check_functions),
         ("drain lag", _check_lag(max_lag)),
     ]
     results: list[dict[str, Any]] = []

@@ -1,8 +1,8 @@
 -- check_many: the seed's decision for many ports of one shard in one call; changes
--- nothing. Port i owns KEYS[5i-4 .. 5i]: budget hash, usage day/week/month, open set.
--- ARGV[1..7] = clock and expiry (see lib.lua)  ARGV[7 + i] = port i's estimate
+-- nothing. Port i owns KEYS[5i-4 .. 5i]: port hash, usage day/week/month, open set.
+-- ARGV[1] = the client's day (see lib.lua)  ARGV[1 + i] = port i's estimate
 -- returns {-2, now_ms} if the server is in another day, else one reply per port:
---   {ok, reason, used, reserved, enabled, soft, hard, period} or {-1} (budget missing)
+--   {ok, reason, used, reserved, cfg} or {-1} (budget copy missing)
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
@@ -16,9 +16,8 @@ for i = 1, #KEYS / 5 do
     out[i] = {-1}
   else
     local used = used_in(b, nil, base + 1)
-    local reserved = live_held(b, KEYS[base + 5], now)
-    local ok, reason = decide(b, used, 0, tonumber(ARGV[7 + i]))
-    out[i] = {ok, reason, used, reserved, b.enabled, b.soft, b.hard, b.period}
+    local ok, reason = decide(b, used, 0, ARGV[1 + i] + 0)
+    out[i] = {ok, reason, used, live_held(b, KEYS[base + 5], now), b.cfg}
   end
 end
 return out

@@ -1,45 +1,90 @@
--- Shared helpers, prepended to every operation script when it is registered
--- (quota/scripts.py), so each operation stays one EVALSHA. Only local functions;
--- they touch the operation's KEYS and nothing else.
+-- Shared helpers of the quota function library. quota/scripts.py builds the library:
+-- a header that declares KEYS, ARGV (set by each function before its body runs) and
+-- OPEN_SET_MS, then this file, then every operation file as one registered function.
+-- Only local functions and constants: created once when the library loads, not on
+-- every call as they would be in an EVAL script.
 --
 -- Conventions shared by check, reserve, commit and record:
---   KEYS[1] = the port hash: budget copy (version, enabled, soft, hard, period) and
---             state (held: tokens of open reservations; alert: last soft-alert period)
+--   KEYS[1] = the port hash: budget copy ('version'; 'cfg' = "<enabled>|<soft>|<hard>|<period>")
+--             and state ('held': tokens of open reservations; 'next': the earliest lease
+--             end among them; 'alert': the period of the last soft-cap alert)
 --   KEYS[2..4] = usage day/week/month (hash: t = total, f:<feature>)
---   ARGV[1] = day start ms  ARGV[2] = day end ms  ARGV[3] = week start ms
---   ARGV[4] = month start ms  ARGV[5..7] = EXPIREAT seconds for day/week/month
+--   ARGV[1] = the UTC day (days since 1970-01-01) whose keys the client named
 -- Reply codes (first element): 1 done/ok, 0 refused, 2 no-op (duplicate or settled),
 --   -1 budget copy missing (client loads it and retries), -2 server clock outside
 --   the client's day (second element: server ms; client retries), -3 unknown reservation.
+--
+-- Cost (callgrind, docs/BENCHMARKS.md): each ARGV element, each redis.call and each
+-- number<->string conversion costs about as much as a small command does. So
+-- arguments are few, strings go to redis.call as they came, and only the numbers a
+-- decision compares are converted, as `s + 0`: Lua 5.1's tonumber(s) parses the string
+-- twice (lua_isnumber, then lua_tonumber), arithmetic coercion once.
+
+local DAY_MS = 86400000
+local PERIOD_INDEX = {day = 1, week = 2, month = 3}
 
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
 -- The client named the period keys from its own clock; the server's clock decides.
 -- A day lies inside one week and one month, so checking the day is enough.
 local function clock_guard(now)
-  if now < tonumber(ARGV[1]) or now >= tonumber(ARGV[2]) then
+  if math.floor(now / DAY_MS) ~= ARGV[1] + 0 then
     return {-2, now}
   end
   return nil
 end
 
-local PERIOD_INDEX = {day = 1, week = 2, month = 3}
+-- First day of the period `idx` (1 day, 2 ISO week, 3 UTC month) that contains `day`,
+-- and the first day after it: quota/periods.py's boundaries, in days since the epoch.
+local function period_days(idx, day)
+  if idx == 1 then
+    return day, day + 1
+  end
+  if idx == 2 then
+    local start = day - (day + 3) % 7  -- 1970-01-01 was a Thursday
+    return start, start + 7
+  end
+  -- The day of the month and the month's length, from H. Hinnant's civil_from_days.
+  local z = day + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local dom = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local len = 31
+  if month == 2 then
+    len = (year % 4 == 0 and (year % 100 ~= 0 or year % 400 == 0)) and 29 or 28
+  elseif month == 4 or month == 6 or month == 9 or month == 11 then
+    len = 30
+  end
+  local start = day - dom + 1
+  return start, start + len
+end
 
--- The port hash in one call: budget copy, held tokens, the earliest lease end of the
--- open reservations ("next"), and the last soft-alert marker. nil if the copy is missing.
--- `key` defaults to KEYS[1] (check_many passes each port's).
-local function read_budget(key)
-  local b = redis.call('HMGET', key or KEYS[1], 'enabled', 'soft', 'hard', 'period', 'held',
-                       'next', 'alert')
-  if not b[1] then
+-- The port hash in one call; nil if the budget copy is missing. `cfg` is kept as
+-- stored (replies pass it on); only the hard cap is read as a number, and 'next'
+-- only once something is held (purge_expired, live_held). `key` defaults to
+-- KEYS[1] (check_many passes each port's); `alert` also reads the soft-alert marker.
+local function read_budget(key, alert)
+  local h
+  if alert then
+    h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next', 'alert')
+  else
+    h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next')
+  end
+  if not h[1] then
     return nil
   end
-  return {enabled = tonumber(b[1]), soft = tonumber(b[2]), hard = tonumber(b[3]),
-          period = b[4], idx = PERIOD_INDEX[b[4]], held = tonumber(b[5] or '0'),
-          next = tonumber(b[6] or '0'), alert = b[7]}
+  local on, soft, hard, period = string.match(h[1], '^(%d)|(%d+)|(%d+)|(%a+)$')
+  return {cfg = h[1], on = on == '1', soft = soft, hard = hard + 0, period = period,
+          idx = PERIOD_INDEX[period], held = (h[2] or 0) + 0, next = h[3], alert = h[4]}
 end
 
 -- Tokens used in the budget's own period (all three are always counted). The usage
@@ -49,7 +94,7 @@ local function used_in(b, feature, base)
   if feature then
     field = 'f:' .. feature
   end
-  return tonumber(redis.call('HGET', KEYS[(base or 1) + b.idx], field) or '0')
+  return (redis.call('HGET', KEYS[(base or 1) + b.idx], field) or 0) + 0
 end
 
 -- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>"), bounded.
@@ -66,7 +111,7 @@ end
 -- Held tokens with ended leases left out, read-only. The open set is only looked at
 -- once the earliest lease ("next") may have ended: the usual call costs nothing here.
 local function live_held(b, open_key, now)
-  if b.held == 0 or now < b.next then
+  if b.held == 0 or now < (b.next or 0) + 0 then
     return b.held
   end
   if redis.call('EXISTS', open_key) == 0 then
@@ -76,9 +121,14 @@ local function live_held(b, open_key, now)
 end
 
 -- Return ended leases' holds to the budget and move "next" on (bounded per call).
--- With `renew_ms`, also push the open set's expiry that far ahead (reserve does).
-local function purge_expired(b, open_key, now, renew_ms)
-  if b.held == 0 or now < b.next then
+-- Leaves b.next a number whenever something is held. With `renew`, also pushes the
+-- open set's expiry OPEN_SET_MS ahead (reserve does).
+local function purge_expired(b, open_key, now, renew)
+  if b.held == 0 then
+    return 0
+  end
+  b.next = (b.next or 0) + 0
+  if now < b.next then
     return b.held
   end
   local freed, gone = expired(open_key, now)
@@ -93,17 +143,17 @@ local function purge_expired(b, open_key, now, renew_ms)
     if freed ~= 0 then
       b.held = redis.call('HINCRBY', KEYS[1], 'held', -freed)
     end
-    b.next = tonumber(first[2])
+    b.next = first[2] + 0
     redis.call('HSET', KEYS[1], 'next', first[2])
-    if renew_ms then
-      redis.call('PEXPIREAT', open_key, now + renew_ms)
+    if renew then
+      redis.call('PEXPIREAT', open_key, now + OPEN_SET_MS)
     end
   end
   return b.held
 end
 
 local function decide(b, used, reserved, estimate)
-  if b.enabled == 0 then
+  if not b.on then
     return 1, ''
   end
   if used >= b.hard then
@@ -115,21 +165,19 @@ local function decide(b, used, reserved, estimate)
   return 1, ''
 end
 
-local function decision_reply(ok, reason, used, reserved, b, now, extra)
-  return {ok, reason, used, reserved, b.enabled, b.soft, b.hard, b.period, now, extra or 0}
-end
-
--- Count `total` in the day, week and month counters, overall and for `feature`, and
--- return the new total of the budget's own period (-1 without a budget). A counter's
--- expiry is set when it is created (its total equals this event's): one call less.
-local function add_usage(feature, total, b)
+-- Count `total` (ARGV string; `n` is its number) in the day, week and month counters,
+-- overall and for `feature`, and return the new total of the budget's own period
+-- (-1 without a budget). A counter's expiry (a grace day past its period) is set when
+-- the counter is created, which is when its total equals this event's.
+local function add_usage(feature, total, n, b)
   local fk = 'f:' .. feature
   local used = -1
   for i = 1, 3 do
     local key = KEYS[1 + i]
     local t = redis.call('HINCRBY', key, 't', total)
-    if t == total then
-      redis.call('EXPIREAT', key, ARGV[4 + i])
+    if t == n then
+      local _, after = period_days(i, tonumber(ARGV[1]))
+      redis.call('EXPIREAT', key, string.format('%d', (after + 1) * 86400))
     end
     redis.call('HINCRBY', key, fk, total)
     if b and i == b.idx then
@@ -141,11 +189,11 @@ end
 
 -- 1 the first time in the budget's current period that usage is above the soft cap.
 local function soft_alert(b, used)
-  if b == nil or b.enabled == 0 or used <= b.soft then
+  if b == nil or not b.on or used <= b.soft + 0 then
     return 0
   end
-  local starts = {ARGV[1], ARGV[3], ARGV[4]}
-  local marker = b.period .. ':' .. starts[b.idx]
+  local start = period_days(b.idx, tonumber(ARGV[1]))
+  local marker = b.period .. ':' .. string.format('%d', start)
   if b.alert == marker then
     return 0
   end

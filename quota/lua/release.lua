@@ -11,7 +11,7 @@ if state ~= 'open' then
   return {2}
 end
 if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. tokens) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(tokens))
+  redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
 end
 settle_reservation(KEYS[3], tokens, feature, user, 'released', ARGV[2])
 return {1}

@@ -1,7 +1,7 @@
 -- snapshot: some ports' usage counters and the stream position they reflect, read in
 -- one atomic step: every event up to that position is counted in them, none after.
 -- KEYS[1] = shard stream  KEYS[2..n] = usage hashes
--- ARGV[1] = day start ms  ARGV[2] = day end ms (the client's day; see lib.lua)
+-- ARGV[1] = the client's day (see lib.lua)
 -- returns {1, now_ms, last stream id ('' if the stream is missing), {field, value, ...}
 --   for each usage key}, or {-2, now_ms} if the server is in another day
 local now = now_ms()

@@ -114,7 +114,7 @@ def test_cache_miss_loads_from_postgres(gate: Gate, r: redis.Redis) -> None:
     r.delete(gate.layout.for_port("p").budget)  # as after a restart or eviction
     d = gate.check("p", 6)
     assert d.reason == "estimated-exceeds-cap"
-    assert r.hget(gate.layout.for_port("p").budget, "hard") == "5"
+    assert r.hget(gate.layout.for_port("p").budget, "cfg") == "1|1|5|month"
 
 
 def test_a_slow_cache_fill_cannot_overwrite_a_newer_budget(gate: Gate, r: redis.Redis) -> None:
@@ -122,4 +122,4 @@ def test_a_slow_cache_fill_cannot_overwrite_a_newer_budget(gate: Gate, r: redis.
     stale = Budget(enabled=False)
     pk = gate.layout.for_port("p")
     gate._cache_budget(pk, stale, version=0)  # a loader that read Postgres before the update
-    assert r.hget(pk.budget, "enabled") == "1"
+    assert r.hget(pk.budget, "cfg") == "1|1|5|month"

@@ -194,7 +194,7 @@ def test_health(cli: CliRunner, gate: Gate) -> None:
     assert healthy.exit_code == 0
     report = as_json(healthy)
     assert report["healthy"] is True
-    assert [c["check"] for c in report["checks"]] == ["redis", "postgres", "scripts", "drain lag"]
+    assert [c["check"] for c in report["checks"]] == ["redis", "postgres", "functions", "drain lag"]
     gate.record(port_id="p", feature="f", provider="p", model="m", input_tokens=1, output_tokens=0)
     stale = run(cli, "health", "--max-lag", "0", "--json")
     assert stale.exit_code == 1

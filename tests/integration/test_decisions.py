@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from quota import Budget, Gate, InvalidInput
 from quota.decisions import decide
+from quota.scripts import library
 
 
 def spend(gate: Gate, port: str, tokens: int, feature: str = "chat") -> None:
@@ -127,7 +128,7 @@ def test_check_many_equals_check_for_every_port(gate: Gate, r: redis.Redis) -> N
             spend(gate, port, i * 3)
         requests.append((port, (i * 7) % 130))
     r.delete(gate.layout.for_port("many-1").budget)  # a cache miss inside the batch
-    r.script_flush()  # and a server that forgot the scripts
+    r.function_delete(library().name)  # and a server that lost the function library
     many = gate.check_many(requests)
     assert many == [gate.check(p, e) for p, e in requests]
     assert {d.reason for d in many} == {None, "hard-cap-exceeded", "estimated-exceeds-cap"}

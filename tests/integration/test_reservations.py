@@ -1,4 +1,4 @@
-"""reserve / commit / release: holds, leases, idempotency, NOSCRIPT recovery."""
+"""reserve / commit / release: holds, leases, idempotency, a lost function library."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from quota import BudgetExceeded, Gate, UnknownReservation
+from quota.scripts import library
 
 
 @pytest.fixture
@@ -126,10 +127,13 @@ def test_context_manager_commits_or_releases(capped: Gate) -> None:
     assert refused.value.decision.reason == "estimated-exceeds-cap"  # type: ignore[attr-defined]
 
 
-def test_script_flush_mid_run_surfaces_no_error(capped: Gate, r: redis.Redis) -> None:
+def test_losing_the_function_library_mid_run_surfaces_no_error(
+    capped: Gate, r: redis.Redis
+) -> None:
+    """A restart without persistence, a failover or FUNCTION FLUSH: reloaded silently."""
     for i in range(20):
         if i % 5 == 0:
-            r.script_flush()
+            r.function_delete(library().name)
         d = capped.reserve("p", 10, "ocr")
         assert d.ok
         commit(capped, d.reservation_id, 10)

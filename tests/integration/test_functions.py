@@ -1,0 +1,61 @@
+"""The Lua function library's own logic: the calendar it derives from the client's
+day must be quota/periods.py's, and the counters it creates must expire with it."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from importlib.resources import files
+
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quota import Gate
+from quota.periods import PERIODS, Windows, period_end, period_start
+
+_LIB = (files("quota") / "lua" / "lib.lua").read_text()
+_EPOCH = date(1970, 1, 1)
+# Every period_days(idx, day) for the days in ARGV, as {start, after} day numbers.
+_PROBE = (
+    _LIB
+    + """
+local out = {}
+for _, d in ipairs(ARGV) do
+  for idx = 1, 3 do
+    local s, e = period_days(idx, tonumber(d))
+    out[#out + 1] = {s, e}
+  end
+end
+return out
+"""
+)
+
+
+def _day(d: date) -> int:
+    return (d - _EPOCH).days
+
+
+# The connection fixture is stateless here: sharing it across examples is fine.
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.dates(date(1970, 1, 1), date(2400, 12, 31)), min_size=1, max_size=50))
+def test_lua_calendar_matches_python(r: redis.Redis, days: list[date]) -> None:
+    # Leap days, century years and month ends are where a calendar goes wrong.
+    days += [date(2000, 2, 29), date(2100, 2, 28), date(2100, 3, 1), date(2026, 12, 31)]
+    reply = r.eval(_PROBE, 0, *(_day(d) for d in days))
+    got = iter(reply)  # type: ignore[arg-type]
+    for d in days:
+        now = datetime(d.year, d.month, d.day, 12, tzinfo=UTC)
+        for period in PERIODS:
+            start, after = next(got)
+            assert _EPOCH + timedelta(days=start) == period_start(period, now).date(), (d, period)
+            assert _EPOCH + timedelta(days=after) == period_end(period, now).date(), (d, period)
+
+
+def test_new_counters_expire_a_day_after_their_period(gate: Gate, r: redis.Redis) -> None:
+    gate.record(port_id="p", feature="f", provider="x", model="y", input_tokens=3, output_tokens=0)
+    w = Windows.at(datetime.now(UTC))
+    pk = gate.layout.for_port("p")
+    expected = (w.day_expire_s, w.week_expire_s, w.month_expire_s)
+    assert tuple(r.expiretime(key) for key in pk.usage_all(w)) == expected
