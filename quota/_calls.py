@@ -1,25 +1,70 @@
-"""The gate's call path to Redis: FCALL on a connection owned by the calling thread.
+"""The gate's call path to Redis: FCALL over a socket owned by the calling thread.
 
 redis-py's command layer (pool checkout and return, retry wrapper, observability
-hooks, per-argument type checks before packing) costs about as much client time per
-call as the network round trip itself on a small machine (docs/BENCHMARKS.md). The
-hot path needs none of it: each thread keeps one connection of the client's kind,
-packs the FCALL with hiredis and reads the reply. Connections are redis-py's own;
-only the layer above is skipped.
+hooks, per-argument type checks before packing) and its reply reader cost, together,
+about a third of a hot-path call's wall time on a small machine (docs/BENCHMARKS.md).
+The hot path needs none of it. Each thread opens one redis-py connection, so the
+handshake (TLS, AUTH, SELECT, client name) stays redis-py's; from then on it writes
+FCALLs packed by hiredis to that connection's socket and reads the replies with its
+own hiredis reader.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
 import redis
-from redis.connection import ConnectionInterface
+from redis.connection import AbstractConnection
 
 from quota.scripts import Library, is_missing
+
+_READ_SIZE = 65536
+
+
+class _Wire:
+    """One thread's connection: redis-py's, for the handshake and for closing; its
+    socket, for the calls; our reader, for the replies."""
+
+    __slots__ = ("conn", "pid", "reader", "sock")
+
+    def __init__(self, conn: AbstractConnection, decode: bool) -> None:
+        conn.connect()  # type: ignore[no-untyped-call]
+        self.conn = conn
+        self.sock: socket.socket = conn._sock  # type: ignore[assignment]
+        self.pid = os.getpid()
+        # Error replies come back as values (not raised), so that a batch can read on.
+        self.reader = hiredis.Reader(
+            encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
+        )
+
+    def send(self, packed: bytes) -> None:
+        try:
+            self.sock.sendall(packed)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError(f"Timeout writing to Redis: {exc}") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error writing to Redis: {exc}") from exc
+
+    def read(self) -> Any:
+        reader = self.reader
+        reply = reader.gets()
+        while reply is False:  # hiredis: not a whole reply yet
+            try:
+                data = self.sock.recv(_READ_SIZE)
+            except TimeoutError as exc:
+                raise redis.exceptions.TimeoutError(f"Timeout reading from Redis: {exc}") from exc
+            except OSError as exc:
+                raise redis.exceptions.ConnectionError(f"Error reading from Redis: {exc}") from exc
+            if not data:
+                raise redis.exceptions.ConnectionError("Redis closed the connection")
+            reader.feed(data)
+            reply = reader.gets()
+        return reply
 
 
 class ScriptCaller:
@@ -27,25 +72,25 @@ class ScriptCaller:
         self._client = client
         self._library = library
         self._pool = client.connection_pool
+        self._decode = bool(self._pool.connection_kwargs.get("decode_responses"))
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[ConnectionInterface] = []
+        self._all: list[_Wire] = []
 
-    def _connection(self) -> ConnectionInterface:
-        local = self._local
-        conn: ConnectionInterface | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():  # a forked child opens its own
-            conn = self._pool.make_connection()
-            local.conn, local.pid = conn, os.getpid()
+    def _wire(self) -> _Wire:
+        wire: _Wire | None = getattr(self._local, "wire", None)
+        if wire is None or wire.pid != os.getpid():  # a forked child opens its own
+            wire = _Wire(self._pool.make_connection(), self._decode)  # type: ignore[arg-type]
+            self._local.wire = wire
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._all.append(wire)
+        return wire
 
     def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.disconnect()
-            self._local.conn = None
+        wire: _Wire | None = getattr(self._local, "wire", None)
+        if wire is not None:
+            wire.conn.disconnect()  # type: ignore[no-untyped-call]
+            self._local.wire = None
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """FCALL ``op`` once and return its reply (see `call_each` for the rules)."""
@@ -70,31 +115,29 @@ class ScriptCaller:
         read-only operations."""
         name = self._library.functions[op]
         for attempt in range(3):
-            conn = self._connection()
             try:
+                wire = self._wire()
                 sent = 0
                 for keys, args in calls():
-                    conn.send_packed_command(  # type: ignore[no-untyped-call]
-                        [hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))],
-                        check_health=False,
-                    )
+                    wire.send(hiredis.pack_command(("FCALL", name, len(keys), *keys, *args)))
                     sent += 1
                 missing = False
+                error: redis.exceptions.ResponseError | None = None
                 for n in range(sent):
-                    try:
-                        reply = conn.read_response()
-                    except redis.exceptions.ResponseError as exc:
-                        if not is_missing(exc):
-                            self._drop()  # unread replies would answer the next call
-                            raise
-                        missing = True  # keep reading: every reply must be consumed
-                        continue
-                    if not missing:
+                    reply = wire.read()  # every reply is read, whatever came before
+                    if isinstance(reply, redis.exceptions.ResponseError):
+                        if is_missing(reply):
+                            missing = True
+                        else:
+                            error = error or reply
+                    elif not missing and error is None:
                         try:
                             handle(n, reply)
                         except BaseException:
-                            self._drop()
+                            self._drop()  # unread replies would answer the next call
                             raise
+                if error is not None:
+                    raise error
                 if not missing:
                     return
                 self._library.load(self._client)
@@ -109,6 +152,6 @@ class ScriptCaller:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
-                conn.disconnect()  # type: ignore[no-untyped-call]
+            for wire in self._all:
+                wire.conn.disconnect()  # type: ignore[no-untyped-call]
             self._all.clear()

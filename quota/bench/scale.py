@@ -126,7 +126,9 @@ def bench_server_time(
                 client.config_resetstat()
                 for _ in range(block):
                     measured()
-                stats = client.info("commandstats")["cmdstat_evalsha"]
+                # The baseline is an EVAL script; the gate's operations are FCALLs.
+                command = "evalsha" if base is None else "fcall"
+                stats = client.info("commandstats")[f"cmdstat_{command}"]
                 total_us += float(stats["usec"])
                 total_calls += float(stats["calls"])
                 after()
