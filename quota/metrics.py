@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 DECISIONS = Counter("quota_decisions", "Gate calls by operation and outcome.", ["op", "outcome"])
 SCRIPT_SECONDS = Histogram(
     "quota_script_seconds",
-    "Round-trip time of one gate script call (EVALSHA), by operation.",
+    "Round-trip time of one gate function call (FCALL), by operation.",
     ["op"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )

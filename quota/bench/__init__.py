@@ -15,7 +15,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from quota.bench import hotpath, ledger, peers, scale
+from quota.bench import hotpath, instructions, ledger, peers, scale
 from quota.bench._measure import Row, fmt, reset, write_markdown
 from quota.settings import Settings
 
@@ -36,6 +36,7 @@ SECTIONS: dict[str, Section] = {
     ),
     "scale": lambda s, c, q: scale.bench_reconcile_and_memory(s, c, 500 if q else 10_000),
     "server": lambda s, c, q: scale.bench_server_time(s, c, 300 if q else 5_000),
+    "instructions": lambda s, c, q: instructions.bench_instructions(s, 50 if q else 1_000),
 }
 
 NOTES = """
@@ -66,7 +67,12 @@ NOTES = """
 - **scale**: reconciliation reads counters and stream positions, catches the drain up,
   sums the ledger and corrects, for every active port. Memory is the INFO used_memory
   delta after 10,000 ports each got a budget and usage in two features.
-- **server**: Redis-side time per EVALSHA from INFO commandstats.
+- **server**: Redis-side time per call from INFO commandstats (EVALSHA for the trivial
+  script, FCALL for the gate's functions).
+- **instructions**: instructions a private redis-server (under valgrind's callgrind)
+  executes per call, from the request's first byte to its reply. Unlike the
+  microseconds above they repeat to ~1 % from run to run on this VM, so they are the
+  figure to judge a change to a Lua function by; cache misses are not in them.
 """
 
 

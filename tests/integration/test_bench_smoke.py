@@ -37,6 +37,7 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         "reconcile 500 active ports",
         "Redis memory per active port",
         "Redis time per call: reserve",
+        "Redis instructions per call: reserve",
     ):
         assert row in report
     assert "Redis 7" in report

@@ -1,0 +1,159 @@
+"""Instructions Redis executes per call (row 9, made repeatable): a private
+redis-server runs under valgrind's callgrind, and each operation's calls are counted
+between a zero and a dump of its counters.
+
+Server-side microseconds on a shared VM move by ±50 % between runs; instruction
+counts do not (the same figure to within ~1 %, whatever else the machine does), so
+they are what a change to a Lua function should be judged by. They leave out cache
+misses, which is why the timed rows stay beside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from quota.bench._measure import Row
+from quota.bench.hotpath import TRIVIAL, budgets
+from quota.gate import Gate
+from quota.settings import Settings
+
+_TOOLS = ("valgrind", "callgrind_control", "redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Callgrind:
+    """redis-server under callgrind, in a temporary directory, stopped on exit."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="quota-callgrind-"))
+        self.port = _free_port()
+        self._proc = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={self._dir}/out.%p",
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self._dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 60  # valgrind takes seconds to start a server
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("redis-server did not start under valgrind") from None
+                time.sleep(0.2)
+        self._pid = str(self._proc.pid)
+
+    def _control(self, flag: str) -> None:
+        subprocess.run(["callgrind_control", flag, self._pid], check=True, capture_output=True)
+
+    def count(self, calls: Callable[[], object], n: int) -> float:
+        """Instructions the server executed per call of ``calls``."""
+        self._control("-z")
+        for _ in range(n):
+            calls()
+        before = set(self._dir.glob("out.*"))
+        self._control("-d")
+        dumps = sorted(set(self._dir.glob("out.*")) - before, key=lambda p: p.stat().st_mtime)
+        text = dumps[-1].read_text(errors="replace")
+        for dump in dumps:
+            dump.unlink()
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if total is None:
+            raise RuntimeError("callgrind dump without totals")
+        return int(total.group(1)) / n
+
+    def close(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def bench_instructions(settings: Settings, calls: int) -> list[Row]:
+    missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    if missing:
+        return [Row("instructions", "Redis instructions per call", 0, "", note=f"needs {missing}")]
+    server = _Callgrind()
+    try:
+        local = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{server.port}/0"})
+        with Gate(local) as gate:
+            ports = [f"port-{i}" for i in range(100)]
+            budgets(gate, ports)
+            port = itertools.cycle(ports).__next__
+            sha = server.client.script_load(TRIVIAL)
+            held: list[str] = []
+
+            def reserve() -> None:
+                held.append(gate.reserve(port(), 1500, "ocr").reservation_id or "")
+
+            def commit() -> None:
+                gate.commit(
+                    held.pop(), input_tokens=1000, output_tokens=200, provider="o", model="m"
+                )
+
+            ops: dict[str, Callable[[], object]] = {
+                "trivial one-key INCRBY script": lambda: server.client.evalsha(
+                    sha, 1, "{q0}:trivial", 1
+                ),
+                "check": lambda: gate.check(port(), 1500),
+                "reserve": reserve,
+                "commit": commit,
+                "record": lambda: gate.record(
+                    port_id=port(),
+                    feature="ocr",
+                    provider="openai",
+                    model="gpt-4o",
+                    input_tokens=1000,
+                    output_tokens=200,
+                ),
+            }
+            for fn in ops.values():  # warm: budget copies, counters, the library
+                fn()
+            held.clear()
+            rows: list[Row] = []
+            for name, fn in ops.items():
+                row = Row(
+                    "instructions",
+                    f"Redis instructions per call: {name}",
+                    server.count(fn, calls),
+                    "instructions",
+                    note="callgrind; repeatable to ~1 %" if not rows else "",
+                )
+                rows.append(row if not rows else row.against(rows[0]))
+            return rows
+    finally:
+        server.close()
