@@ -141,26 +141,36 @@ def targets_markdown(rows: list[Row]) -> str:
 ANALYSIS = """
 ## Where the time goes, and what is left
 
-- A round trip on this machine is ~100-140 µs, and redis-py's command layer (pool
-  checkout, retry wrapper, observability hooks) costs ~50 µs of it. The gate runs its
-  scripts on a connection owned by the calling thread and skips that layer
-  (`quota/_calls.py`); the baseline row keeps the plain `redis.evalsha` that users of
-  redis-py pay, so `check` lands near the baseline while doing several lookups.
-- What remains is Redis-side work. A script invocation with ~20 keys and arguments
-  costs ~4-9 µs before its first command, and each `redis.call` 0.3-2.3 µs (TIME 1.2,
-  HMGET of 7 fields 2.3, SET NX PXAT 1.3, XADD 1.6, measured in a loop inside one
-  script). A reserve makes 6 calls, a commit 13 (settle the hold, three periods × total
-  and feature, the ledger event), a record 9. They were cut from 12, 20 and 14:
-  reservations are one `SET NX PXAT` string, a counter's expiry is set only when it is
-  created, holds are purged only once the earliest lease has ended, the state lives in
-  the budget hash, and `used` comes back from `HINCRBY`.
-- Server-side figures on this VM vary by ±50 % between runs (the trivial script alone
-  has measured 2.8-9 µs); ratios within one run are the figures to read.
-- Not done yet, in the order they would pay: fewer ARGV per call (the seven clock and
-  expiry numbers as one string, parsed only when needed); the budget period's running
-  total kept in the port hash, so that a check is one HMGET and `check_many` one call per
-  port (it is Redis-bound today at ~10 µs per port); Redis Functions (FUNCTION LOAD) so
-  that the shared helpers are not re-created on every call.
+- **Client.** A hot-path call is one FCALL, packed by hiredis, written to a socket
+  owned by the calling thread and read back by that thread's own hiredis reader
+  (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). Against
+  redis-py's `send_packed_command` + `read_response` on the same FCALL that saved ~15 µs
+  of a ~60 µs round trip; the command layer above it had cost ~50 µs of ~140 µs. The
+  baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
+- **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). An
+  empty function called with reserve's 6 keys and 7 arguments and returning a
+  5-element reply executes ~37k instructions (the trivial one-key script ~19k);
+  reserve's six commands (TIME, HMGET, HGET, SET NX PX, ZADD, HINCRBY) with nothing
+  around them add ~52k; the logic around them (clock guard, budget parse, leases,
+  conversions) the last ~36k.
+- **What cut it** (instructions per call, before → after: check 110k → 73k, reserve
+  171k → 125k, commit 243k → 195k, record 191k → 148k): one function library instead of
+  EVALSHA scripts (the shared helpers are created once, at load); one clock argument,
+  the client's day, with the week, the month, the counters' expiry and the soft-alert
+  period derived in Lua on the rare paths; the budget copy as one field passed through
+  to the client; strings passed through to `redis.call` instead of converted to numbers
+  and back (a number argument costs ~3.8k: snprintf); `s + 0` instead of `tonumber(s)`
+  (which parses twice); smaller replies.
+- **Why reserve still misses 15 µs.** On this VM the trivial script alone takes 6-12 µs
+  of Redis time, and a reserve executes 6.5× its instructions. What would cut more
+  changes the data layout: keeping the budget period's running total in the port hash
+  would drop the usage HGET and two of the six keys from check and reserve (~10 %);
+  keeping reservations in one structure per port rather than one key each would drop
+  the most expensive command of a reserve (SET of a new key with an expiry). Both move
+  work to commit and reconciliation and need their own tests.
+- **Absolute targets follow the machine.** check_many, the drain and the lag are Redis-
+  or Postgres-bound on 2 shared cores; compare this run's baseline (calls/s of the
+  trivial script) with another run's before comparing those rows.
 """
 
 
