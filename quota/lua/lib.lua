@@ -18,7 +18,9 @@
 -- number<->string conversion costs about as much as a small command does. So
 -- arguments are few, strings go to redis.call as they came, and only the numbers a
 -- decision compares are converted, as `s + 0`: Lua 5.1's tonumber(s) parses the string
--- twice (lua_isnumber, then lua_tonumber), arithmetic coercion once.
+-- twice (lua_isnumber, then lua_tonumber), arithmetic coercion once. A number that
+-- must go to redis.call on the hot path goes as string.format('%d', n): Redis would
+-- format it with %.17g, which costs ~1.6k instructions more.
 
 local DAY_MS = 86400000
 local PERIOD_INDEX = {day = 1, week = 2, month = 3}
@@ -217,5 +219,5 @@ local function append_event(stream, event_id, port, user, feature, provider, mod
                             input, output, request_id, now)
   redis.call('XADD', stream, '*', 'id', event_id, 'port', port, 'user', user,
              'feature', feature, 'provider', provider, 'model', model,
-             'in', input, 'out', output, 'req', request_id, 'at', now)
+             'in', input, 'out', output, 'req', request_id, 'at', string.format('%d', now))
 end

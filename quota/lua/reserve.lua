@@ -25,7 +25,7 @@ if ok == 1 then
     return {1, '', used, reserved, b.cfg}
   end
   local lease_end = now + ARGV[3]
-  redis.call('ZADD', KEYS[5], lease_end, ARGV[4] .. ':' .. ARGV[2])
+  redis.call('ZADD', KEYS[5], string.format('%d', lease_end), ARGV[4] .. ':' .. ARGV[2])
   if b.held == 0 then
     -- Nothing else is held, so this lease ends first, and the open set may be new. Its
     -- expiry is renewed by purge_expired whenever the earliest lease ends, so a busy
