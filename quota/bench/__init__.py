@@ -168,6 +168,12 @@ ANALYSIS = """
   keeping reservations in one structure per port rather than one key each would drop
   the most expensive command of a reserve (SET of a new key with an expiry). Both move
   work to commit and reconciliation and need their own tests.
+- **Same machine, same hour** (`./scripts/bench --only sequential --only batched
+  --only drain`, session-start commit 7027e60 against this one): check 0.88× → 0.97×,
+  reserve 0.71× → 0.82×, commit 0.70× → 0.79×, record 0.74× → 0.90× of the baseline;
+  check_many 64,086 → 82,801 decisions/s; the drain 31,133 → 29,323 events/s (no
+  change: it does not run the gate's functions; that day's machine was about half as
+  fast as the one of the 52,700 events/s run).
 - **Absolute targets follow the machine.** check_many, the drain and the lag are Redis-
   or Postgres-bound on 2 shared cores; compare this run's baseline (calls/s of the
   trivial script) with another run's before comparing those rows.
