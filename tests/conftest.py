@@ -60,8 +60,11 @@ def r(base_settings: Settings) -> Iterator[redis.Redis]:
 def _forget(r: redis.Redis, prefix: str) -> None:
     """Delete every key under ``prefix`` (a test's own), so none outlives its test."""
     keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
+    # RQ names its registries after the queue (our prefix) and lists the queue in rq:queues.
+    keys += r.scan_iter(match=f"rq:*:{prefix}", count=5000)
     for i in range(0, len(keys), 5000):
         r.delete(*keys[i : i + 5000])
+    r.srem("rq:queues", f"rq:queue:{prefix}")
 
 
 @pytest.fixture
