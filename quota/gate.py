@@ -239,8 +239,7 @@ class Gate:
         def handle(n: int, reply: list[Any]) -> None:
             shard, idxs = order[n]
             if reply[0] == _CLOCK:
-                self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
-                self._windows = Windows.at(from_ms(int(reply[1])))
+                self._adopt_server_clock(int(reply[1]))
                 retry[shard] = idxs
                 return
             for i, one in zip(idxs, reply, strict=True):
@@ -539,12 +538,21 @@ class Gate:
         self._usage_cache[pk.port] = (w, keys)
         return keys
 
+    def _now_ms(self) -> int:
+        """Our clock, corrected by what the functions taught us of the server's."""
+        return time.time_ns() // 1_000_000 + self._skew_ms
+
     def _now(self) -> datetime:
-        """Our clock, corrected by what the scripts taught us of the server's."""
-        return from_ms(time.time_ns() // 1_000_000 + self._skew_ms)
+        return from_ms(self._now_ms())
+
+    def _adopt_server_clock(self, server_ms: int) -> None:
+        """A function said our clock disagrees with the server's about the day: from now
+        on, name periods by the server's time."""
+        self._skew_ms = server_ms - time.time_ns() // 1_000_000
+        self._windows = Windows.at(from_ms(server_ms))
 
     def _now_windows(self) -> Windows:
-        now_ms = time.time_ns() // 1_000_000 + self._skew_ms
+        now_ms = self._now_ms()
         w = self._windows
         if not w.day_start_ms <= now_ms < w.day_end_ms:
             w = self._windows = Windows.at(from_ms(now_ms))
@@ -571,9 +579,7 @@ class Gate:
             timer.observe(time.perf_counter() - started)
             code = reply[0]
             if code == _CLOCK:
-                # Our clock disagrees with the server's about the day: adopt its time.
-                self._skew_ms = int(reply[1]) - time.time_ns() // 1_000_000
-                self._windows = Windows.at(from_ms(int(reply[1])))
+                self._adopt_server_clock(int(reply[1]))
             elif code == _NO_BUDGET and load_budget:
                 self._load_budget(pk)
             else:

@@ -72,11 +72,12 @@ def from_ms(ms: int) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Windows:
-    """The three periods containing one instant, as the Lua scripts need them.
+    """The three periods containing one instant: the ids that name the usage keys,
+    their boundaries and the counters' expiry.
 
-    A day lies inside exactly one week and one month, so the scripts only verify
-    that the server's clock falls in ``[day_start_ms, day_end_ms)``: if it does,
-    every id here is the server's too.
+    A day lies inside exactly one week and one month, so the Lua functions only
+    verify that the server's clock falls in the client's `day`: if it does, every id
+    here is the server's too.
     """
 
     day_id: str
@@ -113,8 +114,3 @@ class Windows:
         """Days since 1970-01-01: ARGV[1] of every period-keyed function (quota/lua/lib.lua
         derives the day's week and month from it)."""
         return self.day_start_ms // DAY_MS
-
-    def start_ms(self, period: Period) -> int:
-        if period == "day":
-            return self.day_start_ms
-        return self.week_start_ms if period == "week" else self.month_start_ms

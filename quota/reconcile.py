@@ -291,8 +291,7 @@ class Reconciler:
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(query).all()
         with redis_errors():
-            if not self._library.loaded(self.redis):  # a pipeline cannot load it midway
-                self._library.load(self.redis)
+            self._library.ensure(self.redis)  # a pipeline cannot load it midway
         budget_put = self._library.functions["budget_put"]
         for batch in _chunks(rows, 1000):
             with redis_errors(), self.redis.pipeline(transaction=False) as pipe:

@@ -71,8 +71,12 @@ class Library:
     def load(self, client: redis.Redis) -> None:
         client.function_load(self.source, replace=True)
 
-    def loaded(self, client: redis.Redis) -> bool:
-        return bool(client.function_list(library=self.name))
+    def ensure(self, client: redis.Redis) -> bool:
+        """Load the library unless the server has it; True if it was loaded now."""
+        if client.function_list(library=self.name):
+            return False
+        self.load(client)
+        return True
 
     def call(self, client: redis.Redis, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """FCALL ``op`` (not for the hot path: see quota/_calls.py), loading the library

@@ -221,11 +221,9 @@ def _check_functions() -> str:
     from quota.scripts import library
     from workers.runtime import runtime
 
-    client, lib = runtime().redis, library()
-    if lib.loaded(client):
-        return f"function library {lib.name} loaded"
-    lib.load(client)
-    return f"function library {lib.name} loaded now"
+    lib = library()
+    now = lib.ensure(runtime().redis)
+    return f"function library {lib.name} loaded" + (" now" if now else "")
 
 
 def _check_lag(max_lag: float) -> Callable[[], str]:
