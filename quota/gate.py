@@ -43,6 +43,7 @@ from quota.models import (
     DailyUsage,
     Decision,
     FeatureUsage,
+    Reason,
     SoftCapAlert,
     Status,
     UsageEvent,
@@ -56,9 +57,10 @@ from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
 
-# Reply codes of the scripts (see quota/lua/lib.lua).
-_OK, _NOOP = 1, 2
-_NO_BUDGET, _CLOCK, _UNKNOWN = -1, -2, -3
+# The functions reply with strings, fields joined by "|" (quota/lua/lib.lua); these are
+# the codes of their first field. A reply that starts with "-" is one of the last three.
+_OK, _NOOP = "1", "2"
+_NO_BUDGET, _CLOCK, _UNKNOWN = "-1", "-2", "-3"
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
 # Reservations this process made, remembered for commit's Postgres fallback.
@@ -236,14 +238,14 @@ class Gate:
                     keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
                 yield keys, (w.day, *(items[i][1] for i in idxs))
 
-        def handle(n: int, reply: list[Any]) -> None:
+        def handle(n: int, reply: list[str] | str) -> None:
             shard, idxs = order[n]
-            if reply[0] == _CLOCK:
-                self._adopt_server_clock(int(reply[1]))
+            if isinstance(reply, str):  # "-2|<ms>", the only reply that is not a list
+                self._adopt_server_clock(int(reply[3:]))
                 retry[shard] = idxs
                 return
             for i, one in zip(idxs, reply, strict=True):
-                if one[0] == _NO_BUDGET:
+                if one == _NO_BUDGET:
                     retry.setdefault(shard, []).append(i)
                     missing.append(i)
                 else:
@@ -282,11 +284,12 @@ class Gate:
             lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
             (estimate, self._lease_ms, hex_id, feat, user or "", self._reservation_ms),
         )
-        if reply[0] != _OK:
+        if not reply.startswith(_OK):
             return metrics.count_decision("reserve", self._decision(reply))
         rid = reservation_id(hex_id, pk.port)
         self._recent.add(rid, feat, user)
-        return metrics.count_decision("reserve", self._decision(reply, rid))
+        # The reply's reserved tokens leave this hold out (lib.lua formats no number).
+        return metrics.count_decision("reserve", self._decision(reply, estimate, rid))
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
@@ -294,11 +297,11 @@ class Gate:
         pk = self._keys(port)
         started = time.perf_counter()
         with redis_errors():
-            code = self._call(
+            code: str = self._call(
                 "release",
                 (pk.budget, pk.open, pk.reservation(hex_id)),
                 (hex_id, self.settings.settled_seconds),
-            )[0]
+            )
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
         if code == _UNKNOWN:
             raise UnknownReservation(f"unknown reservation {reservation_id!r}")
@@ -351,7 +354,7 @@ class Gate:
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
 
-        def attempt(count_without_budget: bool) -> list[Any]:
+        def attempt(count_without_budget: bool) -> str:
             return self._run(
                 "commit",
                 pk,
@@ -388,7 +391,7 @@ class Gate:
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
             return metrics.count_usage("commit", self._fallback(event, exc))
-        if reply[0] == _UNKNOWN:
+        if reply == _UNKNOWN:
             made_here = self._recent.pop(reservation_id)
             if made_here is None:
                 raise UnknownReservation(f"unknown reservation {reservation_id!r}")
@@ -437,7 +440,7 @@ class Gate:
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
 
-        def attempt(count_without_budget: bool) -> list[Any]:
+        def attempt(count_without_budget: bool) -> str:
             return self._run(
                 "record",
                 pk,
@@ -473,14 +476,14 @@ class Gate:
     def current_period_tokens(self, port_id: str, feature: str | None = None) -> int:
         """Tokens used in the port's current budget period (O(1), from Redis)."""
         feat = "" if feature is None else v.feature(feature)
-        reply = self._check(self._keys(v.port_id(port_id)), 0, feat)
-        return int(reply[5] if feat else reply[2])
+        fields = self._check(self._keys(v.port_id(port_id)), 0, feat).split("|", 5)
+        return int(fields[4] if feat else fields[2])
 
     def status(self, port_id: str) -> Status:
         """Usage against the caps in the port's current period: what a banner needs."""
         pk = self._keys(v.port_id(port_id))
-        reply = self._check(pk, 0, "")
-        _, _, used, reserved, cfg = reply
+        _, _, used_s, reserved_s, _, cfg = self._check(pk, 0, "").split("|", 5)
+        used, reserved = int(used_s), int(reserved_s)
         enabled, soft, hard, period = self._budget_of(cfg)
         budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
         now = self._now()
@@ -566,27 +569,27 @@ class Gate:
         args: tuple[Any, ...],
         *,
         load_budget: bool = True,
-    ) -> list[Any]:
-        """Run a period-keyed function, loading the budget copy or fixing the clock as asked."""
+    ) -> str:
+        """Run a period-keyed function, loading the budget copy or fixing the clock as
+        asked. Returns its reply, which may be `_NO_BUDGET` only if not ``load_budget``."""
         timer = metrics.TIMERS[op]
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: list[Any] = self._call(op, keys(w), (w.day, *args))
+                reply: str = self._call(op, keys(w), (w.day, *args))
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
-            code = reply[0]
-            if code == _CLOCK:
-                self._adopt_server_clock(int(reply[1]))
-            elif code == _NO_BUDGET and load_budget:
+            if reply.startswith(_CLOCK):
+                self._adopt_server_clock(int(reply[3:]))
+            elif reply == _NO_BUDGET and load_budget:
                 self._load_budget(pk)
             else:
                 return reply
         raise RedisUnavailable(f"script did not settle after {_ATTEMPTS} attempts")
 
-    def _check(self, pk: PortKeys, estimate: int, feature: str) -> list[Any]:
+    def _check(self, pk: PortKeys, estimate: int, feature: str) -> str:
         return self._run(
             "check",
             pk,
@@ -594,13 +597,13 @@ class Gate:
             (estimate, feature),
         )
 
-    def _usage_reply(self, attempt: Callable[[bool], list[Any]]) -> list[Any]:
+    def _usage_reply(self, attempt: Callable[[bool], str]) -> str:
         """Run a usage script; if the budget cannot be loaded, count without it."""
         try:
             reply = attempt(False)
         except DatabaseUnavailable:
-            reply = [_NO_BUDGET]
-        if reply[0] == _NO_BUDGET:
+            reply = _NO_BUDGET
+        if reply == _NO_BUDGET:
             log.warning("budget copy missing and Postgres down: counting without a budget")
             reply = attempt(True)
         return reply
@@ -617,28 +620,31 @@ class Gate:
             self._cfg_cache[cfg] = parsed
         return parsed
 
-    def _decision(self, reply: list[Any], reservation_id: str | None = None) -> Decision:
-        ok, reason, used, reserved, cfg = reply[:5]
+    def _decision(
+        self, reply: str, holding: int = 0, reservation_id: str | None = None
+    ) -> Decision:
+        """A Decision from a decision reply; ``holding`` is added to its reserved tokens."""
+        ok, reason, used_s, reserved_s, _, cfg = reply.split("|", 5)
+        used = int(used_s)
         on, soft, hard, period = self._budget_of(cfg)
         return Decision(
             ok=ok == _OK,
-            reason=reason or None,
+            reason=cast(Reason, reason) if reason else None,
             used_tokens=used,
             remaining=hard - used if on else None,
             cap_tokens=hard,
             soft_cap=on and used > soft,
-            reserved_tokens=max(reserved, 0),
+            reserved_tokens=max(int(reserved_s) + holding, 0),
             enabled=on,
             period=period,
             reservation_id=reservation_id,
         )
 
-    def _usage_result(
-        self, pk: PortKeys, reply: list[Any], total: int, event_id: str
-    ) -> UsageResult:
-        code, used, alert, lease_expired = reply[:4]
-        if alert == 1:
-            _, soft, _, period = self._budget_of(reply[4])
+    def _usage_result(self, pk: PortKeys, reply: str, total: int, event_id: str) -> UsageResult:
+        code, used_s, alert, lease_expired, *cfg = reply.split("|", 4)
+        used = int(used_s)
+        if cfg:  # sent with a soft-cap alert only
+            _, soft, _, period = self._budget_of(cfg[0])
             self._emit_soft_alert(pk.port, used, soft, period, self._now())
         return UsageResult(
             stored=True,
@@ -646,8 +652,8 @@ class Gate:
             backend="redis",
             total_tokens=total,
             used_tokens=None if used < 0 else used,
-            soft_cap_alert=alert == 1,
-            lease_expired=lease_expired == 1,
+            soft_cap_alert=alert == "1",
+            lease_expired=lease_expired == "1",
             event_id=event_id if code == _OK else None,
         )
 

@@ -2,8 +2,7 @@
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month  KEYS[5] = open reservations
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = estimate
 -- ARGV[3] = feature whose usage to report, or '' for none
--- returns {ok, reason, used, reserved, cfg[, feature_used]}
---   or {-1} (budget copy missing) or {-2, now_ms} (clock outside the client's day)
+-- returns a decision reply (lib.lua), or '-1' (budget copy missing) or '-2|<now ms>'
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
@@ -11,12 +10,13 @@ if bad then
 end
 local b = read_budget()
 if not b then
-  return {-1}
+  return '-1'
 end
-local used = used_in(b)
+local used, used_s = used_in(b)
 local ok, reason = decide(b, used, 0, ARGV[2] + 0)
-local reply = {ok, reason, used, live_held(b, KEYS[5], now), b.cfg}
+local feature_used = ''
 if ARGV[3] ~= '' then
-  reply[6] = used_in(b, ARGV[3])
+  local _
+  _, feature_used = used_in(b, ARGV[3])
 end
-return reply
+return decision(ok, reason, used_s, live_held(b, KEYS[5], now), feature_used, b.cfg)

@@ -9,9 +9,8 @@
 -- ARGV[8] = their total  ARGV[9] = request id or ''  ARGV[10] = event id
 -- ARGV[11] = request-id marker ttl s  ARGV[12] = seconds a settled reservation is remembered
 -- ARGV[13] = '1' to count even when the budget copy is missing (Postgres is down)
--- returns {code, used (-1 if unknown), soft_alert, lease_expired[, cfg if soft_alert]}
---   code 1 counted, 2 no-op (already settled, or request id already counted)
---   or {-1} or {-2, now_ms} or {-3} (unknown reservation)
+-- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
+--   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
@@ -19,32 +18,32 @@ if bad then
 end
 local value = redis.call('GET', KEYS[7])
 if not value then
-  return {-3}
+  return '-3'
 end
 local tokens, feature, user, state = parse_reservation(value)
 if state ~= 'open' then
-  return {2, -1, 0, 0}
+  return usage_reply('2', -1, '0', '0')
 end
 local b = read_budget(nil, true)
 if not b and ARGV[13] ~= '1' then
-  return {-1}
+  return '-1'
 end
 if b then
   purge_expired(b, KEYS[6], now)
 end
-local lease_expired = 1
+local lease_expired = '1'
 if redis.call('ZREM', KEYS[6], ARGV[3] .. ':' .. tokens) == 1 then
   redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
-  lease_expired = 0
+  lease_expired = '0'
 end
 settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[12])
 if KEYS[8] and not redis.call('SET', KEYS[8], ARGV[10], 'NX', 'EX', ARGV[11]) then
-  return {2, -1, 0, lease_expired}
+  return usage_reply('2', -1, '0', lease_expired)
 end
 local used = add_usage(feature, ARGV[8], ARGV[8] + 0, b)
 append_event(KEYS[5], ARGV[10], ARGV[2], user, feature, ARGV[4], ARGV[5],
              ARGV[6], ARGV[7], ARGV[9], now)
-if soft_alert(b, used) == 1 then
-  return {1, used, 1, lease_expired, b.cfg}
+if soft_alert(b, used) then
+  return usage_reply('1', used, '1', lease_expired, b.cfg)
 end
-return {1, used, 0, lease_expired}
+return usage_reply('1', used, '0', lease_expired)

@@ -10,9 +10,11 @@
 --             end among them; 'alert': the period of the last soft-cap alert)
 --   KEYS[2..4] = usage day/week/month (hash: t = total, f:<feature>)
 --   ARGV[1] = the UTC day (days since 1970-01-01) whose keys the client named
--- Reply codes (first element): 1 done/ok, 0 refused, 2 no-op (duplicate or settled),
---   -1 budget copy missing (client loads it and retries), -2 server clock outside
---   the client's day (second element: server ms; client retries), -3 unknown reservation.
+-- Replies are strings, fields joined by '|' (a table reply costs Redis ~5k
+--   instructions to convert, a string ~0.3k). The first field is the code: 1 done/ok,
+--   0 refused, 2 no-op (duplicate or settled), -1 budget copy missing (client loads it
+--   and retries), -2 server clock outside the client's day (second field: server ms;
+--   client retries), -3 unknown reservation.
 --
 -- Cost (callgrind, docs/BENCHMARKS.md): each ARGV element, each redis.call and each
 -- number<->string conversion costs about as much as a small command does. So
@@ -34,7 +36,7 @@ end
 -- A day lies inside one week and one month, so checking the day is enough.
 local function clock_guard(now)
   if math.floor(now / DAY_MS) ~= ARGV[1] + 0 then
-    return {-2, now}
+    return '-2|' .. string.format('%d', now)
   end
   return nil
 end
@@ -70,10 +72,16 @@ local function period_days(idx, day)
   return start, start + len
 end
 
+-- The budget copy of the port being decided, refilled by read_budget: a fresh
+-- ten-field table costs ~5k instructions per call, and as a function never runs inside
+-- another, one table shared by all calls is safe (check_many refills it per port).
+local B = {}
+
 -- The port hash in one call; nil if the budget copy is missing. `cfg` is kept as
 -- stored (replies pass it on); only the hard cap is read as a number, and 'next'
--- only once something is held (purge_expired, live_held). `key` defaults to
--- KEYS[1] (check_many passes each port's); `alert` also reads the soft-alert marker.
+-- only once something is held (purge_expired, live_held). `held_s` is 'held' as a
+-- string, for replies. `key` defaults to KEYS[1] (check_many passes each port's);
+-- `alert` also reads the soft-alert marker.
 local function read_budget(key, alert)
   local h
   if alert then
@@ -81,22 +89,32 @@ local function read_budget(key, alert)
   else
     h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next')
   end
-  if not h[1] then
+  local cfg = h[1]
+  if not cfg then
     return nil
   end
-  local on, soft, hard, period = string.match(h[1], '^(%d)|(%d+)|(%d+)|(%a+)$')
-  return {cfg = h[1], on = on == '1', soft = soft, hard = hard + 0, period = period,
-          idx = PERIOD_INDEX[period], held = (h[2] or 0) + 0, next = h[3], alert = h[4]}
+  local on, hard, period = string.match(cfg, '^(%d)|%d+|(%d+)|(%a+)$')
+  B.cfg, B.on, B.hard, B.period, B.idx = cfg, on == '1', hard + 0, period, PERIOD_INDEX[period]
+  B.held_s = h[2] or '0'
+  B.held, B.next, B.alert = B.held_s + 0, h[3], h[4]
+  return B
+end
+
+-- b.held changed on a rare path: keep its string in step.
+local function set_held(b, held)
+  b.held, b.held_s = held, string.format('%d', held)
 end
 
 -- Tokens used in the budget's own period (all three are always counted). The usage
 -- keys are KEYS[base + 1 .. base + 3] (base 1 unless check_many says otherwise).
+-- Returns the number and the string (for the reply).
 local function used_in(b, feature, base)
   local field = 't'
   if feature then
     field = 'f:' .. feature
   end
-  return (redis.call('HGET', KEYS[(base or 1) + b.idx], field) or 0) + 0
+  local s = redis.call('HGET', KEYS[(base or 1) + b.idx], field) or '0'
+  return s + 0, s
 end
 
 -- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>"), bounded.
@@ -110,16 +128,17 @@ local function expired(open_key, now)
   return freed, gone
 end
 
--- Held tokens with ended leases left out, read-only. The open set is only looked at
--- once the earliest lease ("next") may have ended: the usual call costs nothing here.
+-- Held tokens with ended leases left out, read-only, as a string. The open set is
+-- only looked at once the earliest lease ("next") may have ended: the usual call costs
+-- nothing here.
 local function live_held(b, open_key, now)
   if b.held == 0 or now < (b.next or 0) + 0 then
-    return b.held
+    return b.held_s
   end
   if redis.call('EXISTS', open_key) == 0 then
-    return 0  -- the set expired after its last lease: nothing can be held
+    return '0'  -- the set expired after its last lease: nothing can be held
   end
-  return b.held - expired(open_key, now)
+  return string.format('%d', b.held - expired(open_key, now))
 end
 
 -- Return ended leases' holds to the budget and move "next" on (bounded per call).
@@ -140,10 +159,11 @@ local function purge_expired(b, open_key, now, renew)
   local first = redis.call('ZRANGE', open_key, 0, 0, 'WITHSCORES')
   if #first == 0 then
     redis.call('HDEL', KEYS[1], 'held', 'next')  -- nothing open, so nothing held
-    b.held, b.next = 0, 0
+    set_held(b, 0)
+    b.next = 0
   else
     if freed ~= 0 then
-      b.held = redis.call('HINCRBY', KEYS[1], 'held', -freed)
+      set_held(b, redis.call('HINCRBY', KEYS[1], 'held', -freed))
     end
     b.next = first[2] + 0
     redis.call('HSET', KEYS[1], 'next', first[2])
@@ -154,17 +174,35 @@ local function purge_expired(b, open_key, now, renew)
   return b.held
 end
 
+-- quota/decisions.py's rules; the code comes back as the reply's string.
 local function decide(b, used, reserved, estimate)
   if not b.on then
-    return 1, ''
+    return '1', ''
   end
   if used >= b.hard then
-    return 0, 'hard-cap-exceeded'
+    return '0', 'hard-cap-exceeded'
   end
   if estimate > b.hard - used - reserved then
-    return 0, 'estimated-exceeds-cap'
+    return '0', 'estimated-exceeds-cap'
   end
-  return 1, ''
+  return '1', ''
+end
+
+-- A decision reply: "<ok>|<reason>|<used>|<reserved>|<feature used or ''>|<cfg>".
+local function decision(ok, reason, used_s, reserved_s, feature_used_s, cfg)
+  return ok .. '|' .. reason .. '|' .. used_s .. '|' .. reserved_s .. '|' .. feature_used_s
+         .. '|' .. cfg
+end
+
+-- A usage reply (commit, record): "<code>|<used or -1>|<alert 0/1>|<lease expired 0/1>"
+-- and, with an alert, "|<cfg>" (the client needs the soft cap and period). All but
+-- `used` come as strings: Lua turns a number into a string with sprintf('%.14g').
+local function usage_reply(code, used, alert, lease_expired, cfg)
+  local s = code .. '|' .. string.format('%d', used) .. '|' .. alert .. '|' .. lease_expired
+  if cfg then
+    return s .. '|' .. cfg
+  end
+  return s
 end
 
 -- Count `total` (ARGV string; `n` is its number) in the day, week and month counters,
@@ -189,18 +227,18 @@ local function add_usage(feature, total, n, b)
   return used
 end
 
--- 1 the first time in the budget's current period that usage is above the soft cap.
+-- True the first time in the budget's current period that usage is above the soft cap.
 local function soft_alert(b, used)
-  if b == nil or not b.on or used <= b.soft + 0 then
-    return 0
+  if b == nil or not b.on or used <= string.match(b.cfg, '^%d|(%d+)|') + 0 then
+    return false
   end
   local start = period_days(b.idx, tonumber(ARGV[1]))
   local marker = b.period .. ':' .. string.format('%d', start)
   if b.alert == marker then
-    return 0
+    return false
   end
   redis.call('HSET', KEYS[1], 'alert', marker)
-  return 1
+  return true
 end
 
 -- A reservation is one string: "<tokens>|<feature>|<user>|<state>".

@@ -7,8 +7,8 @@
 -- ARGV[8] = their total  ARGV[9] = user id or ''  ARGV[10] = request id or ''
 -- ARGV[11] = event id  ARGV[12] = request-id marker ttl s
 -- ARGV[13] = '1' to count even when the budget copy is missing (Postgres is down)
--- returns {code, used (-1 if unknown), soft_alert, 0[, cfg if soft_alert]}
---   code 1 counted, 2 duplicate request id (nothing counted); or {-1} or {-2, now_ms}
+-- returns a usage reply (lib.lua): code 1 counted, 2 duplicate request id (nothing
+--   counted); or '-1' or '-2|<now ms>'
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
@@ -16,15 +16,15 @@ if bad then
 end
 local b = read_budget(nil, true)
 if not b and ARGV[13] ~= '1' then
-  return {-1}
+  return '-1'
 end
 if KEYS[6] and not redis.call('SET', KEYS[6], ARGV[11], 'NX', 'EX', ARGV[12]) then
-  return {2, -1, 0, 0}
+  return usage_reply('2', -1, '0', '0')
 end
 local used = add_usage(ARGV[3], ARGV[8], ARGV[8] + 0, b)
 append_event(KEYS[5], ARGV[11], ARGV[2], ARGV[9], ARGV[3], ARGV[4], ARGV[5],
              ARGV[6], ARGV[7], ARGV[10], now)
-if soft_alert(b, used) == 1 then
-  return {1, used, 1, 0, b.cfg}
+if soft_alert(b, used) then
+  return usage_reply('1', used, '1', '0', b.cfg)
 end
-return {1, used, 0, 0}
+return usage_reply('1', used, '0', '0')

@@ -5,7 +5,8 @@
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = estimate  ARGV[3] = lease ms
 -- ARGV[4] = reservation hex id  ARGV[5] = feature  ARGV[6] = user id or ''
 -- ARGV[7] = ms the reservation is remembered: its lease, then as long as a settled one
--- returns {ok, reason, used, reserved (incl. this hold), cfg} or {-1} or {-2, now_ms}
+-- returns a decision reply (lib.lua) whose reserved field leaves this hold out (the
+-- client adds it when ok), or '-1' (budget copy missing) or '-2|<now ms>'
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
@@ -13,28 +14,31 @@ if bad then
 end
 local b = read_budget()
 if not b then
-  return {-1}
+  return '-1'
 end
-local reserved = purge_expired(b, KEYS[5], now, true)
-local used = used_in(b)
-local ok, reason = decide(b, used, reserved, ARGV[2] + 0)
-if ok == 1 then
+local held = purge_expired(b, KEYS[5], now, true)
+local used, used_s = used_in(b)
+local ok, reason = decide(b, used, held, ARGV[2] + 0)
+if ok == '1' then
   local value = ARGV[2] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|open'
   if not redis.call('SET', KEYS[6], value, 'NX', 'PX', ARGV[7]) then
     -- A retried call (its reply was lost) finds its reservation: never hold twice.
-    return {1, '', used, reserved, b.cfg}
+    return decision('1', '', used_s, string.format('%d', held - ARGV[2]), '', b.cfg)
   end
   local lease_end = now + ARGV[3]
-  redis.call('ZADD', KEYS[5], string.format('%d', lease_end), ARGV[4] .. ':' .. ARGV[2])
-  if b.held == 0 then
+  local lease_s = string.format('%d', lease_end)
+  redis.call('ZADD', KEYS[5], lease_s, ARGV[4] .. ':' .. ARGV[2])
+  if held == 0 then
     -- Nothing else is held, so this lease ends first, and the open set may be new. Its
     -- expiry is renewed by purge_expired whenever the earliest lease ends, so a busy
     -- set never reaches it.
-    redis.call('HSET', KEYS[1], 'next', lease_end)
-    redis.call('PEXPIREAT', KEYS[5], now + OPEN_SET_MS)
-  elseif lease_end < b.next then
-    redis.call('HSET', KEYS[1], 'next', lease_end)  -- a shorter lease than the others
+    redis.call('HSET', KEYS[1], 'next', lease_s, 'held', ARGV[2])
+    redis.call('PEXPIREAT', KEYS[5], string.format('%d', now + OPEN_SET_MS))
+  else
+    if lease_end < b.next then
+      redis.call('HSET', KEYS[1], 'next', lease_s)  -- a shorter lease than the others
+    end
+    redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
   end
-  reserved = redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
 end
-return {ok, reason, used, reserved, b.cfg}
+return decision(ok, reason, used_s, b.held_s, '', b.cfg)

@@ -5,9 +5,8 @@
 -- returns {1, now_ms, last stream id ('' if the stream is missing), {field, value, ...}
 --   for each usage key}, or {-2, now_ms} if the server is in another day
 local now = now_ms()
-local bad = clock_guard(now)
-if bad then
-  return bad
+if clock_guard(now) then
+  return {-2, now}  -- a table, as this function's other reply is
 end
 local last = ''
 if redis.call('EXISTS', KEYS[1]) == 1 then

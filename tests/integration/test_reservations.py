@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -87,6 +88,22 @@ def test_a_reservation_id_cannot_reach_another_port(capped: Gate) -> None:
     with pytest.raises(UnknownReservation):
         capped.release(forged)
     assert capped.status("p").reserved_tokens == 100
+
+
+def test_a_resent_reserve_holds_once(capped: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reserve whose reply was lost goes again with the same id: one hold, and the
+    second answer reports the same reserved tokens as the first."""
+    capped.reserve("p", 50, "ocr")  # someone else's hold
+    monkeypatch.setattr(random, "getrandbits", lambda bits: 0xAB)
+    first = capped.reserve("p", 100, "ocr")
+    again = capped.reserve("p", 100, "ocr")
+    assert first.reservation_id == again.reservation_id
+    assert first.ok
+    assert again.ok
+    assert first.reserved_tokens == again.reserved_tokens == 150
+    assert capped.status("p").reserved_tokens == 150
+    commit(capped, first.reservation_id, 10)
+    assert capped.status("p").reserved_tokens == 50
 
 
 def test_lease_expiry_returns_the_held_tokens(settings: object, capped: Gate) -> None:
