@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from quota import metrics
 from quota._backend import database_errors, redis_errors
+from quota.entries import parse_entry, stream_id
 from quota.keys import KeyLayout
 from quota.ledger import StagedEvent, write_events
 from quota.scripts import library
@@ -35,42 +36,6 @@ log = logging.getLogger("quota.drain")
 GROUP = "ledger"
 #: A stream entry as the drain reads it: id and the flat [field, value, ...] list.
 Entry = tuple[str, list[str]]
-#: The field order record.lua and commit.lua write (append_event in lib.lua).
-FIELDS = ["id", "port", "user", "feature", "provider", "model", "in", "out", "req", "at"]
-
-
-def stream_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
-def parse_entry(entry_id: str, flat: list[str]) -> StagedEvent:
-    """A stream entry as written by the scripts; KeyError/ValueError/IndexError if not.
-
-    The scripts write the fields in one order, so values are taken by position (the
-    drain's hottest loop); an entry in another order is parsed by name.
-    """
-    ms, seq = stream_id(entry_id)
-    if flat[0::2] == FIELDS:
-        ev_id, port, user, feature, provider, model, tin, tout, req, at = flat[1::2]
-    else:
-        named = dict(zip(flat[0::2], flat[1::2], strict=True))
-        ev_id, port, user, feature, provider, model, tin, tout, req, at = (named[f] for f in FIELDS)
-    return StagedEvent(
-        ev_id,
-        int(at),
-        port,
-        user or None,
-        feature,
-        provider,
-        model,
-        int(tin),
-        int(tout),
-        req or None,
-        "stream",
-        ms,
-        seq,
-    )
 
 
 @dataclass

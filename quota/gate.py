@@ -353,6 +353,8 @@ class Gate:
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
+        # The stream entry's values (quota/entries.py); the function adds user and feature.
+        head, tail = f"{event_id}|{port}", f"{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
         def attempt(count_without_budget: bool) -> str:
             return self._run(
@@ -367,15 +369,10 @@ class Gate:
                     *marker,
                 ),
                 (
-                    port,
                     hex_id,
-                    prov,
-                    mod,
-                    tin,
-                    tout,
                     tin + tout,
-                    req or "",
-                    event_id,
+                    head,
+                    tail,
                     self.settings.idempotency_seconds,
                     self.settings.settled_seconds,
                     "1" if count_without_budget else "0",
@@ -439,6 +436,8 @@ class Gate:
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
+        # The stream entry's values but the time (quota/entries.py).
+        values = f"{event_id}|{pk.port}|{user or ''}|{feat}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
         def attempt(count_without_budget: bool) -> str:
             return self._run(
@@ -446,16 +445,9 @@ class Gate:
                 pk,
                 lambda w: (pk.budget, *self._usage_keys(pk, w), pk.stream, *marker),
                 (
-                    pk.port,
                     feat,
-                    prov,
-                    mod,
-                    tin,
-                    tout,
                     tin + tout,
-                    user or "",
-                    req or "",
-                    event_id,
+                    values,
                     self.settings.idempotency_seconds,
                     "1" if count_without_budget else "0",
                 ),

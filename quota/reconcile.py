@@ -25,7 +25,8 @@ from sqlalchemy import Engine, text
 from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._exceptions import BackendError
-from quota.drain import GROUP, Drainer, stream_id
+from quota.drain import GROUP, Drainer
+from quota.entries import stream_id
 from quota.keys import KeyLayout, shard_of
 from quota.periods import Period, Windows, from_ms
 from quota.scripts import library

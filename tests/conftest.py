@@ -12,6 +12,7 @@ import redis
 from sqlalchemy import Engine, make_url, text
 
 from quota import Gate, Settings
+from quota.entries import FIELDS, unpack
 from quota.schema import TABLES
 from quota.store import make_engine
 
@@ -91,8 +92,13 @@ def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
 
 
 def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
-    """XRANGE of a whole stream, typed (the client is decode_responses=True)."""
-    return cast(list[tuple[str, dict[str, str]]], r.xrange(key))
+    """XRANGE of a whole stream, each entry's event values by name (the client is
+    decode_responses=True)."""
+    entries = cast(list[tuple[str, dict[str, str]]], r.xrange(key))
+    return [
+        (i, dict(zip(FIELDS, unpack([x for kv in f.items() for x in kv]), strict=True)))
+        for i, f in entries
+    ]
 
 
 def pg_counts(engine: Engine) -> dict[str, int]:

@@ -13,6 +13,7 @@ from redis.typing import EncodableT, FieldT
 
 from quota.bench._measure import Row, reset
 from quota.drain import Drainer
+from quota.entries import pack
 from quota.ids import uuid7
 from quota.keys import KeyLayout
 from quota.settings import Settings
@@ -21,18 +22,21 @@ from quota.store import make_engine
 
 def _entry(port: str, now_ms: int) -> dict[FieldT, EncodableT]:
     """A stream entry as record.lua writes it (typical OCR call sizes)."""
-    return {
-        "id": uuid7(),
-        "port": port,
-        "user": "",
-        "feature": "ocr",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "in": "1500",
-        "out": "300",
-        "req": "",
-        "at": str(now_ms),
-    }
+    fields = pack(
+        {
+            "id": uuid7(),
+            "port": port,
+            "user": "",
+            "feature": "ocr",
+            "provider": "openai",
+            "model": "gpt-4o",
+            "in": "1500",
+            "out": "300",
+            "req": "",
+            "at": str(now_ms),
+        }
+    )
+    return dict(fields.items())  # as redis-py types it
 
 
 def fill_streams(

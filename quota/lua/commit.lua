@@ -4,11 +4,11 @@
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month  KEYS[5] = shard stream
 -- KEYS[6] = open reservations (zset)  KEYS[7] = the reservation
 -- KEYS[8] = request-id marker (only when a request id is given)
--- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = port  ARGV[3] = reservation hex id
--- ARGV[4] = provider  ARGV[5] = model  ARGV[6] = input tokens  ARGV[7] = output tokens
--- ARGV[8] = their total  ARGV[9] = request id or ''  ARGV[10] = event id
--- ARGV[11] = request-id marker ttl s  ARGV[12] = seconds a settled reservation is remembered
--- ARGV[13] = '1' to count even when the budget copy is missing (Postgres is down)
+-- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = reservation hex id
+-- ARGV[3] = total tokens  ARGV[4] = the event's "id|port"
+-- ARGV[5] = the event's "provider|model|in|out|req" (the reservation adds user and feature)
+-- ARGV[6] = request-id marker ttl s  ARGV[7] = seconds a settled reservation is remembered
+-- ARGV[8] = '1' to count even when the budget copy is missing (Postgres is down)
 -- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
 --   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
 local now = now_ms()
@@ -25,24 +25,23 @@ if state ~= 'open' then
   return usage_reply('2', -1, '0', '0')
 end
 local b = read_budget(nil, true)
-if not b and ARGV[13] ~= '1' then
+if not b and ARGV[8] ~= '1' then
   return '-1'
 end
 if b then
   purge_expired(b, KEYS[6], now)
 end
 local lease_expired = '1'
-if redis.call('ZREM', KEYS[6], ARGV[3] .. ':' .. tokens) == 1 then
+if redis.call('ZREM', KEYS[6], ARGV[2] .. ':' .. tokens) == 1 then
   redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
   lease_expired = '0'
 end
-settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[12])
-if KEYS[8] and not redis.call('SET', KEYS[8], ARGV[10], 'NX', 'EX', ARGV[11]) then
+settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[7])
+if KEYS[8] and not redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[6]) then
   return usage_reply('2', -1, '0', lease_expired)
 end
-local used = add_usage(feature, ARGV[8], ARGV[8] + 0, b)
-append_event(KEYS[5], ARGV[10], ARGV[2], user, feature, ARGV[4], ARGV[5],
-             ARGV[6], ARGV[7], ARGV[9], now)
+local used = add_usage(feature, ARGV[3], ARGV[3] + 0, b)
+append_event(KEYS[5], ARGV[4] .. '|' .. user .. '|' .. feature .. '|' .. ARGV[5], now)
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)
 end

@@ -252,10 +252,9 @@ local function settle_reservation(key, tokens, feature, user, state, ttl)
   redis.call('SET', key, tokens .. '|' .. feature .. '|' .. user .. '|' .. state, 'EX', ttl)
 end
 
--- Append the usage event to the shard's stream, in the same step as the counters.
-local function append_event(stream, event_id, port, user, feature, provider, model,
-                            input, output, request_id, now)
-  redis.call('XADD', stream, '*', 'id', event_id, 'port', port, 'user', user,
-             'feature', feature, 'provider', provider, 'model', model,
-             'in', input, 'out', output, 'req', request_id, 'at', string.format('%d', now))
+-- Append the usage event to the shard's stream, in the same step as the counters:
+-- one field, 'e' = "id|port|user|feature|provider|model|in|out|req|at"
+-- (quota/entries.py); `event` is all of it but the time, which is the server's.
+local function append_event(stream, event, now)
+  redis.call('XADD', stream, '*', 'e', event .. '|' .. string.format('%d', now))
 end

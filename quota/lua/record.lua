@@ -2,11 +2,10 @@
 -- Idempotent by request id.
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month  KEYS[5] = shard stream
 -- KEYS[6] = request-id marker (only when a request id is given)
--- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = port  ARGV[3] = feature
--- ARGV[4] = provider  ARGV[5] = model  ARGV[6] = input tokens  ARGV[7] = output tokens
--- ARGV[8] = their total  ARGV[9] = user id or ''  ARGV[10] = request id or ''
--- ARGV[11] = event id  ARGV[12] = request-id marker ttl s
--- ARGV[13] = '1' to count even when the budget copy is missing (Postgres is down)
+-- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = feature  ARGV[3] = total tokens
+-- ARGV[4] = the event but its time: "id|port|user|feature|provider|model|in|out|req"
+-- ARGV[5] = request-id marker ttl s
+-- ARGV[6] = '1' to count even when the budget copy is missing (Postgres is down)
 -- returns a usage reply (lib.lua): code 1 counted, 2 duplicate request id (nothing
 --   counted); or '-1' or '-2|<now ms>'
 local now = now_ms()
@@ -15,15 +14,14 @@ if bad then
   return bad
 end
 local b = read_budget(nil, true)
-if not b and ARGV[13] ~= '1' then
+if not b and ARGV[6] ~= '1' then
   return '-1'
 end
-if KEYS[6] and not redis.call('SET', KEYS[6], ARGV[11], 'NX', 'EX', ARGV[12]) then
+if KEYS[6] and not redis.call('SET', KEYS[6], '1', 'NX', 'EX', ARGV[5]) then
   return usage_reply('2', -1, '0', '0')
 end
-local used = add_usage(ARGV[3], ARGV[8], ARGV[8] + 0, b)
-append_event(KEYS[5], ARGV[11], ARGV[2], ARGV[9], ARGV[3], ARGV[4], ARGV[5],
-             ARGV[6], ARGV[7], ARGV[10], now)
+local used = add_usage(ARGV[2], ARGV[3], ARGV[3] + 0, b)
+append_event(KEYS[5], ARGV[4], now)
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', '0', b.cfg)
 end
