@@ -282,7 +282,14 @@ class Gate:
             "reserve",
             pk,
             lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
-            (estimate, self._lease_ms, hex_id, feat, user or "", self._reservation_ms),
+            # The reservation as lib.lua stores it, joined here: one argument, no concat.
+            (
+                estimate,
+                self._lease_ms,
+                hex_id,
+                f"{estimate}|{feat}|{user or ''}|open",
+                self._reservation_ms,
+            ),
         )
         if not reply.startswith(_OK):
             return metrics.count_decision("reserve", self._decision(reply))

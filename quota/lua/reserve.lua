@@ -3,8 +3,9 @@
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month
 -- KEYS[5] = open reservations (zset "<hex>:<tokens>" -> lease end)  KEYS[6] = the reservation
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = estimate  ARGV[3] = lease ms
--- ARGV[4] = reservation hex id  ARGV[5] = feature  ARGV[6] = user id or ''
--- ARGV[7] = ms the reservation is remembered: its lease, then as long as a settled one
+-- ARGV[4] = reservation hex id  ARGV[5] = the reservation as stored (lib.lua):
+--   "<estimate>|<feature>|<user or ''>|open", joined by the client
+-- ARGV[6] = ms the reservation is remembered: its lease, then as long as a settled one
 -- returns a decision reply (lib.lua) whose reserved field leaves this hold out (the
 -- client adds it when ok), or '-1' (budget copy missing) or '-2|<now ms>'
 local now = now_ms()
@@ -20,8 +21,7 @@ local held = purge_expired(b, KEYS[5], now, true)
 local used, used_s = used_in(b)
 local ok, reason = decide(b, used, held, ARGV[2] + 0)
 if ok == '1' then
-  local value = ARGV[2] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|open'
-  if not redis.call('SET', KEYS[6], value, 'NX', 'PX', ARGV[7]) then
+  if not redis.call('SET', KEYS[6], ARGV[5], 'NX', 'PX', ARGV[6]) then
     -- A retried call (its reply was lost) finds its reservation: never hold twice.
     return decision('1', '', used_s, string.format('%d', held - ARGV[2]), '', b.cfg)
   end
