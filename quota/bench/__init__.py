@@ -23,7 +23,9 @@ Section = Callable[[Settings, redis.Redis, bool], list[Row]]
 
 SECTIONS: dict[str, Section] = {
     "sequential": lambda s, c, q: hotpath.bench_sequential(s, c, 2_000 if q else 20_000),
-    "processes": lambda s, c, q: hotpath.bench_processes(s, c, 0.5 if q else 4.0),
+    "processes": lambda s, c, q: hotpath.bench_processes(
+        s, c, 0.5 if q else 8.0, rounds=2 if q else 8
+    ),
     "batched": lambda s, c, q: hotpath.bench_batched(s, c, 3 if q else 50),
     "limits": lambda s, c, q: peers.bench_limits(s, c, 500 if q else 10_000),
     "drain": lambda s, c, q: ledger.bench_drain(s, c, 20_000 if q else 300_000, 1 if q else 3),

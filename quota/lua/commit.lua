@@ -24,7 +24,7 @@ local tokens, feature, user, state = parse_reservation(value)
 if state ~= 'open' then
   return usage_reply('2', -1, '0', '0')
 end
-local b = read_budget(nil, true)
+local b = read_budget()
 if not b and ARGV[8] ~= '1' then
   return '-1'
 end

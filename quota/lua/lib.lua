@@ -77,27 +77,37 @@ end
 -- another, one table shared by all calls is safe (check_many refills it per port).
 local B = {}
 
--- The port hash in one call; nil if the budget copy is missing. `cfg` is kept as
--- stored (replies pass it on); only the hard cap is read as a number, and 'next'
--- only once something is held (purge_expired, live_held). `held_s` is 'held' as a
--- string, for replies. `key` defaults to KEYS[1] (check_many passes each port's);
--- `alert` also reads the soft-alert marker.
-local function read_budget(key, alert)
-  local h
-  if alert then
-    h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next', 'alert')
-  else
-    h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next')
-  end
+local function parse_cfg(cfg)
+  local on, hard, period = string.match(cfg, '^(%d)|%d+|(%d+)|(%a+)$')
+  B.cfg, B.on, B.hard, B.period, B.idx = cfg, on == '1', hard + 0, period, PERIOD_INDEX[period]
+  return B
+end
+
+-- The budget copy and the holds, in one call; nil if the budget copy is missing.
+-- `cfg` is kept as stored (replies pass it on); only the hard cap is read as a
+-- number, and 'next' only once something is held (purge_expired, live_held).
+-- `held_s` is 'held' as a string, for replies. `key` defaults to KEYS[1] (check_many
+-- passes each port's). The soft-alert marker is read by soft_alert, when needed.
+local function read_budget(key)
+  local h = redis.call('HMGET', key or KEYS[1], 'cfg', 'held', 'next')
   local cfg = h[1]
   if not cfg then
     return nil
   end
-  local on, hard, period = string.match(cfg, '^(%d)|%d+|(%d+)|(%a+)$')
-  B.cfg, B.on, B.hard, B.period, B.idx = cfg, on == '1', hard + 0, period, PERIOD_INDEX[period]
+  parse_cfg(cfg)
   B.held_s = h[2] or '0'
-  B.held, B.next, B.alert = B.held_s + 0, h[3], h[4]
+  B.held, B.next = B.held_s + 0, h[3]
   return B
+end
+
+-- The budget copy alone (record needs no holds): one HGET, where each field more
+-- of an HMGET costs ~2.5k instructions. B's hold fields are left stale: unused.
+local function read_cfg()
+  local cfg = redis.call('HGET', KEYS[1], 'cfg')
+  if not cfg then
+    return nil
+  end
+  return parse_cfg(cfg)
 end
 
 -- b.held changed on a rare path: keep its string in step.
@@ -234,7 +244,7 @@ local function soft_alert(b, used)
   end
   local start = period_days(b.idx, tonumber(ARGV[1]))
   local marker = b.period .. ':' .. string.format('%d', start)
-  if b.alert == marker then
+  if redis.call('HGET', KEYS[1], 'alert') == marker then
     return false
   end
   redis.call('HSET', KEYS[1], 'alert', marker)

@@ -13,7 +13,7 @@ local bad = clock_guard(now)
 if bad then
   return bad
 end
-local b = read_budget(nil, true)
+local b = read_cfg()
 if not b and ARGV[6] ~= '1' then
   return '-1'
 end
