@@ -77,15 +77,48 @@ end
 -- another, one table shared by all calls is safe (check_many refills it per port).
 local B = {}
 
+-- Budget copies parsed, by their cfg string: ports mostly share a few plans, and a
+-- lookup (Lua interns strings) saves string.match and two number conversions: ~4k
+-- instructions per call when budgets repeat, ~1.4k more than no memo when nearly
+-- every call brings a budget not kept (callgrind). Bounded: once CFG_LIMIT copies are
+-- in, others are parsed without being kept (emptying it whenever full made a thrashing
+-- memo cost ~10k per call), and it is emptied after many such misses, so that a
+-- workload whose budgets changed refills it.
+local CFG, cfg_count, cfg_misses, CFG_LIMIT = {}, 0, 0, 4096
+
 local function parse_cfg(cfg)
+  local c = CFG[cfg]
+  if c then
+    B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
+    return B
+  end
+  if cfg_count < CFG_LIMIT then
+    local on, soft, hard, period = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)$')
+    c = {on == '1', soft + 0, hard + 0, period, PERIOD_INDEX[period]}
+    CFG[cfg], cfg_count = c, cfg_count + 1
+    B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
+    return B
+  end
+  cfg_misses = cfg_misses + 1
+  if cfg_misses > 16 * CFG_LIMIT then
+    CFG, cfg_count, cfg_misses = {}, 0, 0
+  end
+  -- What a decision needs; the soft cap only if soft_alert asks for it.
   local on, hard, period = string.match(cfg, '^(%d)|%d+|(%d+)|(%a+)$')
-  B.cfg, B.on, B.hard, B.period, B.idx = cfg, on == '1', hard + 0, period, PERIOD_INDEX[period]
+  B.cfg, B.on, B.soft, B.hard, B.period = cfg, on == '1', nil, hard + 0, period
+  B.idx = PERIOD_INDEX[period]
   return B
 end
 
+-- The soft cap, which parse_cfg leaves out of budgets it does not keep.
+local function soft_cap(b)
+  return b.soft or string.match(b.cfg, '^%d|(%d+)|') + 0
+end
+
 -- The budget copy and the holds, in one call; nil if the budget copy is missing.
--- `cfg` is kept as stored (replies pass it on); only the hard cap is read as a
--- number, and 'next' only once something is held (purge_expired, live_held).
+-- `cfg` is kept as stored (replies pass it on) and parsed once per distinct budget
+-- (parse_cfg); 'next' is read as a number only once something is held
+-- (purge_expired, live_held).
 -- `held_s` is 'held' as a string, for replies. `key` defaults to KEYS[1] (check_many
 -- passes each port's). The soft-alert marker is read by soft_alert, when needed.
 local function read_budget(key)
@@ -239,7 +272,7 @@ end
 
 -- True the first time in the budget's current period that usage is above the soft cap.
 local function soft_alert(b, used)
-  if b == nil or not b.on or used <= string.match(b.cfg, '^%d|(%d+)|') + 0 then
+  if b == nil or not b.on or used <= soft_cap(b) then
     return false
   end
   local start = period_days(b.idx, tonumber(ARGV[1]))

@@ -59,3 +59,31 @@ def test_new_counters_expire_a_day_after_their_period(gate: Gate, r: redis.Redis
     pk = gate.layout.for_port("p")
     expected = (w.day_expire_s, w.week_expire_s, w.month_expire_s)
     assert tuple(r.expiretime(key) for key in pk.usage_all(w)) == expected
+
+
+# parse_cfg over ARGV[1] distinct budget copies, each checked, then one more.
+_CFG_PROBE = (
+    _LIB
+    + """
+for i = 1, tonumber(ARGV[1]) do
+  local b = parse_cfg('1|' .. i .. '|' .. (2 * i) .. '|week')
+  if not b.on or soft_cap(b) ~= i or b.hard ~= 2 * i or b.period ~= 'week' or b.idx ~= 2 then
+    return {'wrong', i}
+  end
+end
+local b = parse_cfg('0|5|10|month')
+return {cfg_count, cfg_misses, CFG_LIMIT, b.on and 1 or 0, soft_cap(b), b.hard, b.idx}
+"""
+)
+
+
+def test_budget_copies_parse_right_and_the_memo_stays_bounded(r: redis.Redis) -> None:
+    limit = r.eval(_CFG_PROBE, 0, 0)[2]
+    # Full: further copies are parsed, not kept (and their soft cap only when asked).
+    count, misses, _, on, soft, hard, idx = r.eval(_CFG_PROBE, 0, limit + 10)
+    assert (count, misses) == (limit, 11)
+    assert (on, soft, hard, idx) == (0, 5, 10, 3)
+    # After many misses it starts again.
+    count, misses, *_ = r.eval(_CFG_PROBE, 0, 17 * limit)
+    assert count < limit
+    assert misses < 16 * limit
