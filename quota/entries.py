@@ -6,7 +6,8 @@ order. One field rather than ten: XADD costs Redis per argument, and so does eve
 argument the client sends to be copied into it (packing took 5 % of commit's
 instructions and 9 % of record's), and the drain splits one string instead of
 walking ten pairs. ``|`` cannot occur in a value: ids and labels are validated to
-``[A-Za-z0-9._:@/-]`` and the rest are numbers.
+``[A-Za-z0-9._:@/-]`` and the rest are numbers. The event's time is the entry id's
+(XADD stamps it with the server's clock in the same step that counts the event).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 from quota.ledger import StagedEvent
 
 #: The values of an event, in the order they are joined.
-FIELDS = ("id", "port", "user", "feature", "provider", "model", "in", "out", "req", "at")
+FIELDS = ("id", "port", "user", "feature", "provider", "model", "in", "out", "req")
 EVENT_FIELD = "e"
 SEP = "|"
+#: Entries written before events were packed: one stream field per value, and the
+#: time as a field of its own.
+LEGACY_FIELDS = (*FIELDS, "at")
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:
@@ -29,30 +33,33 @@ def pack(values: dict[str, str]) -> dict[str, str]:
     return {EVENT_FIELD: SEP.join(values[f] for f in FIELDS)}
 
 
-def unpack(flat: list[str]) -> list[str]:
-    """The event's values in `FIELDS` order, from an entry's flat [field, value, ...]
-    list; ValueError or KeyError if it is not one.
+def unpack(entry_id: str, flat: list[str]) -> tuple[list[str], int]:
+    """The event's values in `FIELDS` order and its time (ms), from an entry's id and
+    flat [field, value, ...] list; ValueError or KeyError if it is not an event.
 
-    Entries written before quota packed them (one stream field per value) are read
-    too, so that a stream written by an older version drains after an upgrade.
+    Entries written before quota packed them are read too, so that a stream written
+    by an older version drains after an upgrade.
     """
     if len(flat) == 2 and flat[0] == EVENT_FIELD:
         values = flat[1].split(SEP)
+        at = stream_id(entry_id)[0]
     else:
         named = dict(zip(flat[0::2], flat[1::2], strict=True))
         values = [named[f] for f in FIELDS]
+        at = int(named["at"])
     if len(values) != len(FIELDS):
         raise ValueError(f"an event has {len(FIELDS)} values, this entry {len(values)}")
-    return values
+    return values, at
 
 
 def parse_entry(entry_id: str, flat: list[str]) -> StagedEvent:
     """A stream entry as a ledger row; KeyError/ValueError if it is not an event."""
     ms, seq = stream_id(entry_id)
-    ev_id, port, user, feature, provider, model, tin, tout, req, at = unpack(flat)
+    values, at = unpack(entry_id, flat)
+    ev_id, port, user, feature, provider, model, tin, tout, req = values
     return StagedEvent(
         ev_id,
-        int(at),
+        at,
         port,
         user or None,
         feature,

@@ -443,7 +443,7 @@ class Gate:
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
-        # The stream entry's values but the time (quota/entries.py).
+        # The stream entry's values (quota/entries.py).
         values = f"{event_id}|{pk.port}|{user or ''}|{feat}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
         def attempt(count_without_budget: bool) -> str:

@@ -92,13 +92,14 @@ def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
 
 
 def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
-    """XRANGE of a whole stream, each entry's event values by name (the client is
-    decode_responses=True)."""
+    """XRANGE of a whole stream, each entry's event values by name, its time as "at"
+    (the client is decode_responses=True)."""
     entries = cast(list[tuple[str, dict[str, str]]], r.xrange(key))
-    return [
-        (i, dict(zip(FIELDS, unpack([x for kv in f.items() for x in kv]), strict=True)))
-        for i, f in entries
-    ]
+    out = []
+    for i, f in entries:
+        values, at = unpack(i, [x for kv in f.items() for x in kv])
+        out.append((i, {**dict(zip(FIELDS, values, strict=True)), "at": str(at)}))
+    return out
 
 
 def pg_counts(engine: Engine) -> dict[str, int]:

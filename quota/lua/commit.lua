@@ -11,11 +11,6 @@
 -- ARGV[8] = '1' to count even when the budget copy is missing (Postgres is down)
 -- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
 --   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
-local now = now_ms()
-local bad = clock_guard(now)
-if bad then
-  return bad
-end
 local value = redis.call('GET', KEYS[7])
 if not value then
   return '-3'
@@ -28,6 +23,13 @@ local b = read_budget()
 if not b and ARGV[8] ~= '1' then
   return '-1'
 end
+-- Nothing is written before the event: its id's time decides the period (lib.lua).
+local id, now = append_event(KEYS[5], ARGV[4] .. '|' .. user .. '|' .. feature .. '|' .. ARGV[5])
+local bad = clock_guard(now)
+if bad then
+  redis.call('XDEL', KEYS[5], id)
+  return bad
+end
 if b then
   purge_expired(b, KEYS[6], now)
 end
@@ -38,10 +40,10 @@ if redis.call('ZREM', KEYS[6], ARGV[2] .. ':' .. tokens) == 1 then
 end
 settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[7])
 if KEYS[8] and not redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[6]) then
+  redis.call('XDEL', KEYS[5], id)  -- the request id was counted before: not again
   return usage_reply('2', -1, '0', lease_expired)
 end
 local used = add_usage(feature, ARGV[3], ARGV[3] + 0, b)
-append_event(KEYS[5], ARGV[4] .. '|' .. user .. '|' .. feature .. '|' .. ARGV[5], now)
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)
 end

@@ -295,9 +295,13 @@ local function settle_reservation(key, tokens, feature, user, state, ttl)
   redis.call('SET', key, tokens .. '|' .. feature .. '|' .. user .. '|' .. state, 'EX', ttl)
 end
 
--- Append the usage event to the shard's stream, in the same step as the counters:
--- one field, 'e' = "id|port|user|feature|provider|model|in|out|req|at"
--- (quota/entries.py); `event` is all of it but the time, which is the server's.
-local function append_event(stream, event, now)
-  redis.call('XADD', stream, '*', 'e', event .. '|' .. string.format('%d', now))
+-- Append the usage event to the shard's stream: one field, 'e' =
+-- "id|port|user|feature|provider|model|in|out|req" (quota/entries.py). Its time is the
+-- entry id's, which XADD takes from the server's clock (never going back: after a
+-- clock step back Redis keeps the last id's ms), so commit and record need no TIME:
+-- they append first and decide by the id's time, and remove the entry (XDEL) if they
+-- then count nothing. Returns the id and its ms.
+local function append_event(stream, event)
+  local id = redis.call('XADD', stream, '*', 'e', event)
+  return id, string.match(id, '^%d+') + 0
 end

@@ -105,14 +105,36 @@ def test_a_failing_callback_does_not_fail_the_report(gate: Gate) -> None:
     assert len(gate.alerts("p")) == 1
 
 
-def test_the_server_clock_decides_the_period(gate: Gate, r: redis.Redis) -> None:
+@pytest.mark.parametrize("request_id", [None, "req-skewed"])
+def test_the_server_clock_decides_the_period(
+    gate: Gate, r: redis.Redis, request_id: str | None
+) -> None:
     gate._skew_ms = 3 * 86_400_000  # our clock runs three days ahead of Redis
-    result = rec(gate)
+    result = rec(gate, request_id=request_id)
     server_day = from_ms(int(r.time()[0]) * 1000)
     key = gate.layout.for_port("p").usage("day", server_day.strftime("%Y-%m-%d"))
     assert r.hget(key, "t") == "15"
     assert result.used_tokens == 15
+    assert not result.duplicate  # the refused first try left no request-id marker
     assert abs(gate._skew_ms) < 60_000  # learnt the server's time
+    # The first try's event was appended (its id told the time) and then removed.
+    assert len(stream_entries(r, gate.layout.for_port("p").stream)) == 1
+
+
+def test_commit_with_a_skewed_clock_counts_once_in_the_server_period(
+    gate: Gate, r: redis.Redis
+) -> None:
+    gate.set_budget("p", enabled=True, soft_cap_tokens=50, hard_cap_tokens=100, updated_by="u")
+    held = gate.reserve("p", 20, "ocr")
+    assert held.reservation_id is not None
+    gate._skew_ms = -2 * 86_400_000  # now our clock runs two days behind Redis
+    result = gate.commit(
+        held.reservation_id, input_tokens=7, output_tokens=3, provider="o", model="m"
+    )
+    assert (result.used_tokens, result.duplicate, result.lease_expired) == (10, False, False)
+    assert gate.status("p").reserved_tokens == 0
+    assert gate.current_period_tokens("p") == 10
+    assert len(stream_entries(r, gate.layout.for_port("p").stream)) == 1
 
 
 def ledger_rows(pg: Engine) -> list[tuple[object, ...]]:
