@@ -149,37 +149,50 @@ ANALYSIS = """
 
 - **Client.** A hot-path call is one FCALL, packed by hiredis, written to a socket
   owned by the calling thread and read back by that thread's own hiredis reader
-  (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). Against
-  redis-py's `send_packed_command` + `read_response` on the same FCALL that saved ~15 µs
-  of a ~60 µs round trip; the command layer above it had cost ~50 µs of ~140 µs. The
+  (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). The
+  Python around it costs 5-7 µs per call (validation, keys, the Decision, metrics);
+  the rest of the client's ~25-35 µs of CPU per call is the two system calls. The
   baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
-- **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). An
-  empty function called with reserve's 6 keys and 7 arguments and returning a
-  5-element reply executes ~37k instructions (the trivial one-key script ~19k);
-  reserve's six commands (TIME, HMGET, HGET, SET NX PX, ZADD, HINCRBY) with nothing
-  around them add ~52k; the logic around them (clock guard, budget parse, leases,
-  conversions) the last ~36k.
-- **What cut it** (instructions per call, before → after: check 110k → 73k, reserve
-  171k → 125k, commit 243k → 195k, record 191k → 148k): one function library instead of
-  EVALSHA scripts (the shared helpers are created once, at load); one clock argument,
-  the client's day, with the week, the month, the counters' expiry and the soft-alert
-  period derived in Lua on the rare paths; the budget copy as one field passed through
-  to the client; strings passed through to `redis.call` instead of converted to numbers
-  and back (a number argument costs ~3.8k: snprintf); `s + 0` instead of `tonumber(s)`
-  (which parses twice); smaller replies.
-- **Why reserve still misses 15 µs.** On this VM the trivial script alone takes 6-12 µs
-  of Redis time, and a reserve executes 6.5× its instructions. What would cut more
-  changes the data layout: keeping the budget period's running total in the port hash
-  would drop the usage HGET and two of the six keys from check and reserve (~10 %);
-  keeping reservations in one structure per port rather than one key each would drop
-  the most expensive command of a reserve (SET of a new key with an expiry). Both move
-  work to commit and reconciliation and need their own tests.
-- **Same machine, same hour** (`./scripts/bench --only sequential --only batched
-  --only drain`, session-start commit 7027e60 against this one): check 0.88× → 0.97×,
-  reserve 0.71× → 0.82×, commit 0.70× → 0.79×, record 0.74× → 0.90× of the baseline;
-  check_many 64,086 → 82,801 decisions/s; the drain 31,133 → 29,323 events/s (no
-  change: it does not run the gate's functions; that day's machine was about half as
-  fast as the one of the 52,700 events/s run).
+- **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
+  function call costs ~10k instructions before it runs, ~1.3k per key or argument,
+  ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
+  field ~2.5k), ~5k for a table reply where a string costs 0.3k, ~2-4k per number
+  turned into a string. A reserve is TIME, HMGET (3 fields), HGET, SET NX PX, ZADD and
+  HINCRBY with 12 keys and arguments; a commit GET, HMGET, XADD, ZREM, HINCRBY, SET
+  and six HINCRBYs (total and feature, in each of the three periods) with 15.
+- **What cut it** (instructions per call; 7027e60 → b16d438 → now: check 110k → 72k →
+  62k, reserve 171k → 121k → 106k, commit 243k → 191k → 160k, record 191k → 143k →
+  99k): one function library instead of EVALSHA scripts; one clock argument; the budget
+  copy as one field passed through; then replies as one '|'-joined string instead of a
+  table; one shared Lua table for the budget instead of a fresh one per call; parsed
+  budget copies memoised by their string (bounded; budgets repeat across ports); stream
+  entries as one packed field, sent pre-joined by the client (XADD and the FCALL cost
+  per argument); commit and record taking the event's time from its stream id (XADD
+  stamps it with the server's clock) instead of a TIME call; record reading only the
+  budget copy, and the soft-alert marker read only above the soft cap.
+- **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
+  clients and Redis share 2 cores. The four-process rows' notes give what each call
+  costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
+  spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), against 1-12
+  µs in the functions, and a client ~22-28 µs, mostly in its two system calls. In
+  these evenings' runs a call cost ~42 µs for the baseline, ~38 for a check, ~47 for a
+  reserve, ~43 for a record and ~52 for a commit: by CPU alone reserve could reach
+  ~0.9× and commit ~0.8×; they measure ~0.1 lower, as clients wait on the one Redis
+  thread while it runs the longer functions. The rows also move with the VM's
+  neighbours (reserve 0.71-0.87× on the same code within one evening).
+- **What is left.** Commit's floor is its work: three periods × (total + feature)
+  counters, the hold, the settled marker and the event are 12 commands. Moving more
+  changes the data layout or the contract: the budget period's running total in the
+  port hash (drops the usage HGET and a key from check and reserve, adds a write to
+  commit and record); reservations in one hash per port (drops reserve's SET of a new
+  key with an expiry, but settled ones then need their own expiry); sending only the
+  budget period's usage key to check and reserve (the client learns the period; ~2.6k).
+- **Same machine, same hour** (`quota bench --only processes --only sequential --only
+  batched`, this session's start b16d438 and this commit alternating, twice each):
+  four processes reserve 0.69/0.66× → 0.71/0.74×, commit 0.62/0.54× → 0.65/0.67×,
+  record 0.69/0.65× → 0.81/0.80×; sequential reserve 0.76/0.89× → 0.90/0.92×, commit
+  0.68/0.79× → 0.80/0.84×, record 0.74/0.85× → 0.88/0.91×; check_many 229,565/213,814 →
+  286,938/258,164 decisions/s.
 - **Absolute targets follow the machine.** check_many, the drain and the lag are Redis-
   or Postgres-bound on 2 shared cores; compare this run's baseline (calls/s of the
   trivial script) with another run's before comparing those rows.

@@ -8,6 +8,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 
 import redis
@@ -133,6 +134,22 @@ def bench_sequential(settings: Settings, client: redis.Redis, calls: int) -> lis
     return rows
 
 
+@dataclass
+class _OpStats:
+    """One process's share of one operation over all rounds."""
+
+    rates: list[float] = field(default_factory=list)  # calls/s in each round
+    calls: int = 0
+    cpu_s: float = 0.0  # this process's CPU time (user + system)
+    redis_cpu_s: float = 0.0  # Redis's, while the operation ran (first process only)
+    latencies: list[int] = field(default_factory=list)  # ns
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def _process(
     settings: Settings,
     ports: list[str],
@@ -140,34 +157,37 @@ def _process(
     rounds: int,
     seed: int,
     barrier: Barrier,
-    out: mp.Queue[dict[str, tuple[list[float], list[int]]]],
+    out: mp.Queue[dict[str, _OpStats]],
 ) -> None:
-    """Each operation for ``seconds`` in all, in ``rounds`` alternating slices; per
-    operation, this process's calls/s in each round and a sample of latencies (ns)."""
+    """Each operation for ``seconds`` in all, in ``rounds`` alternating slices. The
+    first process also reads Redis's CPU time around each slice."""
     gate = Gate(settings)
     raw = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     ops, held = operations(gate, raw, ports, seed)
-    rates: dict[str, list[float]] = {name: [] for name in ops}
-    latencies: dict[str, list[int]] = {name: [] for name in ops}
+    stats = {name: _OpStats() for name in ops}
     for _ in range(rounds):
         for name, fn in ops.items():
+            st = stats[name]
             barrier.wait()  # every process runs the same operation at the same time
+            redis_cpu = _redis_cpu(raw) if seed == 0 else 0.0
             calls = 0
+            cpu = time.process_time()
             started = time.monotonic()
             # Commits settle what this round's reserves held, so they may run out first.
             while time.monotonic() - started < seconds / rounds and (name != "commit" or held):
                 t0 = time.perf_counter_ns()
                 fn()
-                latencies[name].append(time.perf_counter_ns() - t0)
+                st.latencies.append(time.perf_counter_ns() - t0)
                 calls += 1
-            rates[name].append(calls / (time.monotonic() - started))
+            st.rates.append(calls / (time.monotonic() - started))
+            st.calls += calls
+            st.cpu_s += time.process_time() - cpu
+            if seed == 0:
+                st.redis_cpu_s += _redis_cpu(raw) - redis_cpu
     gate.close()
-    out.put(
-        {
-            name: (rates[name], latencies[name][:: max(1, len(latencies[name]) // 2000)])
-            for name in ops
-        }
-    )
+    for st in stats.values():
+        st.latencies = st.latencies[:: max(1, len(st.latencies) // 2000)]
+    out.put(stats)
 
 
 def bench_processes(
@@ -180,14 +200,15 @@ def bench_processes(
 ) -> list[Row]:
     """Throughput of ``processes`` processes together, per operation: the median over
     ``rounds`` interleaved rounds, so that a slow patch of the shared machine does not
-    land on one operation alone."""
+    land on one operation alone; and the CPU each call costs the machine (clients and
+    Redis), which is what bounds it on a machine with fewer cores than processes."""
     reset(settings, client)
     ports = [f"tenant-{i}" for i in range(port_count)]
     with Gate(settings) as gate:
         budgets(gate, ports)
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(processes)
-    out: mp.Queue[dict[str, tuple[list[float], list[int]]]] = ctx.Queue()
+    out: mp.Queue[dict[str, _OpStats]] = ctx.Queue()
     procs = [
         ctx.Process(target=_process, args=(settings, ports, seconds, rounds, i, barrier, out))
         for i in range(processes)
@@ -199,8 +220,12 @@ def bench_processes(
         p.join()
     rows: list[Row] = []
     for name in ("baseline", "check", "reserve", "commit", "record"):
-        totals = sorted(sum(r[name][0][i] for r in results) for i in range(rounds))
-        lat = sorted(x for r in results for x in r[name][1])
+        per = [r[name] for r in results]
+        totals = sorted(sum(st.rates[i] for st in per) for i in range(rounds))
+        lat = sorted(x for st in per for x in st.latencies)
+        calls = sum(st.calls for st in per)
+        client_us = sum(st.cpu_s for st in per) / calls * 1e6
+        redis_us = sum(st.redis_cpu_s for st in per) / calls * 1e6
         row = Row(
             f"{processes} processes",
             NAMES[name] + f", {port_count:,} ports",
@@ -208,8 +233,9 @@ def bench_processes(
             "calls/s",
             lat[len(lat) // 2] / 1000,
             lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000,
-            note=f"median of {rounds} interleaved rounds, range {fmt(totals[0])}-{fmt(totals[-1])}"
-            + ("" if name == "baseline" else "; goal ≥ 0.8×"),
+            note=f"median of {rounds} interleaved rounds, range {fmt(totals[0])}-"
+            f"{fmt(totals[-1])}; CPU per call: clients {fmt(client_us)} µs, Redis "
+            f"{fmt(redis_us)} µs" + ("" if name == "baseline" else "; goal ≥ 0.8×"),
         )
         rows.append(row if not rows else row.against(rows[0]))
     return rows
