@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,6 +39,17 @@ class _Wire:
         self.conn = conn
         self.sock: socket.socket = conn._sock  # type: ignore[assignment]
         self.pid = os.getpid()
+        timeout = self.sock.gettimeout()
+        if timeout is not None and not isinstance(self.sock, ssl.SSLSocket):
+            # CPython polls before every send and recv on a socket with a timeout: two
+            # system calls more per FCALL. The kernel keeps the same timeout per call
+            # (SO_RCVTIMEO, SO_SNDTIMEO) on a blocking socket, where an expiry is EAGAIN.
+            # Not under TLS, where an expiry would surface as an SSL error, not a timeout.
+            seconds = int(timeout)
+            tv = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            self.sock.settimeout(None)
         # Error replies come back as values (not raised), so that a batch can read on.
         self.reader = hiredis.Reader(
             encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
@@ -45,7 +58,7 @@ class _Wire:
     def send(self, packed: bytes) -> None:
         try:
             self.sock.sendall(packed)
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:
             raise redis.exceptions.TimeoutError(f"Timeout writing to Redis: {exc}") from exc
         except OSError as exc:
             raise redis.exceptions.ConnectionError(f"Error writing to Redis: {exc}") from exc
@@ -56,7 +69,7 @@ class _Wire:
         while reply is False:  # hiredis: not a whole reply yet
             try:
                 data = self.sock.recv(_READ_SIZE)
-            except TimeoutError as exc:
+            except (TimeoutError, BlockingIOError) as exc:
                 raise redis.exceptions.TimeoutError(f"Timeout reading from Redis: {exc}") from exc
             except OSError as exc:
                 raise redis.exceptions.ConnectionError(f"Error reading from Redis: {exc}") from exc
