@@ -32,13 +32,14 @@ class _Wire:
     """One thread's connection: redis-py's, for the handshake and for closing; its
     socket, for the calls; our reader, for the replies."""
 
-    __slots__ = ("conn", "pid", "reader", "sock")
+    __slots__ = ("buf", "conn", "pid", "reader", "sock")
 
     def __init__(self, conn: AbstractConnection, decode: bool) -> None:
         conn.connect()  # type: ignore[no-untyped-call]
         self.conn = conn
         self.sock: socket.socket = conn._sock  # type: ignore[assignment]
         self.pid = os.getpid()
+        self.buf = bytearray(_READ_SIZE)  # read into, not a fresh 64 KiB bytes per recv
         timeout = self.sock.gettimeout()
         if timeout is not None and not isinstance(self.sock, ssl.SSLSocket):
             # CPython polls before every send and recv on a socket with a timeout: two
@@ -68,14 +69,15 @@ class _Wire:
         reply = reader.gets()
         while reply is False:  # hiredis: not a whole reply yet
             try:
-                data = self.sock.recv(_READ_SIZE)
+                n = self.sock.recv_into(self.buf)
             except (TimeoutError, BlockingIOError) as exc:
                 raise redis.exceptions.TimeoutError(f"Timeout reading from Redis: {exc}") from exc
             except OSError as exc:
                 raise redis.exceptions.ConnectionError(f"Error reading from Redis: {exc}") from exc
-            if not data:
+            if not n:
                 raise redis.exceptions.ConnectionError("Redis closed the connection")
-            reader.feed(data)
+            # As redis-py's own hiredis parser does; hiredis's stub says bytes only.
+            reader.feed(self.buf, 0, n)  # type: ignore[arg-type]
             reply = reader.gets()
         return reply
 
