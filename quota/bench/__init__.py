@@ -150,9 +150,13 @@ ANALYSIS = """
 - **Client.** A hot-path call is one FCALL, packed by hiredis, written to a socket
   owned by the calling thread and read back by that thread's own hiredis reader
   (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). The
-  Python around it costs 5-7 µs per call (validation, keys, the Decision, metrics);
-  the rest of the client's ~25-35 µs of CPU per call is the two system calls. The
-  baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
+  socket is blocking with its timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
+  CPython polls before every send and recv on a socket with a timeout, and those two
+  extra system calls cost ~2-3 µs of CPU and ~4 µs of wall time per call; replies are
+  read into one reusable buffer. The Python around the call costs 5-7 µs (validation,
+  keys, the Decision, metrics); the rest of the client's ~20-35 µs of CPU per call is
+  the two system calls and waking up. The baseline row keeps plain `redis.evalsha`,
+  which is what users of redis-py pay.
 - **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
   function call costs ~10k instructions before it runs, ~1.3k per key or argument,
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
