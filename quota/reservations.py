@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 
 from quota import validation as v
@@ -32,19 +31,27 @@ def split_reservation_id(value: object) -> tuple[str, str]:
 
 class RecentReservations:
     """Feature and user of the reservations this process made, bounded (oldest dropped):
-    what commit needs to ledger the usage when Redis, which holds them, is down."""
+    what commit needs to ledger the usage when Redis, which holds them, is down.
+
+    On every reserve, so kept cheap: one string per entry (no tuple for the garbage
+    collector to track; ids, features and users cannot contain "|") and no lock. Each
+    dict operation is atomic; two threads adding past the bound at once may drop one
+    entry more than needed, which only shortens a best-effort memory.
+    """
 
     def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self._items: OrderedDict[str, str] = OrderedDict()
         self._limit = limit
-        self._lock = threading.Lock()
 
     def add(self, reservation_id: str, feature: str, user_id: str | None) -> None:
-        with self._lock:
-            self._items[reservation_id] = (feature, user_id)
-            if len(self._items) > self._limit:
-                self._items.popitem(last=False)
+        items = self._items
+        items[reservation_id] = f"{feature}|{user_id or ''}"
+        if len(items) > self._limit:
+            items.popitem(last=False)
 
     def pop(self, reservation_id: str) -> tuple[str, str | None] | None:
-        with self._lock:
-            return self._items.pop(reservation_id, None)
+        value = self._items.pop(reservation_id, None)
+        if value is None:
+            return None
+        feature, _, user = value.partition("|")
+        return feature, user or None
