@@ -282,11 +282,11 @@ class Gate:
             "reserve",
             pk,
             lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
-            # The reservation as lib.lua stores it, joined here: one argument, no concat.
+            # Its open-set member and its stored value, joined here: Lua's concat costs more.
             (
                 estimate,
                 self._lease_ms,
-                hex_id,
+                f"{hex_id}:{estimate}",
                 f"{estimate}|{feat}|{user or ''}|open",
                 self._reservation_ms,
             ),

@@ -3,7 +3,7 @@
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month
 -- KEYS[5] = open reservations (zset "<hex>:<tokens>" -> lease end)  KEYS[6] = the reservation
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = estimate  ARGV[3] = lease ms
--- ARGV[4] = reservation hex id  ARGV[5] = the reservation as stored (lib.lua):
+-- ARGV[4] = its open-set member, "<hex id>:<estimate>"  ARGV[5] = the reservation as stored:
 --   "<estimate>|<feature>|<user or ''>|open", joined by the client
 -- ARGV[6] = ms the reservation is remembered: its lease, then as long as a settled one
 -- returns a decision reply (lib.lua) whose reserved field leaves this hold out (the
@@ -27,7 +27,7 @@ if ok == '1' then
   end
   local lease_end = now + ARGV[3]
   local lease_s = string.format('%d', lease_end)
-  redis.call('ZADD', KEYS[5], lease_s, ARGV[4] .. ':' .. ARGV[2])
+  redis.call('ZADD', KEYS[5], lease_s, ARGV[4])
   if held == 0 then
     -- Nothing else is held, so this lease ends first, and the open set may be new. Its
     -- expiry is renewed by purge_expired whenever the earliest lease ends, so a busy
