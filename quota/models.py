@@ -129,6 +129,8 @@ class UsageResult:
     event was then logged at ERROR in full so it can be replayed.
     ``duplicate`` is True when the request_id (or reservation) was already counted.
     ``backend`` says where the event went: ``redis``, ``postgres`` or ``none``.
+    ``lease_expired`` (commit) is True when the reservation's hold had already been
+    returned because its lease ended; the usage is counted in full either way.
     """
 
     stored: bool

@@ -133,8 +133,8 @@ local function read_budget(key)
   return B
 end
 
--- The budget copy alone (record needs no holds): one HGET, where each field more
--- of an HMGET costs ~2.5k instructions. B's hold fields are left stale: unused.
+-- The budget copy alone (commit and record need no holds): one HGET, where each
+-- field more of an HMGET costs ~2.5k instructions. B's hold fields are left stale.
 local function read_cfg()
   local cfg = redis.call('HGET', KEYS[1], 'cfg')
   if not cfg then

@@ -124,6 +124,17 @@ def test_lease_expiry_returns_the_held_tokens(settings: object, capped: Gate) ->
         assert short.current_period_tokens("p") == 5
 
 
+def test_a_commit_after_its_lease_returns_the_hold_once(capped: Gate) -> None:
+    """No reserve purged the ended lease before the commit: the commit returns it."""
+    with Gate(capped.settings.model_copy(update={"lease_seconds": 0.2})) as short:
+        d = short.reserve("p", 600, "ocr")
+        time.sleep(0.3)
+        late = commit(short, d.reservation_id, 5)
+        assert not late.lease_expired  # type: ignore[attr-defined]
+        assert short.status("p").reserved_tokens == 0
+        assert short.reserve("p", 990, "ocr").reserved_tokens == 990  # returned once
+
+
 def test_context_manager_commits_or_releases(capped: Gate) -> None:
     with capped.reservation("p", 300, "chat") as r:
         r.commit(input_tokens=100, output_tokens=50, provider="openai", model="gpt-4o")
