@@ -162,28 +162,30 @@ ANALYSIS = """
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
   field ~2.5k), ~5k for a table reply where a string costs 0.3k, ~2-4k per number
   turned into a string. A reserve is TIME, HMGET (3 fields), HGET, SET NX PX, ZADD and
-  HINCRBY with 12 keys and arguments; a commit GET, HMGET, XADD, ZREM, HINCRBY, SET
+  HINCRBY with 12 keys and arguments; a commit GET, HGET, XADD, ZREM, HINCRBY, SET
   and six HINCRBYs (total and feature, in each of the three periods) with 15.
 - **What cut it** (instructions per call; 7027e60 → b16d438 → now: check 110k → 72k →
-  62k, reserve 171k → 121k → 106k, commit 243k → 191k → 160k, record 191k → 143k →
+  62k, reserve 171k → 121k → 105k, commit 243k → 191k → 147k, record 191k → 143k →
   99k): one function library instead of EVALSHA scripts; one clock argument; the budget
   copy as one field passed through; then replies as one '|'-joined string instead of a
   table; one shared Lua table for the budget instead of a fresh one per call; parsed
   budget copies memoised by their string (bounded; budgets repeat across ports); stream
   entries as one packed field, sent pre-joined by the client (XADD and the FCALL cost
   per argument); commit and record taking the event's time from its stream id (XADD
-  stamps it with the server's clock) instead of a TIME call; record reading only the
-  budget copy, and the soft-alert marker read only above the soft cap.
+  stamps it with the server's clock) instead of a TIME call; commit and record reading
+  only the budget copy (commit leaves other reservations' ended leases to the next
+  reserve), and the soft-alert marker read only above the soft cap; arguments the
+  client can join (reservation value, open-set member, event) sent joined.
 - **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
   spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), against 1-12
-  µs in the functions, and a client ~22-28 µs, mostly in its two system calls. In
-  these evenings' runs a call cost ~42 µs for the baseline, ~38 for a check, ~47 for a
-  reserve, ~43 for a record and ~52 for a commit: by CPU alone reserve could reach
-  ~0.9× and commit ~0.8×; they measure ~0.1 lower, as clients wait on the one Redis
-  thread while it runs the longer functions. The rows also move with the VM's
-  neighbours (reserve 0.71-0.87× on the same code within one evening).
+  µs in the functions, and a client ~20-27 µs, mostly in its two system calls. In
+  the last runs a call cost ~42 µs for the baseline, ~35 for a check, ~45 for a
+  reserve, ~41 for a record and ~50 for a commit: by CPU alone reserve would reach
+  ~0.92× and commit ~0.84×; every row measures ~0.1-0.15 below that (check too), as
+  clients wait on the one Redis thread, most for the longer functions. The rows also
+  move with the VM's neighbours (reserve 0.71-0.87× within one evening).
 - **What is left.** Commit's floor is its work: three periods × (total + feature)
   counters, the hold, the settled marker and the event are 12 commands. Moving more
   changes the data layout or the contract: the budget period's running total in the
