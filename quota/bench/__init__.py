@@ -194,11 +194,13 @@ ANALYSIS = """
   key with an expiry, but settled ones then need their own expiry); sending only the
   budget period's usage key to check and reserve (the client learns the period; ~2.6k).
 - **Same machine, same hour** (`quota bench --only processes --only sequential --only
-  batched`, this session's start b16d438 and this commit alternating, twice each):
-  four processes reserve 0.69/0.66× → 0.71/0.74×, commit 0.62/0.54× → 0.65/0.67×,
-  record 0.69/0.65× → 0.81/0.80×; sequential reserve 0.76/0.89× → 0.90/0.92×, commit
-  0.68/0.79× → 0.80/0.84×, record 0.74/0.85× → 0.88/0.91×; check_many 229,565/213,814 →
-  286,938/258,164 decisions/s.
+  batched --only drain`, this session's start b16d438 and this commit alternating,
+  twice each): four processes check 1.07/1.07× → 1.16/1.09×, reserve 0.74/0.65× →
+  0.82/0.82×, commit 0.60/0.57× → 0.74/0.69×, record 0.77/0.71× → 0.93/0.90×;
+  sequential check 1.00/0.98× → 1.03/1.06×, reserve 0.90/0.88× → 0.93/0.97×, commit
+  0.82/0.83× → 0.87/0.92×, record 0.90/0.88× → 0.95/0.95×; check_many unchanged
+  (~230,000 decisions/s: the client's per-port work bounds it); one drain process
+  68,372/69,040 → 80,458/85,526 events/s (packed entries).
 - **Absolute targets follow the machine.** check_many, the drain and the lag are Redis-
   or Postgres-bound on 2 shared cores; compare this run's baseline (calls/s of the
   trivial script) with another run's before comparing those rows.
