@@ -58,7 +58,9 @@ NOTES = """
   pipelined: one round trip).
 - **peers**: `limits` keeps one counter per window; a quota reservation checks the hard
   cap with open holds, keeps a lease, counts day, week and month and per feature, and
-  its commit appends the ledger event. The seed's check reads the budget and SUMs the
+  its commit appends the ledger event. The four run in 5 interleaved rounds, as the
+  sequential rows; the reserves are not committed, so the port's open set grows to
+  10,000 holds over the run. The seed's check reads the budget and SUMs the
   port's ledger rows of the period in Postgres, so it grows with the ledger while
   `gate.check` never reads Postgres.
 - **drain**: events waiting in the shard streams (1,000 ports) moved into the ledger:

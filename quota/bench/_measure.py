@@ -63,6 +63,25 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = 200) -> Timin
     )
 
 
+def interleaved(
+    ops: dict[str, Callable[[], object]], calls: int, rounds: int = 5
+) -> dict[str, Timing]:
+    """Each operation ``calls`` times, in ``rounds`` alternating blocks so that a slow
+    patch of the machine hits all of them alike; latencies merged over the rounds."""
+    per: dict[str, list[Timing]] = {name: [] for name in ops}
+    for _ in range(rounds):
+        for name, fn in ops.items():
+            per[name].append(time_calls(fn, calls // rounds, warmup=50))
+    return {
+        name: Timing(
+            sum(t.per_second for t in ts) / len(ts),
+            sorted(t.p50_us for t in ts)[len(ts) // 2],
+            max(t.p99_us for t in ts),
+        )
+        for name, ts in per.items()
+    }
+
+
 def timed_row(
     section: str,
     name: str,

@@ -11,7 +11,7 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from sqlalchemy import text
 
-from quota.bench._measure import Row, reset, timed_row
+from quota.bench._measure import Row, interleaved, reset, timed_row
 from quota.bench.hotpath import budgets
 from quota.gate import Gate
 from quota.periods import period_start
@@ -22,37 +22,41 @@ from quota.store import make_engine
 def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
     """A decision with cost from `limits` (1 counter, one window) against gate.reserve
     (hard cap with holds, three periods, per-feature counters, a ledger event on commit)
-    and gate.check, all on the same Redis in the same run."""
+    and gate.check, all on the same Redis in the same run, in interleaved rounds (as the
+    sequential rows) so that a slow patch of the machine hits all of them alike."""
     reset(settings, client)
     # Under the bench prefix, so that reset() and the tests clean its keys up too.
     storage = RedisStorage(settings.redis_url, key_prefix=f"{settings.key_prefix}:limits")
     item = RateLimitItemPerDay(10**12)
     fixed, moving = FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage)
-    rows = [
-        timed_row(
-            "peers",
-            "limits FixedWindow hit(cost=1500)",
-            lambda: fixed.hit(item, "fixed-port", cost=1500),
-            calls,
-        ),
-        timed_row(
-            "peers",
-            "limits MovingWindow hit(cost=15)",
-            lambda: moving.hit(item, "moving-port", cost=15),
-            calls // 4,
-            note="cost 15: the moving window stores one entry per unit of cost",
-        ),
-    ]
     with Gate(settings) as gate:
         budgets(gate, ["port-1"])
-        check = timed_row(
-            "peers", "gate.check (same run)", lambda: gate.check("port-1", 1500), calls
+        t = interleaved(
+            {
+                "fixed": lambda: fixed.hit(item, "fixed-port", cost=1500),
+                "moving": lambda: moving.hit(item, "moving-port", cost=15),
+                "check": lambda: gate.check("port-1", 1500),
+                "reserve": lambda: gate.reserve("port-1", 1500, "ocr"),
+            },
+            calls,
         )
-        reserve = timed_row(
-            "peers", "gate.reserve (same run)", lambda: gate.reserve("port-1", 1500, "ocr"), calls
+
+    def row(name: str, label: str, note: str = "") -> Row:
+        return Row(
+            "peers", label, t[name].per_second, "calls/s", t[name].p50_us, t[name].p99_us, note=note
         )
-    fixed_row = rows[0]
-    return [*rows, check.against(fixed_row), reserve.against(fixed_row)]
+
+    fixed_row = row("fixed", "limits FixedWindow hit(cost=1500)")
+    return [
+        fixed_row,
+        row(
+            "moving",
+            "limits MovingWindow hit(cost=15)",
+            "cost 15: the moving window stores one entry per unit of cost",
+        ),
+        row("check", "gate.check (same run)").against(fixed_row),
+        row("reserve", "gate.reserve (same run)").against(fixed_row),
+    ]
 
 
 _FILL = text("""
