@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from quota import Gate, RedisUnavailable, Settings
+from quota import Gate, RedisUnavailable
 
 
 def test_dropped_connections_are_reopened_silently(gate: Gate, r: redis.Redis) -> None:
@@ -70,21 +70,24 @@ def test_each_thread_gets_its_own_connection(gate: Gate, r: redis.Redis) -> None
 
 
 def test_a_call_that_outlives_the_timeout_fails_and_the_next_reconnects(
-    settings: Settings, r: redis.Redis
+    gate: Gate, r: redis.Redis
 ) -> None:
     """The read timeout holds on the gate's own socket: a stalled server is reported
     as a timeout, not waited for, and not retried on a new connection (the function
     may have run)."""
-    with Gate(settings.model_copy(update={"redis_timeout": 0.3})) as gate:
-        gate.set_budget("p", enabled=True, soft_cap_tokens=10, hard_cap_tokens=100, updated_by="u")
-        assert gate.check("p", 1).ok  # this thread's connection is open
+    # Under the fixture's prefix, which it removes afterwards.
+    with Gate(gate.settings.model_copy(update={"redis_timeout": 0.3})) as impatient:
+        impatient.set_budget(
+            "p", enabled=True, soft_cap_tokens=10, hard_cap_tokens=100, updated_by="u"
+        )
+        assert impatient.check("p", 1).ok  # this thread's connection is open
         connections = r.info("stats")["total_connections_received"]
         r.client_pause(1000)
         started = time.monotonic()
         with pytest.raises(RedisUnavailable, match="Timeout reading"):
-            gate.check("p", 1)
+            impatient.check("p", 1)
         waited = time.monotonic() - started
         assert 0.25 < waited < 0.9
         time.sleep(1.2 - waited)  # the pause is over
         assert r.info("stats")["total_connections_received"] == connections
-        assert gate.check("p", 1).ok
+        assert impatient.check("p", 1).ok
