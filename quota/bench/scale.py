@@ -1,4 +1,5 @@
 """Scale: reconciliation of 10,000 active ports (row 8), Redis memory per active port
+(and per remembered request id and settled reservation, which outlive their calls)
 and server-side time per script call (row 9)."""
 
 from __future__ import annotations
@@ -44,6 +45,43 @@ def bench_reconcile_and_memory(settings: Settings, client: redis.Redis, ports: i
         started = time.perf_counter()
         report = Reconciler(settings, gate.redis, gate.store.engine, drainer).run()
         seconds = time.perf_counter() - started
+
+        def drained() -> int:
+            for shard in range(settings.shards):
+                drainer.drain_shard(shard, max_seconds=3600)
+            return int(client.info("memory")["used_memory"])
+
+        def record(i: int) -> None:
+            gate.record(
+                port_id=names[i % ports],
+                feature="ocr",
+                provider="openai",
+                model="gpt-4o",
+                input_tokens=1,
+                output_tokens=0,
+                request_id=f"req-{i:012d}",
+            )
+
+        def settle(i: int) -> None:
+            held = gate.reserve(names[i % ports], 10, "ocr")
+            gate.commit(
+                held.reservation_id or "",
+                input_tokens=1,
+                output_tokens=0,
+                provider="openai",
+                model="gpt-4o",
+            )
+
+        for i in range(ports):
+            settle(i)  # each port's hold fields exist from here on
+        before = drained()
+        for i in range(ports):
+            record(i)
+        per_request = (drained() - before) / ports
+        before = drained()
+        for i in range(ports, 2 * ports):
+            settle(i)
+        per_reservation = (drained() - before) / ports
     return [
         Row(
             "scale",
@@ -59,6 +97,20 @@ def bench_reconcile_and_memory(settings: Settings, client: redis.Redis, ports: i
             (used_after - used_before) / ports,
             "bytes",
             note="budget copy + day/week/month usage (2 features); streams drained; goal ≤ 1,024",
+        ),
+        Row(
+            "scale",
+            "Redis memory per remembered request id",
+            per_request,
+            "bytes",
+            note="its marker, kept QUOTA_IDEMPOTENCY_SECONDS (2 days by default)",
+        ),
+        Row(
+            "scale",
+            "Redis memory per settled reservation",
+            per_reservation,
+            "bytes",
+            note="kept until QUOTA_SETTLED_SECONDS (1 h by default) after its commit",
         ),
     ]
 
