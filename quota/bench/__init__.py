@@ -187,7 +187,8 @@ ANALYSIS = """
   reserve, ~41 for a record and ~50 for a commit: by CPU alone reserve would reach
   ~0.92× and commit ~0.84×; every row measures ~0.1-0.15 below that (check too), as
   clients wait on the one Redis thread, most for the longer functions. The rows also
-  move with the VM's neighbours (reserve 0.71-0.87× within one evening).
+  move with the VM's neighbours: over this evening's full runs of the final code,
+  reserve 0.76-0.93× and commit 0.67-0.82× (the 0.8× goal is met on the good runs).
 - **What is left.** Commit's floor is its work: three periods × (total + feature)
   counters, the hold, the settled marker and the event are 12 commands. Moving more
   changes the data layout or the contract: the budget period's running total in the
