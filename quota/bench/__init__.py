@@ -186,9 +186,10 @@ ANALYSIS = """
   the last runs a call cost ~42 µs for the baseline, ~35 for a check, ~45 for a
   reserve, ~41 for a record and ~50 for a commit: by CPU alone reserve would reach
   ~0.92× and commit ~0.84×; every row measures ~0.1-0.15 below that (check too), as
-  clients wait on the one Redis thread, most for the longer functions. The rows also
-  move with the VM's neighbours: over this evening's full runs of the final code,
-  reserve 0.76-0.93× and commit 0.67-0.82× (the 0.8× goal is met on the good runs).
+  clients wait on the one Redis thread, most for the longer functions. These rows
+  also move with the VM's neighbours, by up to ±0.1 between runs an hour apart (the
+  notes give each row's range over its rounds): for reserve and commit the 0.8× goal
+  is met on some runs of the same code and missed on others.
 - **What is left.** Commit's floor is its work: three periods × (total + feature)
   counters, the hold, the settled marker and the event are 12 commands. Moving more
   changes the data layout or the contract: the budget period's running total in the
