@@ -10,7 +10,6 @@ misses, which is why the timed rows stay beside them.
 
 from __future__ import annotations
 
-import itertools
 import re
 import shutil
 import socket
@@ -23,11 +22,12 @@ from pathlib import Path
 import redis
 
 from quota.bench._measure import Row
-from quota.bench.hotpath import TRIVIAL, budgets
+from quota.bench.hotpath import budgets, operations
 from quota.gate import Gate
 from quota.settings import Settings
 
 _TOOLS = ("valgrind", "callgrind_control", "redis-server")
+_TRIVIAL = "trivial one-key INCRBY script"
 
 
 def _free_port() -> int:
@@ -113,34 +113,7 @@ def bench_instructions(settings: Settings, calls: int) -> list[Row]:
         with Gate(local) as gate:
             ports = [f"port-{i}" for i in range(100)]
             budgets(gate, ports)
-            port = itertools.cycle(ports).__next__
-            sha = server.client.script_load(TRIVIAL)
-            held: list[str] = []
-
-            def reserve() -> None:
-                held.append(gate.reserve(port(), 1500, "ocr").reservation_id or "")
-
-            def commit() -> None:
-                gate.commit(
-                    held.pop(), input_tokens=1000, output_tokens=200, provider="o", model="m"
-                )
-
-            ops: dict[str, Callable[[], object]] = {
-                "trivial one-key INCRBY script": lambda: server.client.evalsha(
-                    sha, 1, "{q0}:trivial", 1
-                ),
-                "check": lambda: gate.check(port(), 1500),
-                "reserve": reserve,
-                "commit": commit,
-                "record": lambda: gate.record(
-                    port_id=port(),
-                    feature="ocr",
-                    provider="openai",
-                    model="gpt-4o",
-                    input_tokens=1000,
-                    output_tokens=200,
-                ),
-            }
+            ops, held = operations(gate, server.client, ports, seed=1)
             for fn in ops.values():  # warm: budget copies, counters, the library
                 fn()
             held.clear()
@@ -148,7 +121,7 @@ def bench_instructions(settings: Settings, calls: int) -> list[Row]:
             for name, fn in ops.items():
                 row = Row(
                     "instructions",
-                    f"Redis instructions per call: {name}",
+                    f"Redis instructions per call: {_TRIVIAL if name == 'baseline' else name}",
                     server.count(fn, calls),
                     "instructions",
                     note="callgrind; repeatable to ~1 %" if not rows else "",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from quota.bench._measure import Row, reset
-from quota.bench.hotpath import TRIVIAL, budgets
+from quota.bench.hotpath import budgets, operations
 from quota.drain import Drainer
 from quota.gate import Gate
 from quota.reconcile import Reconciler
@@ -128,47 +128,26 @@ def bench_server_time(
     rows: list[Row] = []
     with Gate(settings) as gate:
         budgets(gate, ["port-1"])
-        sha = gate.redis.script_load(TRIVIAL)
-        ids: list[str] = []
-
-        def reserve() -> None:
-            ids.append(gate.reserve("port-1", 1500, "ocr").reservation_id or "")
-
-        def commit() -> None:
-            gate.commit(
-                ids.pop(), input_tokens=1000, output_tokens=200, provider="openai", model="gpt-4o"
-            )
+        op, held = operations(gate, gate.redis, ["port-1"], seed=1)
 
         def commit_all() -> None:
-            while ids:
-                commit()
+            while held:
+                op["commit"]()
 
         def reserve_block() -> None:
             for _ in range(block):
-                reserve()
+                op["reserve"]()
+
+        def nothing() -> None:
+            pass
 
         ops: dict[str, tuple[Callable[[], object], Callable[[], object], Callable[[], object]]] = {
             # name: (before the block, the measured call, after the block)
-            "trivial one-key INCRBY script": (
-                lambda: None,
-                lambda: gate.redis.evalsha(sha, 1, f"{settings.key_prefix}:{{q0}}:t", 1),
-                lambda: None,
-            ),
-            "check": (lambda: None, lambda: gate.check("port-1", 1500), lambda: None),
-            "reserve": (lambda: None, reserve, commit_all),
-            "commit": (reserve_block, commit, lambda: None),
-            "record": (
-                lambda: None,
-                lambda: gate.record(
-                    port_id="port-1",
-                    feature="ocr",
-                    provider="openai",
-                    model="gpt-4o",
-                    input_tokens=1000,
-                    output_tokens=200,
-                ),
-                lambda: None,
-            ),
+            "trivial one-key INCRBY script": (nothing, op["baseline"], nothing),
+            "check": (nothing, op["check"], nothing),
+            "reserve": (nothing, op["reserve"], commit_all),
+            "commit": (reserve_block, op["commit"], nothing),
+            "record": (nothing, op["record"], nothing),
         }
         base: Row | None = None
         for name, (before, measured, after) in ops.items():
