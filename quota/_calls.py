@@ -90,7 +90,7 @@ class ScriptCaller:
         self._decode = bool(self._pool.connection_kwargs.get("decode_responses"))
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[_Wire] = []
+        self._all: set[_Wire] = set()  # every open wire, for close()
 
     def _wire(self) -> _Wire:
         wire: _Wire | None = getattr(self._local, "wire", None)
@@ -98,7 +98,7 @@ class ScriptCaller:
             wire = _Wire(self._pool.make_connection(), self._decode)  # type: ignore[arg-type]
             self._local.wire = wire
             with self._lock:
-                self._all.append(wire)
+                self._all.add(wire)
         return wire
 
     def _drop(self) -> None:
@@ -106,6 +106,8 @@ class ScriptCaller:
         if wire is not None:
             wire.conn.disconnect()  # type: ignore[no-untyped-call]
             self._local.wire = None
+            with self._lock:  # or every reconnect would keep a dead wire (and its buffer)
+                self._all.discard(wire)
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """FCALL ``op`` once and return its reply (see `call_each` for the rules)."""
