@@ -184,10 +184,10 @@ local function live_held(b, open_key, now)
   return string.format('%d', b.held - expired(open_key, now))
 end
 
--- Return ended leases' holds to the budget and move "next" on (bounded per call).
--- Leaves b.next a number whenever something is held. With `renew`, also pushes the
--- open set's expiry OPEN_SET_MS ahead (reserve does).
-local function purge_expired(b, open_key, now, renew)
+-- Return ended leases' holds to the budget, move "next" on and push the open set's
+-- expiry OPEN_SET_MS ahead (bounded per call; reserve's). Leaves b.next a number
+-- whenever something is held.
+local function purge_expired(b, open_key, now)
   if b.held == 0 then
     return 0
   end
@@ -210,9 +210,7 @@ local function purge_expired(b, open_key, now, renew)
     end
     b.next = first[2] + 0
     redis.call('HSET', KEYS[1], 'next', first[2])
-    if renew then
-      redis.call('PEXPIREAT', open_key, now + OPEN_SET_MS)
-    end
+    redis.call('PEXPIREAT', open_key, now + OPEN_SET_MS)
   end
   return b.held
 end

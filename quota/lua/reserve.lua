@@ -17,7 +17,7 @@ local b = read_budget()
 if not b then
   return '-1'
 end
-local held = purge_expired(b, KEYS[5], now, true)
+local held = purge_expired(b, KEYS[5], now)
 local used, used_s = used_in(b)
 local ok, reason = decide(b, used, held, ARGV[2] + 0)
 if ok == '1' then
