@@ -33,11 +33,7 @@ if bad then
   redis.call('XDEL', KEYS[5], id)
   return bad
 end
-local lease_expired = '1'
-if redis.call('ZREM', KEYS[6], ARGV[2] .. ':' .. tokens) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
-  lease_expired = '0'
-end
+local lease_expired = return_hold(KEYS[6], ARGV[2], tokens) and '0' or '1'
 settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[7])
 if KEYS[8] and not redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[6]) then
   redis.call('XDEL', KEYS[5], id)  -- the request id was counted before: not again

@@ -287,6 +287,16 @@ local function parse_reservation(value)
   return string.match(value, '^(%d+)|([^|]*)|([^|]*)|(%a+)$')
 end
 
+-- Take an open reservation's hold back: its open-set member ("<hex>:<tokens>") out,
+-- its tokens off 'held'. False if a purge had returned it already (its lease ended).
+local function return_hold(open_key, hex, tokens)
+  if redis.call('ZREM', open_key, hex .. ':' .. tokens) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
+    return true
+  end
+  return false
+end
+
 -- Mark a reservation settled ("committed" or "released"): remembered `ttl` seconds,
 -- so that a repeated commit or release is a no-op rather than an unknown id.
 local function settle_reservation(key, tokens, feature, user, state, ttl)

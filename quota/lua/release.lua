@@ -10,8 +10,6 @@ local tokens, feature, user, state = parse_reservation(value)
 if state ~= 'open' then
   return '2'
 end
-if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. tokens) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
-end
+return_hold(KEYS[2], ARGV[1], tokens)
 settle_reservation(KEYS[3], tokens, feature, user, 'released', ARGV[2])
 return '1'
