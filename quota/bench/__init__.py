@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import redis
@@ -123,6 +124,24 @@ TARGETS: list[tuple[str, str, str, float, bool]] = [
 ]
 
 
+def _goal_text(field: str, goal: float, higher: bool, unit: str = "") -> str:
+    sign = "≥" if higher else "≤"
+    return f"{sign} {goal:.2f}×" if field == "ratio" else f"{sign} {fmt(goal)} {unit}".rstrip()
+
+
+def with_goals(rows: list[Row]) -> list[Row]:
+    """Each row a target reads, with its goal in its note: TARGETS is the one place a
+    goal is written."""
+    goals = {name: (field, goal, higher) for _, name, field, goal, higher in TARGETS}
+    out = []
+    for r in rows:
+        if r.name in goals:
+            goal = "goal " + _goal_text(*goals[r.name], r.unit)
+            r = replace(r, note=f"{r.note}; {goal}" if r.note else goal)
+        out.append(r)
+    return out
+
+
 def targets_markdown(rows: list[Row]) -> str:
     """Where each target stands in this run (targets whose rows did not run are left out)."""
     by_name = {r.name: r for r in rows}
@@ -139,9 +158,8 @@ def targets_markdown(rows: list[Row]) -> str:
         if got is None:
             continue
         met = got >= goal if higher else got <= goal
-        sign = "≥" if higher else "≤"
-        goal_text = f"{sign} {goal:.2f}×" if field == "ratio" else f"{sign} {fmt(goal)}"
         shown = f"{got:.2f}×" if field == "ratio" else fmt(got)
+        goal_text = _goal_text(field, goal, higher)
         lines.append(f"| {label} | {goal_text} | {shown} | {'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
 
@@ -223,6 +241,7 @@ def run(
             rows += SECTIONS[name](settings, client, quick)
     finally:
         reset(settings, client)
+    rows = with_goals(rows)
     table = Table(title="quota benchmarks" + (" (quick)" if quick else ""), title_justify="left")
     for col in ("section", "measurement", "value", "unit", "p50 µs", "p99 µs", "ratio"):
         table.add_column(

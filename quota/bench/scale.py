@@ -88,15 +88,14 @@ def bench_reconcile_and_memory(settings: Settings, client: redis.Redis, ports: i
             f"reconcile {ports:,} active ports",
             seconds,
             "s",
-            note=f"{report.ports_checked:,} checked, {report.ports_drifted} drifted; "
-            "goal ≤ 10 s for 10,000",
+            note=f"{report.ports_checked:,} checked, {report.ports_drifted} drifted",
         ),
         Row(
             "scale",
             "Redis memory per active port",
             (used_after - used_before) / ports,
             "bytes",
-            note="budget copy + day/week/month usage (2 features); streams drained; goal ≤ 1,024",
+            note="budget copy + day/week/month usage (2 features); streams drained",
         ),
         Row(
             "scale",
@@ -168,7 +167,6 @@ def bench_server_time(
                 f"Redis time per call: {name}",
                 total_us / total_calls,
                 "µs",
-                note="goal ≤ 15 µs" if name == "reserve" else "",
             )
             base = base or row
             rows.append(row if row is base else row.against(base))
