@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from quota.drain import Drainer
 from quota.gate import Gate
+from quota.housekeeping import forget_prefix
 from quota.models import Budget
 from quota.reconcile import Reconciler
 from quota.schema import TABLES
@@ -140,9 +141,7 @@ def _worker(
 
 def _reset(gate: Gate, ports: list[DemoPort]) -> None:
     """Forget the previous demo run: its keys (own prefix only) and its rows (own database)."""
-    keys = list(gate.redis.scan_iter(match=f"{gate.settings.key_prefix}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        gate.redis.delete(*keys[i : i + 1000])
+    forget_prefix(gate.redis, gate.settings.key_prefix)
     with gate.store.engine.begin() as conn:
         conn.execute(text("TRUNCATE " + ", ".join(TABLES)))
     for p in ports:

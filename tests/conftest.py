@@ -13,6 +13,7 @@ from sqlalchemy import Engine, make_url, text
 
 from quota import Gate, Settings
 from quota.entries import FIELDS, unpack
+from quota.housekeeping import forget_prefix
 from quota.schema import TABLES
 from quota.store import make_engine
 
@@ -58,21 +59,11 @@ def r(base_settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _forget(r: redis.Redis, prefix: str) -> None:
-    """Delete every key under ``prefix`` (a test's own), so none outlives its test."""
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
-    # RQ names its registries after the queue (our prefix) and lists the queue in rq:queues.
-    keys += r.scan_iter(match=f"rq:*:{prefix}", count=5000)
-    for i in range(0, len(keys), 5000):
-        r.delete(*keys[i : i + 5000])
-    r.srem("rq:queues", f"rq:queue:{prefix}")
-
-
 @pytest.fixture
 def gate(settings: Settings, pg: Engine, r: redis.Redis) -> Iterator[Gate]:
     with Gate(settings) as g:
         yield g
-    _forget(r, settings.key_prefix)
+    forget_prefix(r, settings.key_prefix)  # none of a test's keys outlives it
 
 
 def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
@@ -117,7 +108,7 @@ def worker_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield settings
     runtime.reset()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    _forget(client, settings.key_prefix)  # also what subprocesses (demo, cron) wrote
+    forget_prefix(client, settings.key_prefix)  # also what subprocesses (demo, cron) wrote
     client.close()
 
 

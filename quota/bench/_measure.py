@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 from sqlalchemy import text
 
+from quota.housekeeping import forget_prefix
 from quota.schema import TABLES
 from quota.settings import Settings
 from quota.store import make_engine
@@ -96,12 +97,7 @@ def timed_row(
 
 def reset(settings: Settings, client: redis.Redis) -> None:
     """Remove everything under the bench prefix and empty the bench database."""
-    keys = list(client.scan_iter(match=f"{settings.key_prefix}:*", count=5000))
-    # The lag rows run RQ, which names its registries after the queue (the prefix).
-    keys += client.scan_iter(match=f"rq:*:{settings.key_prefix}", count=5000)
-    for i in range(0, len(keys), 5000):
-        client.delete(*keys[i : i + 5000])
-    client.srem("rq:queues", f"rq:queue:{settings.key_prefix}")
+    forget_prefix(client, settings.key_prefix)  # the lag rows run RQ on its queue too
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE " + ", ".join(TABLES)))
