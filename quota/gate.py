@@ -50,7 +50,7 @@ from quota.models import (
     UsageResult,
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
-from quota.reservations import RecentReservations, reservation_id, split_reservation_id
+from quota.reservations import RecentReservations, parse_reservation_id, reservation_id
 from quota.scripts import library
 from quota.settings import Settings
 from quota.store import Store, make_engine
@@ -94,8 +94,8 @@ class Gate:
         self._library = library()
         self._call = ScriptCaller(self.redis, self._library)
         self._lease_ms = int(settings.lease_seconds * 1000)
-        # A reservation key outlives its lease by the time a settled one is remembered.
-        self._reservation_ms = self._lease_ms + settings.settled_seconds * 1000
+        # A reservation whose lease ended is remembered as long as a settled one.
+        self._lapsed_ms = settings.settled_seconds * 1000
         self._cfg_cache: dict[str, tuple[bool, int, int, Period]] = {}
         self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
         self._skew_ms = 0  # server clock minus ours, learnt from the scripts
@@ -281,33 +281,27 @@ class Gate:
         reply = self._run(
             "reserve",
             pk,
-            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.reservation(hex_id)),
-            # Its open-set member and its stored value, joined here: Lua's concat costs more.
-            (
-                estimate,
-                self._lease_ms,
-                f"{hex_id}:{estimate}",
-                f"{estimate}|{feat}|{user or ''}|open",
-                self._reservation_ms,
-            ),
+            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.lapsed),
+            # Its open-set member, joined here: Lua's concat costs more.
+            (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
         )
         if not reply.startswith(_OK):
             return metrics.count_decision("reserve", self._decision(reply))
-        rid = reservation_id(hex_id, pk.port)
-        self._recent.add(rid, feat, user)
+        rid = reservation_id(hex_id, estimate, feat, user, pk.port)
+        self._recent.add(rid)
         # The reply's reserved tokens leave this hold out (lib.lua formats no number).
         return metrics.count_decision("reserve", self._decision(reply, estimate, rid))
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
-        hex_id, port = split_reservation_id(reservation_id)
-        pk = self._keys(port)
+        ref = parse_reservation_id(reservation_id)
+        pk = self._keys(ref.port)
         started = time.perf_counter()
         with redis_errors():
             code: str = self._call(
                 "release",
-                (pk.budget, pk.open, pk.reservation(hex_id)),
-                (hex_id, self.settings.settled_seconds),
+                (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+                (ref.member, self.settings.settled_seconds),
             )
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
         if code == _UNKNOWN:
@@ -353,15 +347,16 @@ class Gate:
         ``duplicate=True``. Like `record`, it never raises for a backend failure; a
         reservation this process made that Redis has lost is counted as a `record`.
         """
-        hex_id, port = split_reservation_id(reservation_id)
+        ref = parse_reservation_id(reservation_id)
+        port, feature, user = ref.port, ref.feature, ref.user_id
         pk = self._keys(port)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         prov, mod = v.label("provider", provider), v.label("model", model)
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
-        # The stream entry's values (quota/entries.py); the function adds user and feature.
-        head, tail = f"{event_id}|{port}", f"{prov}|{mod}|{tin}|{tout}|{req or ''}"
+        # The stream entry's values (quota/entries.py).
+        values = f"{event_id}|{port}|{user or ''}|{feature}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
         def attempt(count_without_budget: bool) -> str:
             return self._run(
@@ -372,14 +367,15 @@ class Gate:
                     *self._usage_keys(pk, w),
                     pk.stream,
                     pk.open,
-                    pk.reservation(hex_id),
+                    pk.lapsed,
+                    pk.settled(ref.hex_id),
                     *marker,
                 ),
                 (
-                    hex_id,
+                    ref.member,
                     tin + tout,
-                    head,
-                    tail,
+                    feature,
+                    values,
                     self.settings.idempotency_seconds,
                     self.settings.settled_seconds,
                     "1" if count_without_budget else "0",
@@ -390,21 +386,19 @@ class Gate:
         try:
             reply = self._usage_reply(attempt)
         except RedisUnavailable as exc:
-            feature, user = self._recent.pop(reservation_id) or ("unknown", None)
+            self._recent.pop(reservation_id)
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
             return metrics.count_usage("commit", self._fallback(event, exc))
         if reply == _UNKNOWN:
-            made_here = self._recent.pop(reservation_id)
-            if made_here is None:
+            if not self._recent.pop(reservation_id):
                 raise UnknownReservation(f"unknown reservation {reservation_id!r}")
             # This process made it, so Redis lost it (a restart without persistence, a
             # flush) or forgot it long after its lease: the call happened, count it.
             log.warning(
                 "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
             )
-            feature, user = made_here
             return self.record(
                 port_id=port,
                 feature=feature,

@@ -7,9 +7,13 @@ after segments of fixed shape, so the layout is injective: two different
 another port's keys (tests/unit/test_keys.py checks this with hypothesis).
 
     <prefix>:{q<s>}:b:<port>                      budget copy, held tokens, next lease end, alert
-    <prefix>:{q<s>}:o:<port>                      open holds (zset "<hex>:<tokens>" → lease end)
+    <prefix>:{q<s>}:o:<port>                      open reservations: zset "<hex>:<tokens>" →
+                                                  lease end
+    <prefix>:{q<s>}:l:<port>                      lapsed ones (lease ended, hold returned):
+                                                  zset "<hex>:<tokens>" → when forgotten
     <prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>  usage: t = total, f:<feature> (hash, EXPIREAT)
-    <prefix>:{q<s>}:r:<hex32>:<port>              a reservation: "tokens|feature|user|state"
+    <prefix>:{q<s>}:s:<hex32>:<port>              a settled reservation: "committed" or
+                                                  "released" (string, TTL)
     <prefix>:{q<s>}:i:<len(port)>:<port>:<request id>   idempotency marker (string, TTL)
     <prefix>:{q<s>}:events                        the shard's usage stream
 """
@@ -44,6 +48,10 @@ class PortKeys:
         return f"{self.tag}:o:{self.port}"
 
     @property
+    def lapsed(self) -> str:
+        return f"{self.tag}:l:{self.port}"
+
+    @property
     def stream(self) -> str:
         return f"{self.tag}:events"
 
@@ -57,8 +65,8 @@ class PortKeys:
             self.usage("month", w.month_id),
         )
 
-    def reservation(self, hex_id: str) -> str:
-        return f"{self.tag}:r:{hex_id}:{self.port}"
+    def settled(self, hex_id: str) -> str:
+        return f"{self.tag}:s:{hex_id}:{self.port}"
 
     def idempotency(self, request_id: str) -> str:
         # The length prefix keeps (port "a:b", request "c") apart from (port "a", request "b:c").

@@ -1,57 +1,84 @@
-"""Reservation ids, and what this process remembers of the reservations it made."""
+"""Reservation ids, and which reservations this process made."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 from quota import validation as v
 from quota._exceptions import QuotaError, UnknownReservation
 
 _HEX_LEN = 32
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-def reservation_id(hex_id: str, port: str) -> str:
-    """``<32 hex>.<port>``: the port is read back from the id, never trusted alone (the
-    hex part must name a reservation stored under that very port)."""
-    return f"{hex_id}.{port}"
+class ReservationRef(NamedTuple):
+    """What a reservation id says: Redis keeps only ``member`` in the port's open set,
+    so commit and release bring the rest (a hold is one zset member, no key of its own).
+    An id naming tokens, or a port, that its hex id was not reserved with finds no member:
+    an unknown reservation."""
+
+    hex_id: str
+    tokens: int
+    feature: str
+    user_id: str | None
+    port: str
+
+    @property
+    def member(self) -> str:
+        """Its member of the open set: ``<hex>:<tokens>`` (lib.lua reads the tokens)."""
+        return f"{self.hex_id}:{self.tokens}"
 
 
-def split_reservation_id(value: object) -> tuple[str, str]:
-    """``<32 hex>.<port>`` → (hex, port); anything else is an unknown reservation."""
-    if not isinstance(value, str) or len(value) <= _HEX_LEN + 1 or value[_HEX_LEN] != ".":
+def reservation_id(hex_id: str, tokens: int, feature: str, user_id: str | None, port: str) -> str:
+    """``<32 hex>|<tokens>|<feature>|<user or ''>|<port>``: no identifier holds "|"."""
+    return f"{hex_id}|{tokens}|{feature}|{user_id or ''}|{port}"
+
+
+def parse_reservation_id(value: object) -> ReservationRef:
+    """The parts of a reservation id; anything malformed is an unknown reservation."""
+    if not isinstance(value, str):
         raise UnknownReservation(f"not a reservation id: {value!r:.200}")
-    hex_id, port = value[:_HEX_LEN], value[_HEX_LEN + 1 :]
+    parts = value.split("|")
     try:
-        int(hex_id, 16)
-        v.port_id(port)
+        if len(parts) != 5:
+            raise ValueError
+        hex_id, tokens, feature, user, port = parts
+        if len(hex_id) != _HEX_LEN or not _HEX_DIGITS.issuperset(hex_id):
+            raise ValueError
+        if not tokens.isdigit():
+            raise ValueError
+        return ReservationRef(
+            hex_id,
+            v.tokens("tokens", int(tokens)),
+            v.feature(feature),
+            v.user_id(user or None),
+            v.port_id(port),
+        )
     except (ValueError, QuotaError):
         raise UnknownReservation(f"not a reservation id: {value!r:.200}") from None
-    return hex_id, port
 
 
 class RecentReservations:
-    """Feature and user of the reservations this process made, bounded (oldest dropped):
-    what commit needs to ledger the usage when Redis, which holds them, is down.
+    """The ids of the reservations this process made, bounded (oldest dropped): a commit
+    that Redis answers "unknown" for one of them means Redis lost it (a restart without
+    persistence, a flush), and the usage is recorded without it.
 
-    On every reserve, so kept cheap: one string per entry (no tuple for the garbage
-    collector to track; ids, features and users cannot contain "|") and no lock. Each
-    dict operation is atomic; two threads adding past the bound at once may drop one
-    entry more than needed, which only shortens a best-effort memory.
+    On every reserve, so kept cheap: no lock. Each dict operation is atomic; two threads
+    adding past the bound at once may drop one entry more than needed, which only
+    shortens a best-effort memory.
     """
 
     def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[str, str] = OrderedDict()
+        self._items: OrderedDict[str, None] = OrderedDict()
         self._limit = limit
 
-    def add(self, reservation_id: str, feature: str, user_id: str | None) -> None:
+    def add(self, reservation_id: str) -> None:
         items = self._items
-        items[reservation_id] = f"{feature}|{user_id or ''}"
+        items[reservation_id] = None
         if len(items) > self._limit:
             items.popitem(last=False)
 
-    def pop(self, reservation_id: str) -> tuple[str, str | None] | None:
-        value = self._items.pop(reservation_id, None)
-        if value is None:
-            return None
-        feature, _, user = value.partition("|")
-        return feature, user or None
+    def pop(self, reservation_id: str) -> bool:
+        """True if this process made it (and had not forgotten it yet)."""
+        return self._items.pop(reservation_id, False) is None

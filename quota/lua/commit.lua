@@ -2,44 +2,43 @@
 -- full, even above the estimate) in one step, append the usage event. Idempotent:
 -- a settled reservation is a no-op.
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month  KEYS[5] = shard stream
--- KEYS[6] = open reservations (zset)  KEYS[7] = the reservation
--- KEYS[8] = request-id marker (only when a request id is given)
--- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = reservation hex id
--- ARGV[3] = total tokens  ARGV[4] = the event's "id|port"
--- ARGV[5] = the event's "provider|model|in|out|req" (the reservation adds user and feature)
+-- KEYS[6] = open reservations (zset)  KEYS[7] = lapsed reservations (zset)
+-- KEYS[8] = the reservation's settled marker
+-- KEYS[9] = request-id marker (only when a request id is given)
+-- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = its member, "<32 hex>:<tokens>"
+-- ARGV[3] = total tokens  ARGV[4] = feature
+-- ARGV[5] = the event: "id|port|user|feature|provider|model|in|out|req"
 -- ARGV[6] = request-id marker ttl s  ARGV[7] = seconds a settled reservation is remembered
 -- ARGV[8] = '1' to count even when the budget copy is missing (Postgres is down)
 -- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
 --   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
-local value = redis.call('GET', KEYS[7])
-if not value then
-  return '-3'
-end
-local tokens, feature, user, state = parse_reservation(value)
-if state ~= 'open' then
-  return usage_reply('2', -1, '0', '0')
-end
+
 -- The budget copy alone: the holds are not read. Another reservation's ended lease
--- is returned by the next reserve (check already leaves it out), and this one's hold
--- by the ZREM below, unless a purge returned it first (then lease_expired).
+-- is returned by the next reserve (check already leaves it out).
 local b = read_cfg()
 if not b and ARGV[8] ~= '1' then
   return '-1'
 end
 -- Nothing is written before the event: its id's time decides the period (lib.lua).
-local id, now = append_event(KEYS[5], ARGV[4] .. '|' .. user .. '|' .. feature .. '|' .. ARGV[5])
+local id, now = append_event(KEYS[5], ARGV[5])
 local bad = clock_guard(now)
 if bad then
   redis.call('XDEL', KEYS[5], id)
   return bad
 end
-local lease_expired = return_hold(KEYS[6], ARGV[2], tokens) and '0' or '1'
-settle_reservation(KEYS[7], tokens, feature, user, 'committed', ARGV[7])
-if KEYS[8] and not redis.call('SET', KEYS[8], '1', 'NX', 'EX', ARGV[6]) then
+local lease_expired = settle(KEYS[6], KEYS[7], ARGV[2], KEYS[8], 'committed', ARGV[7])
+if not lease_expired then
+  redis.call('XDEL', KEYS[5], id)  -- nothing to count
+  if redis.call('EXISTS', KEYS[8]) == 1 then
+    return usage_reply('2', -1, '0', '0')
+  end
+  return '-3'
+end
+if KEYS[9] and not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ARGV[6]) then
   redis.call('XDEL', KEYS[5], id)  -- the request id was counted before: not again
   return usage_reply('2', -1, '0', lease_expired)
 end
-local used = add_usage(feature, ARGV[3], ARGV[3] + 0, b)
+local used = add_usage(ARGV[4], ARGV[3], ARGV[3] + 0, b)
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)
 end

@@ -184,10 +184,24 @@ local function live_held(b, open_key, now)
   return string.format('%d', b.held - expired(open_key, now))
 end
 
--- Return ended leases' holds to the budget, move "next" on and push the open set's
--- expiry OPEN_SET_MS ahead (bounded per call; reserve's). Leaves b.next a number
--- whenever something is held.
-local function purge_expired(b, open_key, now)
+-- Remember reservations whose lease ended, their hold returned, for `ms` more: a late
+-- commit still counts its usage (lease_expired) and a late release is still known.
+-- The set outlives its newest entry by nothing: every entry is forgotten by then.
+local function lapse(lapsed_key, gone, now, ms)
+  local forget = string.format('%d', now + ms)
+  local args = {}
+  for i = 1, #gone do
+    args[2 * i - 1], args[2 * i] = forget, gone[i]
+  end
+  redis.call('ZREMRANGEBYSCORE', lapsed_key, '-inf', string.format('%d', now))
+  redis.call('ZADD', lapsed_key, unpack(args))
+  redis.call('PEXPIREAT', lapsed_key, forget)
+end
+
+-- Return ended leases' holds to the budget (their reservations lapse), move "next" on
+-- and push the open set's expiry OPEN_SET_MS ahead (bounded per call; reserve's).
+-- Leaves b.next a number whenever something is held.
+local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
   if b.held == 0 then
     return 0
   end
@@ -198,6 +212,7 @@ local function purge_expired(b, open_key, now)
   local freed, gone = expired(open_key, now)
   if #gone > 0 then
     redis.call('ZREM', open_key, unpack(gone))
+    lapse(lapsed_key, gone, now, lapsed_ms)
   end
   local first = redis.call('ZRANGE', open_key, 0, 0, 'WITHSCORES')
   if #first == 0 then
@@ -282,25 +297,22 @@ local function soft_alert(b, used)
   return true
 end
 
--- A reservation is one string: "<tokens>|<feature>|<user>|<state>".
-local function parse_reservation(value)
-  return string.match(value, '^(%d+)|([^|]*)|([^|]*)|(%a+)$')
-end
-
--- Take an open reservation's hold back: its open-set member ("<hex>:<tokens>") out,
--- its tokens off 'held'. False if a purge had returned it already (its lease ended).
-local function return_hold(open_key, hex, tokens)
-  if redis.call('ZREM', open_key, hex .. ':' .. tokens) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'held', '-' .. tokens)
-    return true
+-- Settle a reservation (commit, release) by its member, "<32 hex>:<tokens>": out of
+-- the open set with its tokens off 'held', or out of the lapsed set (a purge returned
+-- its hold when its lease ended), then remembered as `state` for `ttl` seconds, so
+-- that a repeated commit or release is a no-op. Returns '0' if it was open, '1' if it
+-- had lapsed, nil if neither: settled already (settled_key exists) or unknown.
+local function settle(open_key, lapsed_key, member, settled_key, state, ttl)
+  local lapsed = '0'
+  if redis.call('ZREM', open_key, member) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. string.sub(member, 34))
+  elseif redis.call('ZREM', lapsed_key, member) == 1 then
+    lapsed = '1'
+  else
+    return nil
   end
-  return false
-end
-
--- Mark a reservation settled ("committed" or "released"): remembered `ttl` seconds,
--- so that a repeated commit or release is a no-op rather than an unknown id.
-local function settle_reservation(key, tokens, feature, user, state, ttl)
-  redis.call('SET', key, tokens .. '|' .. feature .. '|' .. user .. '|' .. state, 'EX', ttl)
+  redis.call('SET', settled_key, state, 'EX', ttl)
+  return lapsed
 end
 
 -- Append the usage event to the shard's stream: one field, 'e' =

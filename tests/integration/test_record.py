@@ -199,13 +199,20 @@ def test_commit_during_a_redis_outage_goes_to_postgres(
     settings: Settings, gate: Gate, pg: Engine, r: redis.Redis
 ) -> None:
     d = gate.reserve("p", 100, "vision", user_id="dan")
+    with Gate(settings) as elsewhere:  # another process's: its id says feature and user
+        e = elsewhere.reserve("p", 50, "chat", user_id="eve")
     assert d.reservation_id
+    assert e.reservation_id
     # Same process, Redis now gone: its connections are dropped by the server, and new
     # ones go to a port where nothing listens.
     gate.redis.connection_pool.connection_kwargs.update(port=1, socket_connect_timeout=0.5)
     r.client_kill_filter(_type="normal", skipme=True)
-    result = gate.commit(
-        d.reservation_id, input_tokens=30, output_tokens=3, provider="a", model="b"
-    )
-    assert (result.stored, result.backend) == (True, "postgres")
-    assert ledger_rows(pg) == [("p", "vision", 30, 3, 33, None, "dan", "direct")]
+    results = [
+        gate.commit(rid, input_tokens=30, output_tokens=3, provider="a", model="b")
+        for rid in (d.reservation_id, e.reservation_id)
+    ]
+    assert [(x.stored, x.backend) for x in results] == [(True, "postgres")] * 2
+    assert ledger_rows(pg) == [
+        ("p", "vision", 30, 3, 33, None, "dan", "direct"),
+        ("p", "chat", 30, 3, 33, None, "eve", "direct"),
+    ]

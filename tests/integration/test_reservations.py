@@ -71,7 +71,18 @@ def test_commit_and_release_twice_are_no_ops(capped: Gate) -> None:
 
 @pytest.mark.parametrize(
     "rid",
-    ["", "nope", "0" * 32 + ".p", "z" * 32 + ".p", "0" * 32 + "-p", "0" * 32 + ".bad port", 5],
+    [
+        "",
+        "nope",
+        "0" * 32 + "|100|ocr||p",  # well formed, never reserved
+        "z" * 32 + "|100|ocr||p",
+        "0" * 31 + "|100|ocr||p",
+        "0" * 32 + "|-1|ocr||p",
+        "0" * 32 + "|100|ocr||bad port",
+        "0" * 32 + "|100|ocr|p",
+        "0" * 32 + ".p",  # an id of the earlier format
+        5,
+    ],
 )
 def test_unknown_reservations_raise(capped: Gate, rid: object) -> None:
     with pytest.raises(UnknownReservation):
@@ -84,10 +95,18 @@ def test_unknown_reservations_raise(capped: Gate, rid: object) -> None:
 def test_a_reservation_id_cannot_reach_another_port(capped: Gate) -> None:
     d = capped.reserve("p", 100, "ocr")
     assert d.reservation_id is not None
-    forged = d.reservation_id.split(".")[0] + ".q"
+    forged = d.reservation_id.rsplit("|", 1)[0] + "|q"
     with pytest.raises(UnknownReservation):
         capped.release(forged)
+    # Nor take back more (or less) than it holds: its member names its tokens.
+    hex_id, _, rest = d.reservation_id.partition("|")
+    more = f"{hex_id}|1000|{rest.split('|', 1)[1]}"
+    with pytest.raises(UnknownReservation):
+        capped.release(more)
+    with pytest.raises(UnknownReservation):
+        commit(capped, more, 5)
     assert capped.status("p").reserved_tokens == 100
+    assert capped.current_period_tokens("p") == 0
 
 
 def test_a_resent_reserve_holds_once(capped: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +141,41 @@ def test_lease_expiry_returns_the_held_tokens(settings: object, capped: Gate) ->
         assert late.lease_expired  # type: ignore[attr-defined]
         assert short.status("p").reserved_tokens == 1000
         assert short.current_period_tokens("p") == 5
+
+
+def test_a_lapsed_reservation_is_known_until_forgotten(capped: Gate, r: redis.Redis) -> None:
+    """A purge returns an ended lease's hold; the reservation is then remembered as
+    long as a settled one: released once, then a no-op; forgotten afterwards."""
+    settings = capped.settings.model_copy(update={"lease_seconds": 0.2, "settled_seconds": 1})
+    pk = capped.layout.for_port("p")
+    with Gate(settings) as short:
+        a = short.reserve("p", 300, "ocr")
+        b = short.reserve("p", 300, "ocr")
+        time.sleep(0.3)
+        assert short.reserve("p", 10, "ocr").reserved_tokens == 10  # the purge
+        assert r.zcard(pk.lapsed) == 2
+        assert short.release(a.reservation_id or "") is True  # late, but known
+        assert short.release(a.reservation_id or "") is False
+        assert commit(short, a.reservation_id, 5).duplicate  # type: ignore[attr-defined]
+        assert short.status("p").reserved_tokens == 10  # nothing returned twice
+        assert r.zcard(pk.lapsed) == 1
+        time.sleep(1.3)  # b's memory, and the lapsed set with it, are gone
+        assert r.exists(pk.lapsed) == 0
+        with Gate(settings) as elsewhere, pytest.raises(UnknownReservation):
+            commit(elsewhere, b.reservation_id, 5)
+        assert short.current_period_tokens("p") == 0
+
+
+def test_a_commit_that_counts_nothing_leaves_no_event(capped: Gate, r: redis.Redis) -> None:
+    d = capped.reserve("p", 100, "ocr")
+    commit(capped, d.reservation_id, 10)
+    stream = capped.layout.for_port("p").stream
+    events = r.xlen(stream)
+    assert commit(capped, d.reservation_id, 10).duplicate  # type: ignore[attr-defined]
+    with Gate(capped.settings) as elsewhere, pytest.raises(UnknownReservation):
+        commit(elsewhere, "0" * 32 + "|100|ocr||p", 10)
+    assert r.xlen(stream) == events
+    assert capped.current_period_tokens("p") == 10
 
 
 def test_a_commit_after_its_lease_returns_the_hold_once(capped: Gate) -> None:
@@ -192,14 +246,13 @@ def test_a_reservation_redis_lost_is_still_counted_by_its_process(
 ) -> None:
     d = capped.reserve("p", 100, "ocr", user_id="erin")
     assert d.reservation_id
-    hex_id, _ = d.reservation_id.split(".", 1)
-    r.delete(capped.layout.for_port("p").reservation(hex_id))  # as after a flush
+    r.delete(capped.layout.for_port("p").open)  # as after a flush
     result = commit(capped, d.reservation_id, 70)
     assert result.stored  # type: ignore[attr-defined]
     assert capped.current_period_tokens("p") == 70
     # Another process (another gate) cannot vouch for it: still an unknown reservation.
     other = capped.reserve("p", 10, "ocr")
     assert other.reservation_id
-    r.delete(capped.layout.for_port("p").reservation(other.reservation_id.split(".")[0]))
+    r.delete(capped.layout.for_port("p").open)
     with Gate(capped.settings) as elsewhere, pytest.raises(UnknownReservation):
         commit(elsewhere, other.reservation_id, 5)

@@ -19,8 +19,9 @@ def all_keys(port: str, request_id: str) -> set[str]:
     return {
         pk.budget,
         pk.open,
+        pk.lapsed,
         *pk.usage_all(windows),
-        pk.reservation("0" * 32),
+        pk.settled("0" * 32),
         pk.idempotency(request_id),
     }
 

@@ -1,4 +1,4 @@
-"""What a process remembers of its own reservations, for commit's fallback."""
+"""Which reservations this process made, for commit's fallback."""
 
 from __future__ import annotations
 
@@ -7,26 +7,21 @@ import threading
 from quota.reservations import RecentReservations
 
 
-def test_feature_and_user_come_back_once() -> None:
+def test_an_id_comes_back_once() -> None:
     recent = RecentReservations(10)
-    recent.add("a.p", "ocr", "erin@example.com")
-    recent.add("b.p", "chat", None)
-    assert recent.pop("a.p") == ("ocr", "erin@example.com")
-    assert recent.pop("b.p") == ("chat", None)
-    assert recent.pop("a.p") is None
+    recent.add("a")
+    recent.add("b")
+    assert recent.pop("a") is True
+    assert recent.pop("b") is True
+    assert recent.pop("a") is False
+    assert recent.pop("never") is False
 
 
 def test_the_oldest_are_dropped_past_the_bound() -> None:
     recent = RecentReservations(3)
     for i in range(5):
-        recent.add(f"r{i}.p", f"f{i}", None)
-    assert [recent.pop(f"r{i}.p") for i in range(5)] == [
-        None,
-        None,
-        ("f2", None),
-        ("f3", None),
-        ("f4", None),
-    ]
+        recent.add(f"r{i}")
+    assert [recent.pop(f"r{i}") for i in range(5)] == [False, False, True, True, True]
 
 
 def test_threads_adding_at_once_keep_it_bounded() -> None:
@@ -34,12 +29,12 @@ def test_threads_adding_at_once_keep_it_bounded() -> None:
 
     def add(t: int) -> None:
         for i in range(2000):
-            recent.add(f"{t}-{i}.p", "ocr", None)
+            recent.add(f"{t}-{i}")
 
     threads = [threading.Thread(target=add, args=(t,)) for t in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    kept = [recent.pop(f"{t}-{i}.p") for t in range(8) for i in range(2000)]
-    assert 90 <= sum(k is not None for k in kept) <= 100
+    kept = [recent.pop(f"{t}-{i}") for t in range(8) for i in range(2000)]
+    assert 90 <= sum(kept) <= 100
