@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from typing import NamedTuple
 
 from quota import validation as v
-from quota._exceptions import QuotaError, UnknownReservation
+from quota._exceptions import UnknownReservation
 
-_HEX_LEN = 32
-_HEX_DIGITS = frozenset("0123456789abcdef")
+# One match checks every part of an id (charset and length, as validation would):
+# commit and release parse one per call.
+_RESERVATION_ID = re.compile(
+    rf"([0-9a-f]{{32}})\|([0-9]{{1,13}})\|({v.ID_CHAR}{{1,{v.FEATURE_MAX}}})\|"
+    rf"({v.ID_CHAR}{{0,{v.LABEL_MAX}}})\|({v.ID_CHAR}{{1,{v.PORT_MAX}}})"
+)
 
 
 class ReservationRef(NamedTuple):
@@ -37,26 +42,10 @@ def reservation_id(hex_id: str, tokens: int, feature: str, user_id: str | None, 
 
 def parse_reservation_id(value: object) -> ReservationRef:
     """The parts of a reservation id; anything malformed is an unknown reservation."""
-    if not isinstance(value, str):
+    m = _RESERVATION_ID.fullmatch(value) if isinstance(value, str) else None
+    if m is None or int(m[2]) > v.MAX_TOKENS:
         raise UnknownReservation(f"not a reservation id: {value!r:.200}")
-    parts = value.split("|")
-    try:
-        if len(parts) != 5:
-            raise ValueError
-        hex_id, tokens, feature, user, port = parts
-        if len(hex_id) != _HEX_LEN or not _HEX_DIGITS.issuperset(hex_id):
-            raise ValueError
-        if not tokens.isdigit():
-            raise ValueError
-        return ReservationRef(
-            hex_id,
-            v.tokens("tokens", int(tokens)),
-            v.feature(feature),
-            v.user_id(user or None),
-            v.port_id(port),
-        )
-    except (ValueError, QuotaError):
-        raise UnknownReservation(f"not a reservation id: {value!r:.200}") from None
+    return ReservationRef(m[1], int(m[2]), m[3], m[4] or None, m[5])
 
 
 class RecentReservations:

@@ -6,7 +6,10 @@ import re
 
 from quota._exceptions import InvalidInput
 
-_ID_RE = re.compile(r"[A-Za-z0-9._:@/-]+")
+#: The characters of every identifier (ports, features, users, labels): no "|", which
+#: joins fields on the wire and in reservation ids.
+ID_CHAR = "[A-Za-z0-9._:@/-]"
+_ID_RE = re.compile(ID_CHAR + "+")
 #: Per-call token counts above this are certainly a bug (a trillion tokens), and
 #: keeping every sum far below 2**53 keeps Lua's doubles exact.
 MAX_TOKENS = 10**12

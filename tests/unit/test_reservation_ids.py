@@ -39,6 +39,10 @@ def test_an_id_reads_back_as_made(
         "0" * 32 + "|1|o cr|u|p",
         "A" * 32 + "|1|ocr|u|p",  # upper case is not what reserve writes
         "0" * 32 + f"|{10**13}|ocr|u|p",
+        "0" * 32 + "|\u0661|ocr|u|p",  # a digit, but not an ASCII one
+        "0" * 32 + "|1|" + "f" * 65 + "|u|p",
+        "0" * 32 + "|1|ocr|" + "u" * 129 + "|p",
+        "0" * 32 + "|1|ocr|u|" + "p" * 129,
     ],
 )
 def test_malformed_ids_are_unknown_reservations(value: object) -> None:
