@@ -25,7 +25,7 @@ Section = Callable[[Settings, redis.Redis, bool], list[Row]]
 SECTIONS: dict[str, Section] = {
     "sequential": lambda s, c, q: hotpath.bench_sequential(s, c, 2_000 if q else 20_000),
     "processes": lambda s, c, q: hotpath.bench_processes(
-        s, c, 0.5 if q else 8.0, rounds=2 if q else 8
+        s, c, 0.5 if q else 8.0, rounds=2 if q else 16
     ),
     "batched": lambda s, c, q: hotpath.bench_batched(s, c, 3 if q else 50),
     "limits": lambda s, c, q: peers.bench_limits(s, c, 500 if q else 10_000),
@@ -47,19 +47,24 @@ NOTES = """
 
 - **ratio** compares a row with the first row of its group, measured in the same run:
   the raw EVALSHA baseline (sequential, processes), `limits`' FixedWindow (peers), the
-  same check on an empty ledger (seed), the trivial script (server).
-- **sequential**: one process, one connection, 5 interleaved rounds per operation (so a
-  slow patch of the shared machine hits all alike). `reserve` holds tokens under a
-  lease; `commit` settles those same reservations.
+  same check on an empty ledger (seed), the trivial script (server). Where rows run in
+  interleaved rounds (sequential, processes, peers) the ratio is paired: each round
+  measures every operation back to back, and the ratio is the median over the rounds
+  of the round's own ratio, so a slow patch of the shared machine (they last seconds
+  to minutes, and move a whole run's figures by ±20 %) divides out of each round
+  rather than landing on one operation; the value column is the throughput over all
+  rounds, so value over the baseline's value can differ from the ratio by a little.
+- **sequential**: one process, one connection, 20 interleaved rounds of 1,000 calls per
+  operation. `reserve` holds tokens under a lease; `commit` settles those same
+  reservations.
 - **4 processes**: four processes run each operation at the same time, over 1,000
-  ports, in 8 interleaved rounds of one second (as the sequential rows, so that a slow
-  patch of the machine hits all operations alike); throughput is their sum, the
+  ports, in 16 interleaved rounds of half a second; throughput is their sum, the
   median over the rounds.
 - **batched**: `gate.check_many` with 1,000 ports per call (one script per shard,
   pipelined: one round trip).
 - **peers**: `limits` keeps one counter per window; a quota reservation checks the hard
   cap with open holds, keeps a lease, counts day, week and month and per feature, and
-  its commit appends the ledger event. The four run in 5 interleaved rounds, as the
+  its commit appends the ledger event. The four run in 20 interleaved rounds, as the
   sequential rows; the reserves are not committed, so the port's open set grows to
   10,000 holds over the run. The seed's check reads the budget and SUMs the
   port's ledger rows of the period in Postgres, so it grows with the ledger while

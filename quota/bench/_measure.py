@@ -6,7 +6,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +33,10 @@ class Row:
     ratio: float | None = None  # value / the baseline's value, measured in the same run
     note: str = ""
 
-    def against(self, baseline: Row) -> Row:
-        return replace(self, ratio=self.value / baseline.value)
+    def against(self, baseline: Row, ratio: float | None = None) -> Row:
+        """This row with its ratio to ``baseline``: ``ratio`` if given (a paired one,
+        see `paired_ratio`), else the ratio of the two values."""
+        return replace(self, ratio=self.value / baseline.value if ratio is None else ratio)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,15 @@ class Timing:
     per_second: float
     p50_us: float
     p99_us: float
+    rounds: tuple[float, ...] = ()  # calls/s in each interleaved round, in order
+
+
+def paired_ratio(rates: Sequence[float], baseline: Sequence[float]) -> float:
+    """The median over interleaved rounds of each round's ratio. The two were measured
+    back to back within a round, so a slow patch of the shared machine, which lasts
+    seconds to minutes, divides out of each round's ratio instead of landing on one
+    operation's total."""
+    return statistics.median(a / b for a, b in zip(rates, baseline, strict=True))
 
 
 def time_calls(fn: Callable[[], object], calls: int, warmup: int = 200) -> Timing:
@@ -65,7 +76,7 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = 200) -> Timin
 
 
 def interleaved(
-    ops: dict[str, Callable[[], object]], calls: int, rounds: int = 5
+    ops: dict[str, Callable[[], object]], calls: int, rounds: int = 20
 ) -> dict[str, Timing]:
     """Each operation ``calls`` times, in ``rounds`` alternating blocks so that a slow
     patch of the machine hits all of them alike; latencies merged over the rounds."""
@@ -78,6 +89,7 @@ def interleaved(
             sum(t.per_second for t in ts) / len(ts),
             sorted(t.p50_us for t in ts)[len(ts) // 2],
             max(t.p99_us for t in ts),
+            tuple(t.per_second for t in ts),
         )
         for name, ts in per.items()
     }

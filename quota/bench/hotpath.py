@@ -13,7 +13,7 @@ from multiprocessing.synchronize import Barrier
 
 import redis
 
-from quota.bench._measure import Row, fmt, interleaved, reset, time_calls
+from quota.bench._measure import Row, fmt, interleaved, paired_ratio, reset, time_calls
 from quota.gate import Gate
 from quota.settings import Settings
 
@@ -95,16 +95,8 @@ def bench_sequential(settings: Settings, client: redis.Redis, calls: int) -> lis
     rows = [base]
     for name in ("check", "reserve", "commit", "record"):
         t = timings[name]
-        rows.append(
-            Row(
-                "sequential",
-                NAMES[name],
-                t.per_second,
-                "calls/s",
-                t.p50_us,
-                t.p99_us,
-            ).against(base)
-        )
+        row = Row("sequential", NAMES[name], t.per_second, "calls/s", t.p50_us, t.p99_us)
+        rows.append(row.against(base, paired_ratio(t.rounds, timings["baseline"].rounds)))
     return rows
 
 
@@ -193,9 +185,12 @@ def bench_processes(
     for p in procs:
         p.join()
     rows: list[Row] = []
+    baseline: list[float] = []
     for name in ("baseline", "check", "reserve", "commit", "record"):
         per = [r[name] for r in results]
-        totals = sorted(sum(st.rates[i] for st in per) for i in range(rounds))
+        by_round = [sum(st.rates[i] for st in per) for i in range(rounds)]
+        baseline = baseline or by_round
+        totals = sorted(by_round)
         lat = sorted(x for st in per for x in st.latencies)
         calls = sum(st.calls for st in per)
         client_us = sum(st.cpu_s for st in per) / calls * 1e6
@@ -211,7 +206,7 @@ def bench_processes(
             f"{fmt(totals[-1])}; CPU per call: clients {fmt(client_us)} µs, Redis "
             f"{fmt(redis_us)} µs",
         )
-        rows.append(row if not rows else row.against(rows[0]))
+        rows.append(row if not rows else row.against(rows[0], paired_ratio(by_round, baseline)))
     return rows
 
 

@@ -11,7 +11,7 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from sqlalchemy import text
 
-from quota.bench._measure import Row, interleaved, reset, timed_row
+from quota.bench._measure import Row, interleaved, paired_ratio, reset, timed_row
 from quota.bench.hotpath import budgets
 from quota.gate import Gate
 from quota.periods import period_start
@@ -54,8 +54,12 @@ def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Ro
             "limits MovingWindow hit(cost=15)",
             "cost 15: the moving window stores one entry per unit of cost",
         ),
-        row("check", "gate.check (same run)").against(fixed_row),
-        row("reserve", "gate.reserve (same run)").against(fixed_row),
+        row("check", "gate.check (same run)").against(
+            fixed_row, paired_ratio(t["check"].rounds, t["fixed"].rounds)
+        ),
+        row("reserve", "gate.reserve (same run)").against(
+            fixed_row, paired_ratio(t["reserve"].rounds, t["fixed"].rounds)
+        ),
     ]
 
 
