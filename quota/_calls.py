@@ -110,10 +110,29 @@ class ScriptCaller:
                 self._all.discard(wire)
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """FCALL ``op`` once and return its reply (see `call_each` for the rules)."""
-        replies: list[Any] = []
-        self.call_each(op, lambda: ((keys, args),), lambda _, reply: replies.append(reply))
-        return replies[0]
+        """FCALL ``op`` once and return its reply, by `call_each`'s rules. The hot path's
+        own loop: through call_each's closures and generator a single call costs the
+        client ~3.4k more instructions (~10 % of the call; counted with callgrind)."""
+        name = self._library.functions[op]
+        for attempt in range(3):
+            try:
+                wire = self._wire()
+                wire.send(hiredis.pack_command(("FCALL", name, len(keys), *keys, *args)))
+                reply = wire.read()
+            except redis.exceptions.TimeoutError:
+                self._drop()
+                raise
+            except redis.exceptions.ConnectionError:
+                self._drop()
+                if attempt == 2:
+                    raise
+                continue
+            if not isinstance(reply, redis.exceptions.ResponseError):
+                return reply
+            if not is_missing(reply):
+                raise reply
+            self._library.load(self._client)
+        raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
 
     def call_each(
         self,
