@@ -355,6 +355,7 @@ class Gate:
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
+        marker_ttl = (self.settings.idempotency_seconds,) if req else ()
         # The stream entry's values (quota/entries.py).
         values = f"{event_id}|{port}|{user or ''}|{feature}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
@@ -376,9 +377,9 @@ class Gate:
                     tin + tout,
                     feature,
                     values,
-                    self.settings.idempotency_seconds,
                     self.settings.settled_seconds,
                     "1" if count_without_budget else "0",
+                    *marker_ttl,
                 ),
                 load_budget=not count_without_budget,
             )
@@ -437,6 +438,7 @@ class Gate:
         req = v.request_id(request_id)
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
+        marker_ttl = (self.settings.idempotency_seconds,) if req else ()
         # The stream entry's values (quota/entries.py).
         values = f"{event_id}|{pk.port}|{user or ''}|{feat}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
 
@@ -445,13 +447,7 @@ class Gate:
                 "record",
                 pk,
                 lambda w: (pk.budget, *self._usage_keys(pk, w), pk.stream, *marker),
-                (
-                    feat,
-                    tin + tout,
-                    values,
-                    self.settings.idempotency_seconds,
-                    "1" if count_without_budget else "0",
-                ),
+                (feat, tin + tout, values, "1" if count_without_budget else "0", *marker_ttl),
                 load_budget=not count_without_budget,
             )
 

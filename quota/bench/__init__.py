@@ -178,59 +178,68 @@ ANALYSIS = """
   socket is blocking with its timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
   CPython polls before every send and recv on a socket with a timeout, and those two
   extra system calls cost ~2-3 µs of CPU and ~4 µs of wall time per call; replies are
-  read into one reusable buffer. The Python around the call costs 5-7 µs (validation,
-  keys, the Decision, metrics); the rest of the client's ~20-35 µs of CPU per call is
-  the two system calls and waking up. The baseline row keeps plain `redis.evalsha`,
-  which is what users of redis-py pay.
+  read into one reusable buffer, and a single call runs its own short retry loop
+  (~3.4k fewer client instructions than the batch path's closures). The Python around
+  the call costs 5-10 µs (validation, keys, the Decision or UsageResult, metrics); the
+  rest of the client's 20-45 µs of CPU per call is the two system calls and waking up.
+  The baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
 - **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
   function call costs ~10k instructions before it runs, ~1.3k per key or argument,
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
   field ~2.5k), ~5k for a table reply where a string costs 0.3k, ~2-4k per number
-  turned into a string. A reserve is TIME, HMGET (3 fields), HGET, SET NX PX, ZADD and
-  HINCRBY with 12 keys and arguments; a commit GET, HGET, XADD, ZREM, HINCRBY, SET
-  and six HINCRBYs (total and feature, in each of the three periods) with 15.
-- **What cut it** (instructions per call; 7027e60 → b16d438 → now: check 110k → 72k →
-  62k, reserve 171k → 121k → 105k, commit 243k → 191k → 147k, record 191k → 143k →
-  99k): one function library instead of EVALSHA scripts; one clock argument; the budget
-  copy as one field passed through; then replies as one '|'-joined string instead of a
-  table; one shared Lua table for the budget instead of a fresh one per call; parsed
-  budget copies memoised by their string (bounded; budgets repeat across ports); stream
-  entries as one packed field, sent pre-joined by the client (XADD and the FCALL cost
-  per argument); commit and record taking the event's time from its stream id (XADD
-  stamps it with the server's clock) instead of a TIME call; commit and record reading
-  only the budget copy (commit leaves other reservations' ended leases to the next
-  reserve), and the soft-alert marker read only above the soft cap; arguments the
-  client can join (reservation value, open-set member, event) sent joined.
+  turned into a string; creating a key with an expiry (`SET NX PX`) ~13k. A reserve
+  is TIME, HMGET (3 fields), HGET, ZADD NX and HINCRBY with 11 keys and arguments; a
+  commit HGET, XADD, ZREM, HINCRBY, SET and six HINCRBYs (total and feature, in each
+  of the three periods) with 16.
+- **What cut it** (instructions per call; 7027e60 → b16d438 → 82e1d9a → now: check
+  110k → 72k → 62k → 62k, reserve 171k → 121k → 105k → 91k, commit 243k → 191k → 147k
+  → 138k, record 191k → 143k → 99k → 99k): one function library instead of EVALSHA
+  scripts; one clock argument; the budget copy as one field passed through; then
+  replies as one '|'-joined string instead of a table; one shared Lua table for the
+  budget instead of a fresh one per call; parsed budget copies memoised by their
+  string (bounded; budgets repeat across ports); stream entries as one packed field,
+  sent pre-joined by the client (XADD and the FCALL cost per argument); commit and
+  record taking the event's time from its stream id (XADD stamps it with the server's
+  clock) instead of a TIME call; commit and record reading only the budget copy, and
+  the soft-alert marker read only above the soft cap; arguments the client can join
+  sent joined. Last, a reservation is only its member of the port's open set: its id
+  (`<hex>|<tokens>|<feature>|<user>|<port>`) carries what commit needs, so reserve
+  creates no key (its SET NX PX was ~15k of 106k) and commit reads none (no GET); an
+  ended lease's member moves to a lapsed set on the purge, so late commits and
+  releases still find it.
 - **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
-  spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), against 1-12
-  µs in the functions, and a client ~20-27 µs, mostly in its two system calls. In
-  the last runs a call cost ~42 µs for the baseline, ~35 for a check, ~45 for a
-  reserve, ~41 for a record and ~50 for a commit: by CPU alone reserve would reach
-  ~0.92× and commit ~0.84×; every row measures ~0.1-0.15 below that (check too), as
-  clients wait on the one Redis thread, most for the longer functions. These rows
-  also move with the VM's neighbours, by up to ±0.1 between runs an hour apart (the
-  notes give each row's range over its rounds): for reserve and commit the 0.8× goal
-  is met on some runs of the same code and missed on others.
+  spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), a client
+  33-45 µs, mostly in its two system calls and the scheduler. In this run a call cost
+  65 µs of CPU for the baseline, 57 for a check, 68 for a reserve, 64 for a record and
+  79 for a commit: by CPU alone commit would reach ~0.82×, and it measures a little
+  below that, as clients wait on the one Redis thread longest for the longest
+  function. Commit sits at the 0.8× goal: met on some runs, missed by ~0.01-0.05 on
+  others.
+- **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
+  for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
+  the sequential, four-process and peers ratios are the median over interleaved
+  rounds of each round's own ratio (see "How to read these"); before, a slow patch
+  that fell on one operation's slice moved its ratio alone.
 - **What is left.** Commit's floor is its work: three periods × (total + feature)
-  counters, the hold, the settled marker and the event are 12 commands. Moving more
-  changes the data layout or the contract: the budget period's running total in the
-  port hash (drops the usage HGET and a key from check and reserve, adds a write to
-  commit and record); reservations in one hash per port (drops reserve's SET of a new
-  key with an expiry, but settled ones then need their own expiry); sending only the
-  budget period's usage key to check and reserve (the client learns the period; ~2.6k).
-- **Same machine, same hour** (`quota bench --only processes --only sequential --only
-  batched --only drain`, this session's start b16d438 and this commit alternating,
-  twice each): four processes check 1.07/1.07× → 1.16/1.09×, reserve 0.74/0.65× →
-  0.82/0.82×, commit 0.60/0.57× → 0.74/0.69×, record 0.77/0.71× → 0.93/0.90×;
-  sequential check 1.00/0.98× → 1.03/1.06×, reserve 0.90/0.88× → 0.93/0.97×, commit
-  0.82/0.83× → 0.87/0.92×, record 0.90/0.88× → 0.95/0.95×; check_many unchanged
-  (~230,000 decisions/s: the client's per-port work bounds it); one drain process
-  68,372/69,040 → 80,458/85,526 events/s (packed entries).
-- **Absolute targets follow the machine.** check_many, the drain and the lag are Redis-
-  or Postgres-bound on 2 shared cores; compare this run's baseline (calls/s of the
-  trivial script) with another run's before comparing those rows.
+  counters, the hold, the settled marker and the event are 11 commands, and each
+  remaining one is what makes it correct (the settled marker is what makes a retried
+  commit count once). Moving more changes the data layout or the contract: the budget
+  period's running total in the port hash (drops the usage HGET and a key from check
+  and reserve, adds a write to commit and record); per-feature counters only, with the
+  total summed on read (drops three HINCRBYs from commit and record, makes check and
+  status O(features)); sending only the budget period's usage key to check and
+  reserve (the client learns the period; ~2.6k).
+- **This machine varies by day.** On 2026-11-26 the VM ran the same Redis 7.0.15
+  binary ~3× slower per sequential call than on 2026-11-25 (trivial script 4-8 µs of
+  Redis time per call against 1.5; 1.9 µs when pipelined, so the cost is in waking
+  an idle Redis, not in the script), and the client's round trip ~1.5× slower. Ratios
+  hold across such days; absolute rows (Redis µs per reserve, check_many, the drain,
+  the lag) do not: compare this run's baseline with another run's before comparing
+  them. Old (82e1d9a) and new code alternating twice that day: sequential reserve
+  0.86/0.78× → 0.85/0.92×, four processes reserve 0.80/0.87× → 0.83/0.94×, commit
+  0.70/0.74× → 0.64/0.76× (unpaired ratios, which is why they are paired now).
 """
 
 

@@ -8,15 +8,16 @@
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = its member, "<32 hex>:<tokens>"
 -- ARGV[3] = total tokens  ARGV[4] = feature
 -- ARGV[5] = the event: "id|port|user|feature|provider|model|in|out|req"
--- ARGV[6] = request-id marker ttl s  ARGV[7] = seconds a settled reservation is remembered
--- ARGV[8] = '1' to count even when the budget copy is missing (Postgres is down)
+-- ARGV[6] = seconds a settled reservation is remembered
+-- ARGV[7] = '1' to count even when the budget copy is missing (Postgres is down)
+-- ARGV[8] = request-id marker ttl s (only with KEYS[9]: each argument costs)
 -- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
 --   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
 
 -- The budget copy alone: the holds are not read. Another reservation's ended lease
 -- is returned by the next reserve (check already leaves it out).
 local b = read_cfg()
-if not b and ARGV[8] ~= '1' then
+if not b and ARGV[7] ~= '1' then
   return '-1'
 end
 -- Nothing is written before the event: its id's time decides the period (lib.lua).
@@ -26,7 +27,7 @@ if bad then
   redis.call('XDEL', KEYS[5], id)
   return bad
 end
-local lease_expired = settle(KEYS[6], KEYS[7], ARGV[2], KEYS[8], 'committed', ARGV[7])
+local lease_expired = settle(KEYS[6], KEYS[7], ARGV[2], KEYS[8], 'committed', ARGV[6])
 if not lease_expired then
   redis.call('XDEL', KEYS[5], id)  -- nothing to count
   if redis.call('EXISTS', KEYS[8]) == 1 then
@@ -34,7 +35,7 @@ if not lease_expired then
   end
   return '-3'
 end
-if KEYS[9] and not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ARGV[6]) then
+if KEYS[9] and not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ARGV[8]) then
   redis.call('XDEL', KEYS[5], id)  -- the request id was counted before: not again
   return usage_reply('2', -1, '0', lease_expired)
 end
