@@ -211,12 +211,12 @@ ANALYSIS = """
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
   spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), a client
-  33-45 µs, mostly in its two system calls and the scheduler. In this run a call cost
-  65 µs of CPU for the baseline, 57 for a check, 68 for a reserve, 64 for a record and
-  79 for a commit: by CPU alone commit would reach ~0.82×, and it measures a little
-  below that, as clients wait on the one Redis thread longest for the longest
-  function. Commit sits at the 0.8× goal: met on some runs, missed by ~0.01-0.05 on
-  others.
+  33-45 µs, mostly in its two system calls and the scheduler. In the full runs of
+  2026-11-26 a call cost ~65 µs of CPU for the baseline, ~57 for a check, ~68 for a
+  reserve, ~64 for a record and ~79 for a commit: by CPU alone commit would reach
+  ~0.82×, and it measures below that, as clients wait on the one Redis thread longest
+  for the longest function. Commit is the one hot-path row short of its goal: 0.69,
+  0.76, 0.79, 0.79 and 0.81× in five runs of the same code that day.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
