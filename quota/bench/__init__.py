@@ -215,8 +215,9 @@ ANALYSIS = """
   2026-11-26 a call cost ~65 µs of CPU for the baseline, ~57 for a check, ~68 for a
   reserve, ~64 for a record and ~79 for a commit: by CPU alone commit would reach
   ~0.82×, and it measures below that, as clients wait on the one Redis thread longest
-  for the longest function. Commit is the one hot-path row short of its goal: 0.69,
-  0.76, 0.79, 0.79 and 0.81× in five runs of the same code that day.
+  for the longest function. Commit is the one hot-path row that misses its goal on
+  some runs: 0.69, 0.76, 0.79, 0.79, 0.81 and 0.85× in six runs of the code of that
+  day (median 0.79×).
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
