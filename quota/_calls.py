@@ -26,6 +26,7 @@ from redis.connection import AbstractConnection
 from quota.scripts import Library, is_missing
 
 _READ_SIZE = 65536
+_WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class _Wire:
@@ -119,13 +120,8 @@ class ScriptCaller:
                 wire = self._wire()
                 wire.send(hiredis.pack_command(("FCALL", name, len(keys), *keys, *args)))
                 reply = wire.read()
-            except redis.exceptions.TimeoutError:
-                self._drop()
-                raise
-            except redis.exceptions.ConnectionError:
-                self._drop()
-                if attempt == 2:
-                    raise
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, attempt)
                 continue
             if not isinstance(reply, redis.exceptions.ResponseError):
                 return reply
@@ -177,14 +173,17 @@ class ScriptCaller:
                 if not missing:
                     return
                 self._library.load(self._client)
-            except redis.exceptions.TimeoutError:
-                self._drop()
-                raise
-            except redis.exceptions.ConnectionError:
-                self._drop()
-                if attempt == 2:
-                    raise
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, attempt)
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def _failed(self, exc: redis.exceptions.RedisError, attempt: int) -> None:
+        """A call's connection failed: drop it, then raise ``exc`` if it was a timeout
+        (the function may have run) or the third failure; else the caller retries on a
+        new connection."""
+        self._drop()
+        if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
+            raise exc
 
     def close(self) -> None:
         with self._lock:
