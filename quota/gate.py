@@ -63,7 +63,8 @@ _OK, _NOOP = "1", "2"
 _NO_BUDGET, _CLOCK, _UNKNOWN = "-1", "-2", "-3"
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
-# Reservations this process made, remembered for commit's Postgres fallback.
+# Reservations this process made, remembered so that a commit Redis calls unknown
+# (Redis lost it) is still counted.
 _LOCAL_RESERVATIONS = 100_000
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
