@@ -15,6 +15,9 @@ from workers import jobs
 
 settings = Settings()
 QUEUE = settings.queue
+# RQ keeps each cron job's history by name (rq:cron_job:<name>:jobs, rq:cron_jobs):
+# named "<prefix>:...", as the deployment's keys are (a prefix holds no ":"), two
+# deployments sharing a Redis keep apart there too, and forgetting a prefix finds them.
 
 for shard in range(settings.shards):
     cron.register(
@@ -22,7 +25,7 @@ for shard in range(settings.shards):
         QUEUE,
         args=(shard,),
         interval=1,
-        name=f"quota-drain-{shard}",
+        name=f"{QUEUE}:drain-{shard}",
         # A run waiting longer than this is dropped: the next one is right behind it,
         # so a slow worker never faces a pile of stale drains.
         ttl=10,
@@ -36,7 +39,7 @@ cron.register(
     jobs.reconcile,
     QUEUE,
     cron=f"{int(_minute)} {int(_hour)} * * *",
-    name="quota-reconcile",
+    name=f"{QUEUE}:reconcile",
     ttl=3600,
     job_timeout=3600,
     result_ttl=7 * 86400,

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from rq import Queue
+from rq import Queue, cron_job_registry
 from rq.cron import CronScheduler
 from sqlalchemy import Engine
 
 from quota import Gate, Settings
+from quota.housekeeping import forget_prefix
 from tests.conftest import ledger_totals, record_many
 
 
@@ -27,13 +28,34 @@ def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
     scheduler = CronScheduler(connection=redis.Redis.from_url(worker_env.redis_url))
     scheduler.load_config_from_file("workers.cron_config")
     jobs = {job.name: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {f"quota-drain-{s}" for s in range(4)} | {"quota-reconcile"}
+    prefix = worker_env.key_prefix  # names carry the deployment's prefix, as its queue
+    assert set(jobs) == {f"{prefix}:drain-{s}" for s in range(4)} | {f"{prefix}:reconcile"}
     for shard in range(4):
-        drain = jobs[f"quota-drain-{shard}"]
+        drain = jobs[f"{prefix}:drain-{shard}"]
         assert (drain.func_name, drain.args, drain.interval) == ("workers.jobs.drain", (shard,), 1)
         assert drain.queue_name == worker_env.key_prefix
         assert drain.job_options["ttl"] <= 10  # stale runs are dropped, never piled up
-    assert jobs["quota-reconcile"].cron == "7 2 * * *"
+    assert jobs[f"{prefix}:reconcile"].cron == "7 2 * * *"
+
+
+def test_forgetting_a_prefix_forgets_its_cron_history_only(
+    worker_env: Settings, r: redis.Redis
+) -> None:
+    """RQ keeps each cron job's enqueued runs by name; a deployment's names carry its
+    prefix, so forgetting the prefix (the tests, the demo, the bench) removes them."""
+    # A prefix that extends ours ("<ours>-x") is another deployment's.
+    ours, other = f"{worker_env.key_prefix}:drain-0", f"{worker_env.key_prefix}-x:drain-0"
+    for name in (ours, other):
+        cron_job_registry.add(name, r)
+        r.zadd(f"rq:cron_job:{name}:jobs", {"some-job-id": 1.0})
+    forget_prefix(r, worker_env.key_prefix)
+    names = cron_job_registry.get_names(r, cleanup=False)
+    assert ours not in names
+    assert not r.exists(f"rq:cron_job:{ours}:jobs")
+    assert other in names
+    assert r.exists(f"rq:cron_job:{other}:jobs")
+    forget_prefix(r, f"{worker_env.key_prefix}-x")
+    assert other not in cron_job_registry.get_names(r, cleanup=False)
 
 
 @pytest.fixture
