@@ -215,9 +215,9 @@ ANALYSIS = """
   2026-11-26 a call cost ~65 µs of CPU for the baseline, ~57 for a check, ~68 for a
   reserve, ~64 for a record and ~79 for a commit: by CPU alone commit would reach
   ~0.82×, and it measures below that, as clients wait on the one Redis thread longest
-  for the longest function. Commit is the one hot-path row that misses its goal on
-  some runs: 0.69, 0.76, 0.79, 0.79, 0.81 and 0.85× in six runs of the code of that
-  day (median 0.79×).
+  for the longest function. Commit is the hot-path row that misses its goal most:
+  0.69, 0.74, 0.76, 0.79, 0.79, 0.81 and 0.85× in seven runs of the code of that day
+  (median 0.79×); reserve against `limits` measured 0.99-1.10× in its four full runs.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
