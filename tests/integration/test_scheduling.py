@@ -38,17 +38,21 @@ def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
     assert jobs[f"{prefix}:reconcile"].cron == "7 2 * * *"
 
 
-def test_forgetting_a_prefix_forgets_its_cron_history_only(
+def test_forgetting_a_prefix_forgets_its_rq_state_only(
     worker_env: Settings, r: redis.Redis
 ) -> None:
-    """RQ keeps each cron job's enqueued runs by name; a deployment's names carry its
-    prefix, so forgetting the prefix (the tests, the demo, the bench) removes them."""
+    """RQ keeps each cron job's enqueued runs by name, and an intermediate queue under
+    the queue's key; a deployment's cron names carry its prefix, and its queue is named
+    after it, so forgetting the prefix (the tests, the demo, the bench) removes them."""
     # A prefix that extends ours ("<ours>-x") is another deployment's.
     ours, other = f"{worker_env.key_prefix}:drain-0", f"{worker_env.key_prefix}-x:drain-0"
     for name in (ours, other):
         cron_job_registry.add(name, r)
         r.zadd(f"rq:cron_job:{name}:jobs", {"some-job-id": 1.0})
+    seen = f"rq:queue:{worker_env.key_prefix}:intermediate:first_seen:some-job-id"
+    r.set(seen, 1.0, ex=60)
     forget_prefix(r, worker_env.key_prefix)
+    assert not r.exists(seen)
     names = cron_job_registry.get_names(r, cleanup=False)
     assert ours not in names
     assert not r.exists(f"rq:cron_job:{ours}:jobs")
