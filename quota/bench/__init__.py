@@ -233,14 +233,17 @@ ANALYSIS = """
   status O(features)); sending only the budget period's usage key to check and
   reserve (the client learns the period; ~2.6k).
 - **This machine varies by day.** On 2026-11-26 the VM ran the same Redis 7.0.15
-  binary ~3× slower per sequential call than on 2026-11-25 (trivial script 4-8 µs of
-  Redis time per call against 1.5; 1.9 µs when pipelined, so the cost is in waking
-  an idle Redis, not in the script), and the client's round trip ~1.5× slower. Ratios
-  hold across such days; absolute rows (Redis µs per reserve, check_many, the drain,
-  the lag) do not: compare this run's baseline with another run's before comparing
-  them. Old (82e1d9a) and new code alternating twice that day: sequential reserve
-  0.86/0.78× → 0.85/0.92×, four processes reserve 0.80/0.87× → 0.83/0.94×, commit
-  0.70/0.74× → 0.64/0.76× (unpaired ratios, which is why they are paired now).
+  binary ~3× slower than on 2026-11-25, and slower still as the day went on: the
+  trivial script took 4-8 µs of Redis time per sequential call against 1.5 (a pipelined
+  trivial EVAL 1.9 µs early that day), and under the four-process load late that day
+  the scripts themselves took 4.0 µs (trivial), 14 (check), 22 (reserve), 34 (commit)
+  and 23 (record) per call (commandstats; the four-process notes now give it); the
+  client's round trip was ~1.5-2× slower. Ratios hold across such days; absolute rows
+  (Redis µs per reserve, check_many, the drain, the lag) do not: compare this run's
+  baseline with another run's before comparing them. Old (82e1d9a) and new code
+  alternating twice that day: sequential reserve 0.86/0.78× → 0.85/0.92×, four
+  processes reserve 0.80/0.87× → 0.83/0.94×, commit 0.70/0.74× → 0.64/0.76× (unpaired
+  ratios, which is why they are paired now).
 """
 
 

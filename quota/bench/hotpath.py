@@ -108,12 +108,21 @@ class _OpStats:
     calls: int = 0
     cpu_s: float = 0.0  # this process's CPU time (user + system)
     redis_cpu_s: float = 0.0  # Redis's, while the operation ran (first process only)
+    script: tuple[float, float] = (0.0, 0.0)  # Redis µs and calls in the script command
     latencies: list[int] = field(default_factory=list)  # ns
 
 
 def _redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _script_time(client: redis.Redis, name: str) -> tuple[float, float]:
+    """Redis's µs and calls so far in the command ``name`` runs as (INFO commandstats):
+    the trivial script is an EVALSHA, the gate's operations FCALLs."""
+    command = "evalsha" if name == "baseline" else "fcall"
+    stat = client.info("commandstats").get(f"cmdstat_{command}")
+    return (float(stat["usec"]), float(stat["calls"])) if stat else (0.0, 0.0)
 
 
 def _process(
@@ -126,7 +135,8 @@ def _process(
     out: mp.Queue[dict[str, _OpStats]],
 ) -> None:
     """Each operation for ``seconds`` in all, in ``rounds`` alternating slices. The
-    first process also reads Redis's CPU time around each slice."""
+    first process also reads Redis's CPU time, and its time in the script command,
+    around each slice."""
     gate = Gate(settings)
     raw = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     ops, held = operations(gate, raw, ports, seed)
@@ -136,6 +146,7 @@ def _process(
             st = stats[name]
             barrier.wait()  # every process runs the same operation at the same time
             redis_cpu = _redis_cpu(raw) if seed == 0 else 0.0
+            script = _script_time(raw, name) if seed == 0 else (0.0, 0.0)
             calls = 0
             cpu = time.process_time()
             started = time.monotonic()
@@ -150,6 +161,8 @@ def _process(
             st.cpu_s += time.process_time() - cpu
             if seed == 0:
                 st.redis_cpu_s += _redis_cpu(raw) - redis_cpu
+                usec, n = _script_time(raw, name)
+                st.script = (st.script[0] + usec - script[0], st.script[1] + n - script[1])
     gate.close()
     for st in stats.values():
         st.latencies = st.latencies[:: max(1, len(st.latencies) // 2000)]
@@ -195,6 +208,8 @@ def bench_processes(
         calls = sum(st.calls for st in per)
         client_us = sum(st.cpu_s for st in per) / calls * 1e6
         redis_us = sum(st.redis_cpu_s for st in per) / calls * 1e6
+        script_usec, script_calls = (sum(x) for x in zip(*(st.script for st in per), strict=True))
+        script_us = script_usec / script_calls if script_calls else 0.0
         row = Row(
             f"{processes} processes",
             NAMES[name] + f", {port_count:,} ports",
@@ -204,7 +219,7 @@ def bench_processes(
             lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000,
             note=f"median of {rounds} interleaved rounds, range {fmt(totals[0])}-"
             f"{fmt(totals[-1])}; CPU per call: clients {fmt(client_us)} µs, Redis "
-            f"{fmt(redis_us)} µs",
+            f"{fmt(redis_us)} µs ({fmt(script_us)} µs of it running the script)",
         )
         rows.append(row if not rows else row.against(rows[0], paired_ratio(by_round, baseline)))
     return rows
