@@ -216,8 +216,9 @@ ANALYSIS = """
   reserve, ~64 for a record and ~79 for a commit: by CPU alone commit would reach
   ~0.82×, and it measures below that, as clients wait on the one Redis thread longest
   for the longest function. Commit is the hot-path row that misses its goal most:
-  0.69, 0.74, 0.76, 0.79, 0.79, 0.81 and 0.85× in seven runs of the code of that day
-  (median 0.79×); reserve against `limits` measured 0.99-1.10× in its four full runs.
+  0.69, 0.72, 0.74, 0.76, 0.79, 0.79, 0.80, 0.81 and 0.85× in nine runs of the code of
+  that day (median 0.79×); reserve against `limits` measured 0.99-1.10× in the day's
+  five full runs.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
@@ -233,17 +234,17 @@ ANALYSIS = """
   status O(features)); sending only the budget period's usage key to check and
   reserve (the client learns the period; ~2.6k).
 - **This machine varies by day.** On 2026-11-26 the VM ran the same Redis 7.0.15
-  binary ~3× slower than on 2026-11-25, and slower still as the day went on: the
-  trivial script took 4-8 µs of Redis time per sequential call against 1.5 (a pipelined
-  trivial EVAL 1.9 µs early that day), and under the four-process load late that day
-  the scripts themselves took 4.0 µs (trivial), 14 (check), 22 (reserve), 34 (commit)
-  and 23 (record) per call (commandstats; the four-process notes now give it); the
-  client's round trip was ~1.5-2× slower. Ratios hold across such days; absolute rows
-  (Redis µs per reserve, check_many, the drain, the lag) do not: compare this run's
-  baseline with another run's before comparing them. Old (82e1d9a) and new code
-  alternating twice that day: sequential reserve 0.86/0.78× → 0.85/0.92×, four
-  processes reserve 0.80/0.87× → 0.83/0.94×, commit 0.70/0.74× → 0.64/0.76× (unpaired
-  ratios, which is why they are paired now).
+  binary ~2-3× slower than on 2026-11-25, varying through the day: the trivial script
+  took 4-8 µs of Redis time per sequential call against 1.5 (a pipelined trivial EVAL
+  1.9 µs early that day), and under the four-process load in a slow phase the scripts
+  themselves took 4.0 µs (trivial), 14 (check), 22 (reserve), 34 (commit) and 23
+  (record) per call (commandstats; the four-process notes now give it); the client's
+  round trip was ~1.5-2× slower. Ratios hold across such days; absolute rows (Redis µs
+  per reserve, check_many, the drain, the lag) do not: compare this run's baseline
+  with another run's before comparing them. Old (82e1d9a) and new code alternating
+  twice that day: sequential reserve 0.86/0.78× → 0.85/0.92×, four processes reserve
+  0.80/0.87× → 0.83/0.94×, commit 0.70/0.74× → 0.64/0.76× (unpaired ratios, which is
+  why they are paired now).
 """
 
 
