@@ -146,7 +146,7 @@ def test_lease_expiry_returns_the_held_tokens(settings: object, capped: Gate) ->
 def test_a_lapsed_reservation_is_known_until_forgotten(capped: Gate, r: redis.Redis) -> None:
     """A purge returns an ended lease's hold; the reservation is then remembered as
     long as a settled one: released once, then a no-op; forgotten afterwards."""
-    settings = capped.settings.model_copy(update={"lease_seconds": 0.2, "settled_seconds": 1})
+    settings = capped.settings.model_copy(update={"lease_seconds": 0.2, "settled_seconds": 2})
     pk = capped.layout.for_port("p")
     with Gate(settings) as short:
         a = short.reserve("p", 300, "ocr")
@@ -159,7 +159,7 @@ def test_a_lapsed_reservation_is_known_until_forgotten(capped: Gate, r: redis.Re
         assert commit(short, a.reservation_id, 5).duplicate  # type: ignore[attr-defined]
         assert short.status("p").reserved_tokens == 10  # nothing returned twice
         assert r.zcard(pk.lapsed) == 1
-        time.sleep(1.3)  # b's memory, and the lapsed set with it, are gone
+        time.sleep(2.3)  # b's memory, and the lapsed set with it, are gone
         assert r.exists(pk.lapsed) == 0
         with Gate(settings) as elsewhere, pytest.raises(UnknownReservation):
             commit(elsewhere, b.reservation_id, 5)
