@@ -107,6 +107,13 @@ def timed_row(
     return Row(section, name, t.per_second, unit, t.p50_us, t.p99_us, note=note)
 
 
+def script_time(client: redis.Redis, baseline: bool) -> tuple[float, float]:
+    """Redis's µs and calls so far in the command the scripts run as (INFO
+    commandstats): the trivial baseline is an EVALSHA, the gate's operations FCALLs."""
+    stat = client.info("commandstats").get(f"cmdstat_{'evalsha' if baseline else 'fcall'}")
+    return (float(stat["usec"]), float(stat["calls"])) if stat else (0.0, 0.0)
+
+
 def reset(settings: Settings, client: redis.Redis) -> None:
     """Remove everything under the bench prefix and empty the bench database."""
     forget_prefix(client, settings.key_prefix)  # the lag rows run RQ on its queue too

@@ -13,7 +13,15 @@ from multiprocessing.synchronize import Barrier
 
 import redis
 
-from quota.bench._measure import Row, fmt, interleaved, paired_ratio, reset, time_calls
+from quota.bench._measure import (
+    Row,
+    fmt,
+    interleaved,
+    paired_ratio,
+    reset,
+    script_time,
+    time_calls,
+)
 from quota.gate import Gate
 from quota.settings import Settings
 
@@ -117,14 +125,6 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def _script_time(client: redis.Redis, name: str) -> tuple[float, float]:
-    """Redis's µs and calls so far in the command ``name`` runs as (INFO commandstats):
-    the trivial script is an EVALSHA, the gate's operations FCALLs."""
-    command = "evalsha" if name == "baseline" else "fcall"
-    stat = client.info("commandstats").get(f"cmdstat_{command}")
-    return (float(stat["usec"]), float(stat["calls"])) if stat else (0.0, 0.0)
-
-
 def _process(
     settings: Settings,
     ports: list[str],
@@ -146,7 +146,7 @@ def _process(
             st = stats[name]
             barrier.wait()  # every process runs the same operation at the same time
             redis_cpu = _redis_cpu(raw) if seed == 0 else 0.0
-            script = _script_time(raw, name) if seed == 0 else (0.0, 0.0)
+            script = script_time(raw, name == "baseline") if seed == 0 else (0.0, 0.0)
             calls = 0
             cpu = time.process_time()
             started = time.monotonic()
@@ -161,7 +161,7 @@ def _process(
             st.cpu_s += time.process_time() - cpu
             if seed == 0:
                 st.redis_cpu_s += _redis_cpu(raw) - redis_cpu
-                usec, n = _script_time(raw, name)
+                usec, n = script_time(raw, name == "baseline")
                 st.script = (st.script[0] + usec - script[0], st.script[1] + n - script[1])
     gate.close()
     for st in stats.values():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis
 
-from quota.bench._measure import Row, reset
+from quota.bench._measure import Row, reset, script_time
 from quota.bench.hotpath import budgets, operations
 from quota.drain import Drainer
 from quota.gate import Gate
@@ -161,11 +161,9 @@ def bench_server_time(
                 client.config_resetstat()
                 for _ in range(block):
                     measured()
-                # The baseline is an EVAL script; the gate's operations are FCALLs.
-                command = "evalsha" if base is None else "fcall"
-                stats = client.info("commandstats")[f"cmdstat_{command}"]
-                total_us += float(stats["usec"])
-                total_calls += float(stats["calls"])
+                usec, n = script_time(client, base is None)
+                total_us += usec
+                total_calls += n
                 after()
             row = Row(
                 "server",
