@@ -28,9 +28,26 @@ def stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+def event_value(
+    event_id: str,
+    port: str,
+    user: str | None,
+    feature: str,
+    provider: str,
+    model: str,
+    tin: int | str,
+    tout: int | str,
+    req: str | None,
+) -> str:
+    """The entry's one value, the event's values joined by `SEP` in `FIELDS` order: what
+    the gate sends commit and record, which append it as is. A missing user or request
+    id is ''."""
+    return f"{event_id}|{port}|{user or ''}|{feature}|{provider}|{model}|{tin}|{tout}|{req or ''}"
+
+
 def pack(values: dict[str, str]) -> dict[str, str]:
     """An entry's fields as append_event writes them (benchmarks and tests write some)."""
-    return {EVENT_FIELD: SEP.join(values[f] for f in FIELDS)}
+    return {EVENT_FIELD: event_value(*(values[f] for f in FIELDS))}
 
 
 def unpack(entry_id: str, flat: list[str]) -> tuple[list[str], int]:

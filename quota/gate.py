@@ -35,6 +35,7 @@ from quota._exceptions import (
     UnknownReservation,
 )
 from quota.decisions import state_of
+from quota.entries import event_value
 from quota.ids import uuid7
 from quota.keys import KeyLayout, PortKeys
 from quota.models import (
@@ -357,8 +358,7 @@ class Gate:
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
         marker_ttl = (self.settings.idempotency_seconds,) if req else ()
-        # The stream entry's values (quota/entries.py).
-        values = f"{event_id}|{port}|{user or ''}|{feature}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
+        values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
         def attempt(count_without_budget: bool) -> str:
             return self._run(
@@ -440,8 +440,7 @@ class Gate:
         event_id = uuid7()
         marker = (pk.idempotency(req),) if req else ()
         marker_ttl = (self.settings.idempotency_seconds,) if req else ()
-        # The stream entry's values (quota/entries.py).
-        values = f"{event_id}|{pk.port}|{user or ''}|{feat}|{prov}|{mod}|{tin}|{tout}|{req or ''}"
+        values = event_value(event_id, pk.port, user, feat, prov, mod, tin, tout, req)
 
         def attempt(count_without_budget: bool) -> str:
             return self._run(
