@@ -356,8 +356,7 @@ class Gate:
         prov, mod = v.label("provider", provider), v.label("model", model)
         req = v.request_id(request_id)
         event_id = uuid7()
-        marker = (pk.idempotency(req),) if req else ()
-        marker_ttl = (self.settings.idempotency_seconds,) if req else ()
+        marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
         def attempt(count_without_budget: bool) -> str:
@@ -438,8 +437,7 @@ class Gate:
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         req = v.request_id(request_id)
         event_id = uuid7()
-        marker = (pk.idempotency(req),) if req else ()
-        marker_ttl = (self.settings.idempotency_seconds,) if req else ()
+        marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, pk.port, user, feat, prov, mod, tin, tout, req)
 
         def attempt(count_without_budget: bool) -> str:
@@ -529,6 +527,15 @@ class Gate:
         keys = pk.usage_all(w)
         self._usage_cache[pk.port] = (w, keys)
         return keys
+
+    def _request_marker(
+        self, pk: PortKeys, req: str | None
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The request-id marker key and its TTL argument for commit and record, or
+        neither without a request id (each FCALL argument costs Redis)."""
+        if not req:
+            return (), ()
+        return (pk.idempotency(req),), (self.settings.idempotency_seconds,)
 
     def _now_ms(self) -> int:
         """Our clock, corrected by what the functions taught us of the server's."""
