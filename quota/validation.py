@@ -25,7 +25,7 @@ def _identifier(kind: str, value: object, max_len: int) -> str:
         raise InvalidInput(f"{kind} must be a string, got {type(value).__name__}")
     if not 1 <= len(value) <= max_len or not _ID_RE.fullmatch(value):
         raise InvalidInput(
-            f"{kind} {value[:200]!r} is invalid: use 1-{max_len} characters of [A-Za-z0-9._:@/-]"
+            f"{kind} {value[:200]!r} is invalid: use 1-{max_len} characters of {ID_CHAR}"
         )
     return value
 
