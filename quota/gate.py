@@ -623,17 +623,18 @@ class Gate:
         ok, reason, used_s, reserved_s, _, cfg = reply.split("|", 5)
         used = int(used_s)
         on, soft, hard, period = self._budget_of(cfg)
+        # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
         return Decision(
-            ok=ok == _OK,
-            reason=cast(Reason, reason) if reason else None,
-            used_tokens=used,
-            remaining=hard - used if on else None,
-            cap_tokens=hard,
-            soft_cap=on and used > soft,
-            reserved_tokens=max(int(reserved_s) + holding, 0),
-            enabled=on,
-            period=period,
-            reservation_id=reservation_id,
+            ok == _OK,  # ok
+            cast(Reason, reason) if reason else None,  # reason
+            used,  # used_tokens
+            hard - used if on else None,  # remaining
+            hard,  # cap_tokens
+            on and used > soft,  # soft_cap
+            max(int(reserved_s) + holding, 0),  # reserved_tokens
+            on,  # enabled
+            period,  # period
+            reservation_id,  # reservation_id
         )
 
     def _usage_result(self, pk: PortKeys, reply: str, total: int, event_id: str) -> UsageResult:
@@ -643,14 +644,14 @@ class Gate:
             _, soft, _, period = self._budget_of(cfg[0])
             self._emit_soft_alert(pk.port, used, soft, period, self._now())
         return UsageResult(
-            stored=True,
-            duplicate=code == _NOOP,
-            backend="redis",
-            total_tokens=total,
-            used_tokens=None if used < 0 else used,
-            soft_cap_alert=alert == "1",
-            lease_expired=lease_expired == "1",
-            event_id=event_id if code == _OK else None,
+            True,  # stored
+            code == _NOOP,  # duplicate
+            "redis",  # backend
+            total,  # total_tokens
+            None if used < 0 else used,  # used_tokens
+            alert == "1",  # soft_cap_alert
+            lease_expired == "1",  # lease_expired
+            event_id if code == _OK else None,  # event_id
         )
 
     def _emit_soft_alert(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -85,12 +85,16 @@ class Budget(BaseModel):
         return self.parse(data)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer to "may this port spend ~N tokens?".
 
     ``remaining`` is None when the budget is disabled (no cap applies).
     ``reservation_id`` is set only by a successful `Gate.reserve`.
+
+    A named tuple, like `UsageResult`, rather than a frozen dataclass: as immutable, and
+    built in ~0.3 µs instead of ~1.3 (a frozen dataclass sets each field through
+    ``object.__setattr__``). Every gate call builds one, and `Gate.check_many` one per
+    port, where it was a fifth of the client's time.
     """
 
     ok: bool
@@ -121,8 +125,7 @@ class Status:
     state: State
 
 
-@dataclass(frozen=True, slots=True)
-class UsageResult:
+class UsageResult(NamedTuple):
     """The outcome of `Gate.record` or `Gate.commit`.
 
     ``stored`` is False only when neither Redis nor Postgres took the event; the

@@ -26,6 +26,8 @@ def console() -> Console:
 def to_jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # Decision, UsageResult
+        return {k: to_jsonable(v) for k, v in value._asdict().items()}
     if hasattr(value, "model_dump"):
         return value.model_dump()
     if isinstance(value, list | tuple):

@@ -92,3 +92,15 @@ def test_settings_come_from_quota_variables(monkeypatch: pytest.MonkeyPatch) -> 
 def test_key_prefix_cannot_break_the_key_grammar(prefix: str) -> None:
     with pytest.raises(ValueError, match="key_prefix"):
         Settings(key_prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    ("result", "field"),
+    [
+        (quota.Decision(True, None, 0, 10, 10, False, 0, True, "day"), "ok"),
+        (quota.UsageResult(True, False, "redis", 5), "stored"),
+    ],
+)
+def test_gate_results_are_immutable(result: object, field: str) -> None:
+    with pytest.raises(AttributeError):
+        setattr(result, field, False)
