@@ -51,7 +51,12 @@ from quota.models import (
     UsageResult,
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
-from quota.reservations import RecentReservations, parse_reservation_id, reservation_id
+from quota.reservations import (
+    RecentReservations,
+    ReservationRef,
+    parse_reservation_id,
+    reservation_id,
+)
 from quota.scripts import library
 from quota.settings import Settings
 from quota.store import Store, make_engine
@@ -289,8 +294,9 @@ class Gate:
         )
         if not reply.startswith(_OK):
             return metrics.count_decision("reserve", self._decision(reply))
-        rid = reservation_id(hex_id, estimate, feat, user, pk.port)
-        self._recent.add(rid)
+        ref = ReservationRef(hex_id, estimate, feat, user, pk.port)
+        rid = reservation_id(*ref)
+        self._recent.add(rid, ref)
         # The reply's reserved tokens leave this hold out (lib.lua formats no number).
         return metrics.count_decision("reserve", self._decision(reply, estimate, rid))
 
@@ -349,12 +355,14 @@ class Gate:
         ``duplicate=True``. Like `record`, it never raises for a backend failure; a
         reservation this process made that Redis has lost is counted as a `record`.
         """
-        ref = parse_reservation_id(reservation_id)
-        port, feature, user = ref.port, ref.feature, ref.user_id
-        pk = self._keys(port)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         prov, mod = v.label("provider", provider), v.label("model", model)
         req = v.request_id(request_id)
+        # Made here: its parts were kept (no parsing). Else parsed, and checked, from the id.
+        mine = self._recent.pop(reservation_id)
+        ref = mine or parse_reservation_id(reservation_id)
+        port, feature, user = ref.port, ref.feature, ref.user_id
+        pk = self._keys(port)
         event_id = uuid7()
         marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
@@ -387,13 +395,12 @@ class Gate:
         try:
             reply = self._usage_reply(attempt)
         except RedisUnavailable as exc:
-            self._recent.pop(reservation_id)
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
             return metrics.count_usage("commit", self._fallback(event, exc))
         if reply == _UNKNOWN:
-            if not self._recent.pop(reservation_id):
+            if mine is None:
                 raise UnknownReservation(f"unknown reservation {reservation_id!r}")
             # This process made it, so Redis lost it (a restart without persistence, a
             # flush) or forgot it long after its lease: the call happened, count it.
@@ -410,7 +417,6 @@ class Gate:
                 user_id=user,
                 request_id=req,
             )
-        self._recent.pop(reservation_id)
         return metrics.count_usage("commit", self._usage_result(pk, reply, tin + tout, event_id))
 
     def record(

@@ -49,9 +49,10 @@ def parse_reservation_id(value: object) -> ReservationRef:
 
 
 class RecentReservations:
-    """The ids of the reservations this process made, bounded (oldest dropped): a commit
-    that Redis answers "unknown" for one of them means Redis lost it (a restart without
-    persistence, a flush), and the usage is recorded without it.
+    """The reservations this process made, by id, bounded (oldest dropped). A commit
+    takes its reservation's parts from here rather than parsing the id again (~1 µs);
+    and a commit that Redis answers "unknown" for one of them means Redis lost it (a
+    restart without persistence, a flush), and the usage is recorded without it.
 
     On every reserve, so kept cheap: no lock. Each dict operation is atomic; two threads
     adding past the bound at once may drop one entry more than needed, which only
@@ -59,15 +60,15 @@ class RecentReservations:
     """
 
     def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[str, None] = OrderedDict()
+        self._items: OrderedDict[str, ReservationRef] = OrderedDict()
         self._limit = limit
 
-    def add(self, reservation_id: str) -> None:
+    def add(self, reservation_id: str, ref: ReservationRef) -> None:
         items = self._items
-        items[reservation_id] = None
+        items[reservation_id] = ref
         if len(items) > self._limit:
             items.popitem(last=False)
 
-    def pop(self, reservation_id: str) -> bool:
-        """True if this process made it (and had not forgotten it yet)."""
-        return self._items.pop(reservation_id, False) is None
+    def pop(self, reservation_id: str) -> ReservationRef | None:
+        """Its parts if this process made it (and had not forgotten it yet), else None."""
+        return self._items.pop(reservation_id, None)

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import threading
 
-from quota.reservations import RecentReservations
+from quota.reservations import RecentReservations, ReservationRef, reservation_id
 
 
-def test_an_id_comes_back_once() -> None:
+def ref(n: int) -> tuple[str, ReservationRef]:
+    r = ReservationRef(f"{n:032x}", n + 1, "ocr", None, f"port-{n}")
+    return reservation_id(*r), r
+
+
+def test_an_id_comes_back_once_with_its_parts() -> None:
     recent = RecentReservations(10)
-    recent.add("a")
-    recent.add("b")
-    assert recent.pop("a") is True
-    assert recent.pop("b") is True
-    assert recent.pop("a") is False
-    assert recent.pop("never") is False
+    (a, ra), (b, rb) = ref(1), ref(2)
+    recent.add(a, ra)
+    recent.add(b, rb)
+    assert recent.pop(a) == ra
+    assert recent.pop(b) == rb
+    assert recent.pop(a) is None
+    assert recent.pop("never") is None
 
 
 def test_the_oldest_are_dropped_past_the_bound() -> None:
     recent = RecentReservations(3)
-    for i in range(5):
-        recent.add(f"r{i}")
-    assert [recent.pop(f"r{i}") for i in range(5)] == [False, False, True, True, True]
+    made = [ref(i) for i in range(5)]
+    for rid, r in made:
+        recent.add(rid, r)
+    assert [recent.pop(rid) is not None for rid, _ in made] == [False, False, True, True, True]
 
 
 def test_threads_adding_at_once_keep_it_bounded() -> None:
@@ -29,12 +36,13 @@ def test_threads_adding_at_once_keep_it_bounded() -> None:
 
     def add(t: int) -> None:
         for i in range(2000):
-            recent.add(f"{t}-{i}")
+            rid, r = ref(t * 10_000 + i)
+            recent.add(rid, r)
 
     threads = [threading.Thread(target=add, args=(t,)) for t in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    kept = [recent.pop(f"{t}-{i}") for t in range(8) for i in range(2000)]
-    assert 90 <= sum(kept) <= 100
+    kept = [recent.pop(ref(t * 10_000 + i)[0]) for t in range(8) for i in range(2000)]
+    assert 90 <= sum(r is not None for r in kept) <= 100
