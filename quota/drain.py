@@ -118,8 +118,10 @@ class Drainer:
         """Drain batches from one shard until it is empty or ``max_seconds`` have passed.
 
         While Postgres stores one batch (on the writer thread), the next is read and
-        parsed; a batch is acknowledged only after its COMMIT. If the store fails, the
-        batches read stay pending for this consumer and are stored by the next run.
+        parsed, and the one before is acknowledged: a batch is acknowledged only after
+        its COMMIT, and sent to the writer only after the batch before it committed. If
+        a store fails, the batches read stay pending for this consumer and are stored by
+        the next run.
         """
         key = self.layout.stream(shard)
         stats = DrainStats(shard)
@@ -131,15 +133,19 @@ class Drainer:
                 done = time.monotonic() - start >= max_seconds
                 entries = [] if done else self._read(shard, stats, claim_idle_ms, first)
                 first = False
-                if in_flight is not None:
-                    self._settle(key, *in_flight, stats)
-                    in_flight = None
+                events, rejected = self._parse(entries)
+                committed, in_flight = in_flight, None
+                if committed is not None:
+                    # Its COMMIT (raises if the store failed: nothing later is stored).
+                    stats.inserted += committed[1].result()
+                if entries:
+                    stats.batches += 1
+                    stats.rejected += len(rejected)
+                    in_flight = (entries, self._writer.submit(self._store, events))
+                if committed is not None:
+                    self._acknowledge(key, committed[0], stats)
                 if not entries:
                     break
-                events, rejected = self._parse(entries)
-                stats.batches += 1
-                stats.rejected += len(rejected)
-                in_flight = (entries, self._writer.submit(self._store, events))
         finally:
             if in_flight is not None:  # an error above: let the write finish, unacked
                 in_flight[1].exception()
@@ -179,11 +185,8 @@ class Drainer:
         stats.read += len(fresh)
         return claimed + fresh
 
-    def _settle(
-        self, key: str, entries: list[Entry], stored: Future[int], stats: DrainStats
-    ) -> None:
-        """Wait for a batch's COMMIT, then acknowledge it and trim."""
-        stats.inserted += stored.result()
+    def _acknowledge(self, key: str, entries: list[Entry], stats: DrainStats) -> None:
+        """Acknowledge a committed batch and trim what every consumer has acknowledged."""
         with redis_errors():
             self.redis.xack(key, GROUP, *(entry_id for entry_id, _ in entries))
             stats.trimmed += int(self._library.call(self.redis, "trim", [key], [GROUP]))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, text
 
 from quota import DatabaseUnavailable, Gate, Settings
 from quota.drain import GROUP, Drainer
+from quota.ledger import StagedEvent
 from quota.periods import Windows, from_ms, to_ms
 from tests.conftest import ledger_totals, record_many, stream_entries
 
@@ -236,3 +238,38 @@ def test_drain_after_redis_lost_the_stream_and_group(
     drainer.drain_shard(shard)
     assert ledger_totals(pg)["rows"] == 35
     assert r.xinfo_groups(gate.layout.stream(shard))[0]["name"] == GROUP
+
+
+class _FailingOnce(Drainer):
+    """A drainer whose Postgres write fails once, at its ``fail_at``-th batch."""
+
+    fail_at = 2
+
+    def _store(self, events: Sequence[StagedEvent]) -> int:
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise DatabaseUnavailable("injected: the COMMIT of this batch failed")
+        return super()._store(events)
+
+
+def test_a_failed_batch_stops_the_run_and_later_batches_wait(
+    worker_env: Settings, gate: Gate, pg: Engine
+) -> None:
+    small = worker_env.model_copy(update={"drain_batch": 10})
+    tokens = record_many(gate, 45, ports=1)
+    shard = gate.layout.for_port("port-0").shard
+    drainer = _FailingOnce(small, gate.redis, pg)
+    with pytest.raises(DatabaseUnavailable):
+        drainer.drain_shard(shard, max_seconds=30)
+    # The first batch committed and was acknowledged; the failed one and the one read
+    # while it was stored were neither stored nor acknowledged.
+    assert ledger_totals(pg)["rows"] == 10
+    lag = drainer.shard_lag(shard)
+    assert lag.pending == 20
+    assert lag.undelivered == 15
+    # Later runs store the rest, each starting with one batch of what it holds.
+    runs = [drainer.drain_shard(shard, max_seconds=30) for _ in range(2)]
+    assert [(s.claimed, s.read, s.inserted) for s in runs] == [(10, 15, 25), (10, 0, 10)]
+    totals = ledger_totals(pg)
+    assert totals["rows"] == totals["events"] == 45
+    assert totals["tokens"] == tokens
