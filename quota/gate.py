@@ -288,7 +288,7 @@ class Gate:
         reply = self._run(
             "reserve",
             pk,
-            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open, pk.lapsed),
+            (pk.open, pk.lapsed),
             # Its open-set member, joined here: Lua's concat costs more.
             (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
         )
@@ -367,33 +367,14 @@ class Gate:
         marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
-        def attempt(count_without_budget: bool) -> str:
-            return self._run(
+        try:
+            reply = self._usage_reply(
                 "commit",
                 pk,
-                lambda w: (
-                    pk.budget,
-                    *self._usage_keys(pk, w),
-                    pk.stream,
-                    pk.open,
-                    pk.lapsed,
-                    pk.settled(ref.hex_id),
-                    *marker,
-                ),
-                (
-                    ref.member,
-                    tin + tout,
-                    feature,
-                    values,
-                    self.settings.settled_seconds,
-                    "1" if count_without_budget else "0",
-                    *marker_ttl,
-                ),
-                load_budget=not count_without_budget,
+                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id), *marker),
+                (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
+                marker_ttl,
             )
-
-        try:
-            reply = self._usage_reply(attempt)
         except RedisUnavailable as exc:
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
@@ -446,17 +427,10 @@ class Gate:
         marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, pk.port, user, feat, prov, mod, tin, tout, req)
 
-        def attempt(count_without_budget: bool) -> str:
-            return self._run(
-                "record",
-                pk,
-                lambda w: (pk.budget, *self._usage_keys(pk, w), pk.stream, *marker),
-                (feat, tin + tout, values, "1" if count_without_budget else "0", *marker_ttl),
-                load_budget=not count_without_budget,
-            )
-
         try:
-            reply = self._usage_reply(attempt)
+            reply = self._usage_reply(
+                "record", pk, (pk.stream, *marker), (feat, tin + tout, values), marker_ttl
+            )
         except RedisUnavailable as exc:
             event = UsageEvent(
                 event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
@@ -567,19 +541,23 @@ class Gate:
         self,
         op: str,
         pk: PortKeys,
-        keys: Callable[[Windows], tuple[str, ...]],
+        keys: tuple[str, ...],
         args: tuple[Any, ...],
         *,
         load_budget: bool = True,
     ) -> str:
-        """Run a period-keyed function, loading the budget copy or fixing the clock as
-        asked. Returns its reply, which may be `_NO_BUDGET` only if not ``load_budget``."""
+        """Run a period-keyed function: KEYS are the port hash, the usage keys of the
+        period the client's clock names, then ``keys``; ARGV the day, then ``args``.
+        Loads the budget copy or fixes the clock as asked. Returns its reply, which may
+        be `_NO_BUDGET` only if not ``load_budget``."""
         timer = metrics.TIMERS[op]
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: str = self._call(op, keys(w), (w.day, *args))
+                reply: str = self._call(
+                    op, (pk.budget, *self._usage_keys(pk, w), *keys), (w.day, *args)
+                )
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
@@ -592,22 +570,25 @@ class Gate:
         raise RedisUnavailable(f"script did not settle after {_ATTEMPTS} attempts")
 
     def _check(self, pk: PortKeys, estimate: int, feature: str) -> str:
-        return self._run(
-            "check",
-            pk,
-            lambda w: (pk.budget, *self._usage_keys(pk, w), pk.open),
-            (estimate, feature),
-        )
+        return self._run("check", pk, (pk.open,), (estimate, feature))
 
-    def _usage_reply(self, attempt: Callable[[bool], str]) -> str:
-        """Run a usage script; if the budget cannot be loaded, count without it."""
+    def _usage_reply(
+        self,
+        op: str,
+        pk: PortKeys,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        marker_ttl: tuple[int, ...],
+    ) -> str:
+        """Run commit or record (ARGV: day, ``args``, the count-without-budget flag,
+        ``marker_ttl``); if the budget cannot be loaded, count without it."""
         try:
-            reply = attempt(False)
+            reply = self._run(op, pk, keys, (*args, "0", *marker_ttl))
         except DatabaseUnavailable:
             reply = _NO_BUDGET
         if reply == _NO_BUDGET:
             log.warning("budget copy missing and Postgres down: counting without a budget")
-            reply = attempt(True)
+            reply = self._run(op, pk, keys, (*args, "1", *marker_ttl), load_budget=False)
         return reply
 
     def _budget_of(self, cfg: str) -> tuple[bool, int, int, Period]:
