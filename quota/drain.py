@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -25,9 +25,9 @@ from sqlalchemy import Engine
 
 from quota import metrics
 from quota._backend import database_errors, redis_errors
-from quota.entries import parse_entry, stream_id
+from quota.entries import staging_line_of, stream_id
 from quota.keys import KeyLayout
-from quota.ledger import StagedEvent, write_events
+from quota.ledger import write_lines
 from quota.scripts import library
 from quota.settings import Settings
 
@@ -53,6 +53,17 @@ class DrainStats:
         for name in ("read", "claimed", "inserted", "rejected", "trimmed", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
+
+
+@dataclass
+class _Batch:
+    """A batch's events as staging lines (for one COPY), the span of their times, and
+    the entries that are not events."""
+
+    lines: list[str] = field(default_factory=list)
+    first_ms: int = 2**63
+    last_ms: int = -1
+    rejected: list[Entry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,15 +144,15 @@ class Drainer:
                 done = time.monotonic() - start >= max_seconds
                 entries = [] if done else self._read(shard, stats, claim_idle_ms, first)
                 first = False
-                events, rejected = self._parse(entries)
+                batch = self._parse(entries)
                 committed, in_flight = in_flight, None
                 if committed is not None:
                     # Its COMMIT (raises if the store failed: nothing later is stored).
                     stats.inserted += committed[1].result()
                 if entries:
                     stats.batches += 1
-                    stats.rejected += len(rejected)
-                    in_flight = (entries, self._writer.submit(self._store, events))
+                    stats.rejected += len(batch.rejected)
+                    in_flight = (entries, self._writer.submit(self._store, batch))
                 if committed is not None:
                     self._acknowledge(key, committed[0], stats)
                 if not entries:
@@ -192,24 +203,28 @@ class Drainer:
             stats.trimmed += int(self._library.call(self.redis, "trim", [key], [GROUP]))
 
     @staticmethod
-    def _parse(entries: Sequence[Entry]) -> tuple[list[StagedEvent], list[Entry]]:
-        events, rejected = [], []
+    def _parse(entries: Sequence[Entry]) -> _Batch:
+        batch = _Batch()
         for entry_id, fields in entries:
             try:
-                events.append(parse_entry(entry_id, fields))
+                line, at_ms = staging_line_of(entry_id, fields)
             except (KeyError, ValueError, TypeError):
-                rejected.append((entry_id, fields))
-        for entry_id, fields in rejected:
+                batch.rejected.append((entry_id, fields))
+                continue
+            batch.lines.append(line)
+            batch.first_ms = min(batch.first_ms, at_ms)
+            batch.last_ms = max(batch.last_ms, at_ms)
+        for entry_id, fields in batch.rejected:
             # Not an event this code wrote; keeping it would block the stream forever.
             log.error("dropping malformed stream entry %s: %r", entry_id, fields)
-        return events, rejected
+        return batch
 
-    def _store(self, events: Sequence[StagedEvent]) -> int:
+    def _store(self, batch: _Batch) -> int:
         started = time.perf_counter()
         with database_errors(), self.engine.begin() as conn:
             driver: Any = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            inserted = write_events(driver, events)
+            inserted = write_lines(driver, batch.lines, batch.first_ms, batch.last_ms)
         metrics.DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.DRAINED.inc(inserted)
         return inserted

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -19,18 +19,20 @@ from quota.periods import from_ms
 
 
 class StagedEvent(NamedTuple):
-    """One event as it is COPYed into the staging table."""
+    """One event as it is COPYed into the staging table, in its columns' order: first
+    the values of a stream entry in their order (quota/entries.py), so that the drain
+    turns an entry into a staging line without building one of these."""
 
     event_id: str
-    at_ms: int
     port_id: str
-    user_id: str | None
+    user_id: str | None  # None or '' for none
     feature: str
     provider: str
     model: str
     input_tokens: int
     output_tokens: int
-    request_id: str | None
+    request_id: str | None  # None or '' for none
+    at_ms: int
     source: str  # 'stream' or 'direct'
     stream_ms: int | None
     stream_seq: int | None
@@ -38,8 +40,8 @@ class StagedEvent(NamedTuple):
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ledger_staging (
-    event_id text, at_ms bigint, port_id text, user_id text, feature text, provider text,
-    model text, input_tokens bigint, output_tokens bigint, request_id text, source text,
+    event_id text, port_id text, user_id text, feature text, provider text, model text,
+    input_tokens bigint, output_tokens bigint, request_id text, at_ms bigint, source text,
     stream_ms bigint, stream_seq bigint
 ) ON COMMIT DELETE ROWS
 """
@@ -54,9 +56,9 @@ WITH inserted AS (
     INSERT INTO ledger (event_id, occurred_at, port_id, user_id, feature, provider, model,
                         input_tokens, output_tokens, total_tokens, request_id, source,
                         stream_ms, stream_seq)
-    SELECT event_id::uuid, to_timestamp(at_ms / 1000.0), port_id, user_id, feature,
-           provider, model, input_tokens, output_tokens, input_tokens + output_tokens,
-           request_id, source, stream_ms, stream_seq
+    SELECT event_id::uuid, to_timestamp(at_ms / 1000.0), port_id, NULLIF(user_id, ''),
+           feature, provider, model, input_tokens, output_tokens,
+           input_tokens + output_tokens, NULLIF(request_id, ''), source, stream_ms, stream_seq
     FROM ledger_staging
     ON CONFLICT DO NOTHING
     RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
@@ -100,10 +102,9 @@ def months_between(first_ms: int, last_ms: int) -> set[tuple[int, int]]:
     }
 
 
-def ensure_partitions(conn: psycopg.Connection[Any], at_ms: Iterable[int]) -> None:
-    """Create the month partitions these instants fall in, once per process."""
-    instants = list(at_ms)
-    months = months_between(min(instants), max(instants))
+def ensure_partitions(conn: psycopg.Connection[Any], first_ms: int, last_ms: int) -> None:
+    """Create the month partitions from ``first_ms``'s to ``last_ms``'s, once per process."""
+    months = months_between(first_ms, last_ms)
     with _partitions_lock:
         missing = months - _known_partitions
     for year, month in sorted(missing):
@@ -114,17 +115,40 @@ def ensure_partitions(conn: psycopg.Connection[Any], at_ms: Iterable[int]) -> No
             _known_partitions.add((year, month))
 
 
+# COPY's text format gives these characters a meaning; a value holding one is escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: object) -> str:
+    return "\\N" if value is None else str(value).translate(_COPY_ESCAPES)
+
+
+def staging_line(event: StagedEvent) -> str:
+    """The event as one line of COPY text for the staging table (no newline)."""
+    return "\t".join(map(_copy_text, event))
+
+
 def write_events(conn: psycopg.Connection[Any], events: Sequence[StagedEvent]) -> int:
     """Insert ``events`` that are not in the ledger yet and roll them up, in the caller's
     transaction. Returns how many were new."""
     if not events:
         return 0
-    ensure_partitions(conn, (e.at_ms for e in events))
+    at = [e.at_ms for e in events]
+    return write_lines(conn, [staging_line(e) for e in events], min(at), max(at))
+
+
+def write_lines(
+    conn: psycopg.Connection[Any], lines: Sequence[str], first_ms: int, last_ms: int
+) -> int:
+    """`write_events` for events given as staging lines (`staging_line`'s format), all
+    between ``first_ms`` and ``last_ms``: sent to Postgres in one piece."""
+    if not lines:
+        return 0
+    ensure_partitions(conn, first_ms, last_ms)
     with conn.cursor() as cur:
         cur.execute(_STAGING)
         with cur.copy(_COPY) as copy:
-            for event in events:
-                copy.write_row(event)
+            copy.write("\n".join(lines) + "\n")
         cur.execute(_INSERT)
         row = cur.fetchone()
         cur.execute("TRUNCATE ledger_staging")  # the caller may write again before COMMIT

@@ -12,8 +12,8 @@ from quota._exceptions import UnknownReservation
 # One match checks every part of an id (charset and length, as validation would):
 # commit and release parse one per call.
 _RESERVATION_ID = re.compile(
-    rf"([0-9a-f]{{32}})\|([0-9]{{1,13}})\|({v.ID_CHAR}{{1,{v.FEATURE_MAX}}})\|"
-    rf"({v.ID_CHAR}{{0,{v.LABEL_MAX}}})\|({v.ID_CHAR}{{1,{v.PORT_MAX}}})"
+    rf"([0-9a-f]{{32}})\|([0-9]{{1,13}})\|({v.id_pattern(1, v.FEATURE_MAX)})\|"
+    rf"({v.id_pattern(0, v.LABEL_MAX)})\|({v.id_pattern(1, v.PORT_MAX)})"
 )
 
 

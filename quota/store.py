@@ -179,19 +179,19 @@ class Store:
                 if seen is not None:
                     return False
             staged = StagedEvent(
-                event.event_id,
-                to_ms(event.occurred_at),
-                event.port_id,
-                event.user_id,
-                event.feature,
-                event.provider,
-                event.model,
-                event.input_tokens,
-                event.output_tokens,
-                event.request_id,
-                source,
-                None,
-                None,
+                event_id=event.event_id,
+                port_id=event.port_id,
+                user_id=event.user_id,
+                feature=event.feature,
+                provider=event.provider,
+                model=event.model,
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                request_id=event.request_id,
+                at_ms=to_ms(event.occurred_at),
+                source=source,
+                stream_ms=None,
+                stream_seq=None,
             )
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)

@@ -10,6 +10,13 @@ from quota._exceptions import InvalidInput
 #: joins fields on the wire and in reservation ids.
 ID_CHAR = "[A-Za-z0-9._:@/-]"
 _ID_RE = re.compile(ID_CHAR + "+")
+
+
+def id_pattern(shortest: int, longest: int) -> str:
+    """A regular expression for an identifier of ``shortest`` to ``longest`` characters."""
+    return f"{ID_CHAR}{{{shortest},{longest}}}"
+
+
 #: Per-call token counts above this are certainly a bug (a trillion tokens), and
 #: keeping every sum far below 2**53 keeps Lua's doubles exact.
 MAX_TOKENS = 10**12

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from quota import DatabaseUnavailable, Gate, Settings
 from quota.drain import GROUP, Drainer
-from quota.ledger import StagedEvent
+from quota.entries import FIELDS
 from quota.periods import Windows, from_ms, to_ms
 from tests.conftest import ledger_totals, record_many, stream_entries
 
@@ -240,16 +240,59 @@ def test_drain_after_redis_lost_the_stream_and_group(
     assert r.xinfo_groups(gate.layout.stream(shard))[0]["name"] == GROUP
 
 
+def test_entries_of_every_shape_land_exactly_and_non_events_are_dropped(
+    worker_env: Settings, gate: Gate, r: redis.Redis, pg: Engine
+) -> None:
+    """The gate's packed value (copied without parsing), a foreign one holding COPY's
+    special characters (parsed, escaped), the older one-field-per-value format, and
+    two entries that are not events (a bad event id, negative tokens)."""
+    gate.record(
+        port_id="p",
+        feature="ocr",
+        provider="openai",
+        model="gpt-4o",
+        input_tokens=3,
+        output_tokens=4,
+        user_id="u-1",
+        request_id="r-1",
+    )
+    stream = gate.layout.for_port("p").stream
+    r.xadd(
+        stream,
+        {"e": "0190a6f2-8b1e-7c3d-9a4b-5c6d7e8f9a0b|p|tab\there|back\\slash|new\nline|m|5|6|"},
+    )
+    legacy = ["0190a6f2-8b1e-7c3d-9a4b-000000000002", "p", "", "chat", "x", "y", "7", "8", ""]
+    r.xadd(stream, {**dict(zip(FIELDS, legacy, strict=True)), "at": "1790000000000"})
+    r.xadd(stream, {"e": "nope|p||ocr|a|b|1|1|"})
+    r.xadd(stream, {"e": "0190a6f2-8b1e-7c3d-9a4b-000000000003|p||ocr|a|b|-1|1|"})
+    stats = Drainer(worker_env, r, pg).drain_shard(gate.layout.for_port("p").shard)
+    assert (stats.inserted, stats.rejected) == (3, 2)
+    with pg.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT user_id, feature, provider, model, input_tokens, output_tokens,"
+                " request_id, (extract(epoch FROM occurred_at) * 1000)::bigint"
+                " FROM ledger ORDER BY input_tokens"
+            )
+        ).all()
+    assert [tuple(row)[:7] for row in rows] == [
+        ("u-1", "ocr", "openai", "gpt-4o", 3, 4, "r-1"),
+        ("tab\there", "back\\slash", "new\nline", "m", 5, 6, None),
+        (None, "chat", "x", "y", 7, 8, None),
+    ]
+    assert rows[2][7] == 1790000000000
+
+
 class _FailingOnce(Drainer):
     """A drainer whose Postgres write fails once, at its ``fail_at``-th batch."""
 
     fail_at = 2
 
-    def _store(self, events: Sequence[StagedEvent]) -> int:
+    def _store(self, batch: Any) -> int:
         self.fail_at -= 1
         if self.fail_at == 0:
             raise DatabaseUnavailable("injected: the COMMIT of this batch failed")
-        return super()._store(events)
+        return super()._store(batch)
 
 
 def test_a_failed_batch_stops_the_run_and_later_batches_wait(
