@@ -71,11 +71,12 @@ NOTES = """
   `gate.check` never reads Postgres.
 - **drain**: events waiting in the shard streams (1,000 ports) moved into the ledger:
   XREADGROUP, COPY into a staging table, one INSERT … ON CONFLICT DO NOTHING that also
-  updates the rollups, COMMIT, XACK, trim; Postgres work for one batch overlaps the read
-  of the next. **lag**: events offered at a fixed rate (pipelined XADDs of the entries
-  the scripts write, so that the load generator needs no CPU for gate calls) while
-  `quota cron` + `quota worker` drain them; the age of the oldest undrained event
-  sampled every 200 ms. With a one-second schedule it cannot be much below ~1 s.
+  updates the rollups, COMMIT, XACK, trim; while Postgres stores one batch, the next is
+  read and turned into COPY text and the one before is acknowledged. **lag**: events
+  offered at a fixed rate (pipelined XADDs of the entries the scripts write, so that
+  the load generator needs no CPU for gate calls) while `quota cron` + `quota worker`
+  drain them; the age of the oldest undrained event sampled every 200 ms. With a
+  one-second schedule it cannot be much below ~1 s.
 - **scale**: reconciliation reads counters and stream positions, catches the drain up,
   sums the ledger and corrects, for every active port. Memory is the INFO used_memory
   delta after 10,000 ports each got a budget and usage in two features.
@@ -180,9 +181,17 @@ ANALYSIS = """
   extra system calls cost ~2-3 µs of CPU and ~4 µs of wall time per call; replies are
   read into one reusable buffer, and a single call runs its own short retry loop
   (~3.4k fewer client instructions than the batch path's closures). The Python around
-  the call costs 5-10 µs (validation, keys, the Decision or UsageResult, metrics); the
-  rest of the client's 20-45 µs of CPU per call is the two system calls and waking up.
+  the call, timed in a loop with the FCALL replaced by a canned reply, costs check 4.8
+  µs, reserve 7.5, commit 9.5 and record 7.5 (6.1, 8.6, 11.0 and 8.8 before 2026-11-26:
+  `Decision` and `UsageResult` became named tuples, ~0.3 µs to build where a frozen
+  dataclass took ~1.3; keys passed as tuples instead of closures; commit takes a
+  reservation this process made from its own record instead of parsing the id). Between
+  blocking round trips that Python runs 2-3× slower than in such a loop (cold caches):
+  under perf, libpython is ~57 % of a sequential client's CPU and the kernel ~35 %. The
+  rest of the client's 28-45 µs of CPU per call is the two system calls and waking up.
   The baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
+  `check_many` is bound by the client (~4.5 µs of its CPU per port): building each
+  port's Decision was a fifth of it.
 - **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
   function call costs ~10k instructions before it runs, ~1.3k per key or argument,
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
@@ -207,18 +216,31 @@ ANALYSIS = """
   creates no key (its SET NX PX was ~15k of 106k) and commit reads none (no GET); an
   ended lease's member moves to a lapsed set on the purge, so late commits and
   releases still find it.
+- **The drain** (one process) waits on Postgres: of ~4.4 s for 300,000 events, the
+  INSERT … ON CONFLICT with its rollups took ~2.3 s (~7.5 µs a row: the primary key,
+  the (port, time) index and the partition routing), psycopg formatting COPY rows ~0.6-
+  0.9 s. Since 2026-11-26 the next batch is read and parsed, and the last acknowledged,
+  while Postgres stores one (they ran with Postgres idle), and a value the gate wrote is
+  checked by one regular expression and copied with its '|' turned into tabs (the
+  staging columns follow the stream value's order) instead of being parsed into a
+  tuple and formatted again: 58-64k → 71-78k events/s on the same VM.
 - **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
-  spends ~15 µs per call on network I/O alone (read, parse, reply, epoll), a client
-  33-45 µs, mostly in its two system calls and the scheduler. In the full runs of
-  2026-11-26 a call cost ~65 µs of CPU for the baseline, ~57 for a check, ~68 for a
-  reserve, ~64 for a record and ~79 for a commit: by CPU alone commit would reach
-  ~0.82×, and it measures below that, as clients wait on the one Redis thread longest
-  for the longest function. Commit is the hot-path row that misses its goal most:
-  0.69, 0.72, 0.74, 0.76, 0.79, 0.79, 0.80, 0.81 and 0.85× in nine runs of the code of
-  that day (median 0.79×); reserve against `limits` measured 0.99-1.10× in the day's
-  five full runs.
+  spends ~13-15 µs per call on network I/O alone (read, parse, reply, epoll), a client
+  28-45 µs, mostly in its two system calls and the scheduler. In the last full run a
+  call cost ~64 µs of CPU for the baseline, ~49 for a check, ~58 for a reserve, ~61 for
+  a record and ~69 for a commit (79 the day before): by CPU alone commit would reach
+  ~0.93×, and it measures below that, as clients wait on the one Redis thread longest
+  for the longest function. Commit is the hot-path row that misses its goal most, and
+  the noisiest: its rounds range ±25 % (the baseline's ±12 %), and the same code
+  measured 0.76, 0.78, 0.85 and 0.99× in four runs on 2026-11-26 (0.69-0.85×, median
+  0.79, in nine runs of the day before's code). Two experiments that day: commit
+  without its settled-marker SET measured 0.92-0.95× (three runs), but so did the
+  unchanged code once (0.99×), so one command's worth is within the noise; and 48
+  rounds of 1/6 s instead of 16 of 1/2 s gave commit 0.87-0.99× and reserve and record
+  1.01-1.08× in three runs, an effect of the slicing I could not explain, so the
+  harness keeps 16 rounds.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
