@@ -215,7 +215,7 @@ class Drainer:
             batch.first_ms = min(batch.first_ms, at_ms)
             batch.last_ms = max(batch.last_ms, at_ms)
         for entry_id, fields in batch.rejected:
-            # Not an event this code wrote; keeping it would block the stream forever.
+            # Not an event: keeping it would block the stream forever.
             log.error("dropping malformed stream entry %s: %r", entry_id, fields)
         return batch
 

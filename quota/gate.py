@@ -359,7 +359,7 @@ class Gate:
         prov, mod = v.label("provider", provider), v.label("model", model)
         req = v.request_id(request_id)
         # Made here: its parts were kept (no parsing). Else parsed, and checked, from the id.
-        mine = self._recent.pop(reservation_id)
+        mine = self._recent.pop(reservation_id) if isinstance(reservation_id, str) else None
         ref = mine or parse_reservation_id(reservation_id)
         port, feature, user = ref.port, ref.feature, ref.user_id
         pk = self._keys(port)

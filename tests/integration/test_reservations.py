@@ -82,6 +82,7 @@ def test_commit_and_release_twice_are_no_ops(capped: Gate) -> None:
         "0" * 32 + "|100|ocr|p",
         "0" * 32 + ".p",  # an id of the earlier format
         5,
+        ["0" * 32 + "|100|ocr||p"],  # not even hashable
     ],
 )
 def test_unknown_reservations_raise(capped: Gate, rid: object) -> None:
