@@ -228,19 +228,19 @@ ANALYSIS = """
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
   spends ~13-15 µs per call on network I/O alone (read, parse, reply, epoll), a client
-  28-45 µs, mostly in its two system calls and the scheduler. In the last full run a
-  call cost ~64 µs of CPU for the baseline, ~49 for a check, ~58 for a reserve, ~61 for
-  a record and ~69 for a commit (79 the day before): by CPU alone commit would reach
-  ~0.93×, and it measures below that, as clients wait on the one Redis thread longest
-  for the longest function. Commit is the hot-path row that misses its goal most, and
-  the noisiest: its rounds range ±25 % (the baseline's ±12 %), and the same code
-  measured 0.76, 0.78, 0.85 and 0.99× in four runs on 2026-11-26 (0.69-0.85×, median
-  0.79, in nine runs of the day before's code). Two experiments that day: commit
-  without its settled-marker SET measured 0.92-0.95× (three runs), but so did the
-  unchanged code once (0.99×), so one command's worth is within the noise; and 48
-  rounds of 1/6 s instead of 16 of 1/2 s gave commit 0.87-0.99× and reserve and record
-  1.01-1.08× in three runs, an effect of the slicing I could not explain, so the
-  harness keeps 16 rounds.
+  28-45 µs, mostly in its two system calls and the scheduler. In the two full runs
+  after the changes of 2026-11-26 a call cost 63-64 µs of CPU for the baseline, 47-49
+  for a check, 57-58 for a reserve, 59-61 for a record and 68-69 for a commit (79 the
+  day before): by CPU alone commit would reach ~0.92×, and it measures below that, as
+  clients wait on the one Redis thread longest for the longest function. Commit is the
+  hot-path row nearest its goal, and the noisiest: its rounds range ±25 % (the
+  baseline's ±12 %), and the same code measured 0.76, 0.78, 0.81, 0.85 and 0.99× in
+  five runs that day (0.69-0.85×, median 0.79, in nine runs of the day before's code).
+  Two experiments that day: commit without its settled-marker SET (13.6k of its 137k
+  instructions) measured 0.92-0.95× in three runs, but the unchanged code also reached
+  0.99× once, so one command's worth is within the noise; and 48 rounds of 1/6 s
+  instead of 16 of 1/2 s gave commit 0.87-0.99× and reserve and record 1.01-1.08× in
+  three runs, an effect of the slicing I could not explain, so the harness keeps 16.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
   the sequential, four-process and peers ratios are the median over interleaved
