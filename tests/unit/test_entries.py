@@ -18,10 +18,9 @@ from quota.ledger import staging_line
 
 _ID = st.from_regex(r"[A-Za-z0-9._:@/-]{1,20}", fullmatch=True)
 _NUM = st.integers(0, 10**12).map(str)
-_EVENT_ID = st.uuids().map(str)
 _EVENT = st.fixed_dictionaries(
     {
-        "id": _EVENT_ID,
+        "id": st.uuids().map(str),
         "port": _ID,
         "user": st.one_of(st.just(""), _ID),
         "feature": _ID,
@@ -34,21 +33,7 @@ _EVENT = st.fixed_dictionaries(
 )
 
 
-@given(
-    st.fixed_dictionaries(
-        {
-            "id": _EVENT_ID,
-            "port": _ID,
-            "user": st.one_of(st.just(""), _ID),
-            "feature": _ID,
-            "provider": _ID,
-            "model": _ID,
-            "in": _NUM,
-            "out": _NUM,
-            "req": st.one_of(st.just(""), _ID),
-        }
-    )
-)
+@given(_EVENT)
 def test_a_packed_entry_reads_back_as_written(values: dict[str, str]) -> None:
     """Its time is its id's: XADD stamped it with the server's clock."""
     flat = [x for kv in pack(values).items() for x in kv]
