@@ -1,0 +1,89 @@
+"""The client's work around each gate call (validation, keys, packing the FCALL,
+building the result, metrics), with the FCALL answered in-process by the reply Redis
+gave the same call: no system call and no wait, so it repeats to a few per cent where
+the timed rows move ±20 %. It is what a change to the client's Python is judged by.
+
+Each operation's reply is captured from one real call first; then the gate's call path
+(`ScriptCaller`: pack the FCALL, write it, read the reply) is swapped for one that packs
+it and returns that reply. Between real round trips the same Python runs 2-3x slower
+than here, its caches cold (docs/BENCHMARKS.md, "Client").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import hiredis
+import redis
+
+from quota.bench._measure import Row, reset
+from quota.bench.hotpath import NAMES, budgets, operations
+from quota.gate import Gate
+from quota.settings import Settings
+
+_OPS = ("check", "reserve", "commit", "record")
+
+
+def _best_us(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
+    """Microseconds per call: the best of ``rounds`` timed loops, as timeit advises (the
+    slower ones measure what else the machine did)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+def _pack(function: str, keys: Sequence[Any], args: Sequence[Any]) -> object:
+    """What ScriptCaller sends for one call."""
+    return hiredis.pack_command(("FCALL", function, len(keys), *keys, *args))
+
+
+def bench_client(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
+    reset(settings, client)
+    rows: list[Row] = []
+    with Gate(settings) as gate:
+        budgets(gate, ["port-1"])
+        ops, held = operations(gate, gate.redis, ["port-1"], seed=1)
+        real = gate._call
+        replies: dict[str, Any] = {}
+        packed: dict[str, tuple[str, Sequence[Any], Sequence[Any]]] = {}
+
+        def capture(op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+            replies[op] = real(op, keys, args)
+            packed[op] = (gate._library.functions[op], keys, args)
+            return replies[op]
+
+        def canned(op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+            _pack(packed[op][0], keys, args)
+            return replies[op]
+
+        try:
+            gate._call = capture  # type: ignore[assignment]
+            for name in _OPS:
+                ops[name]()
+            gate._call = canned  # type: ignore[assignment]
+            for name in _OPS:
+                if name == "commit":  # each commit settles a reservation made here
+                    for _ in range(calls * 5):
+                        ops["reserve"]()
+                pack_us = _best_us(partial(_pack, *packed[name]), calls)
+                rows.append(
+                    Row(
+                        "client",
+                        f"Python per call, FCALL answered in-process: {NAMES[name]}",
+                        _best_us(ops[name], calls),
+                        "µs",
+                        note=f"best of 5 loops of {calls:,}; {pack_us:.2f} µs of it packing "
+                        "the FCALL",
+                    )
+                )
+                held.clear()
+        finally:
+            gate._call = real
+    return rows
