@@ -242,8 +242,9 @@ ANALYSIS = """
   day before): by CPU alone commit would reach ~0.92×, and it measures below that, as
   clients wait on the one Redis thread longest for the longest function. Commit is the
   hot-path row nearest its goal, and the noisiest: its rounds range ±25 % (the
-  baseline's ±12 %), and the same code measured 0.76, 0.78, 0.81, 0.85, 0.85 and 0.99×
-  in six runs that day (0.69-0.85×, median 0.79, in nine runs of the day before's code).
+  baseline's ±12 %), and the same code measured 0.76, 0.78, 0.81, 0.84, 0.85, 0.85 and
+  0.99× in seven runs that day (0.69-0.85×, median 0.79, in nine runs of the day
+  before's code).
   Two experiments that day: commit without its settled-marker SET (13.6k of its 137k
   instructions) measured 0.92-0.95× in three runs, but the unchanged code also reached
   0.99× once, so one command's worth is within the noise; and 48 rounds of 1/6 s
