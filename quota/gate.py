@@ -109,7 +109,7 @@ class Gate:
         self._windows = Windows.at(datetime.now(UTC))
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
-        self._usage_cache: dict[str, tuple[Windows, tuple[str, str, str]]] = {}
+        self._period_cache: dict[str, tuple[Windows, tuple[str, str, str, str]]] = {}
 
     @classmethod
     def from_settings(
@@ -242,7 +242,7 @@ class Gate:
                 keys: list[str] = []
                 for i in idxs:
                     pk = items[i][0]
-                    keys += (pk.budget, *self._usage_keys(pk, w), pk.open)
+                    keys += (*self._period_keys(pk, w), pk.open)
                 yield keys, (w.day, *(items[i][1] for i in idxs))
 
         def handle(n: int, reply: list[str] | str) -> None:
@@ -364,16 +364,15 @@ class Gate:
         port, feature, user = ref.port, ref.feature, ref.user_id
         pk = self._keys(port)
         event_id = uuid7()
-        marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
         try:
             reply = self._usage_reply(
                 "commit",
                 pk,
-                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id), *marker),
+                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
                 (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
-                marker_ttl,
+                req,
             )
         except RedisUnavailable as exc:
             event = UsageEvent(
@@ -424,13 +423,10 @@ class Gate:
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         req = v.request_id(request_id)
         event_id = uuid7()
-        marker, marker_ttl = self._request_marker(pk, req)
         values = event_value(event_id, pk.port, user, feat, prov, mod, tin, tout, req)
 
         try:
-            reply = self._usage_reply(
-                "record", pk, (pk.stream, *marker), (feat, tin + tout, values), marker_ttl
-            )
+            reply = self._usage_reply("record", pk, (pk.stream,), (feat, tin + tout, values), req)
         except RedisUnavailable as exc:
             event = UsageEvent(
                 event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
@@ -497,25 +493,17 @@ class Gate:
             pk = self._port_keys[port] = self.layout.for_port(port)
         return pk
 
-    def _usage_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str]:
-        """The port's day/week/month counter keys for ``w``, built once per day."""
-        cached = self._usage_cache.get(pk.port)
+    def _period_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str, str]:
+        """The keys every period-keyed function starts with: the port hash and its
+        day/week/month counters for ``w``, built once per day."""
+        cached = self._period_cache.get(pk.port)
         if cached is not None and cached[0] is w:
             return cached[1]
-        if len(self._usage_cache) > 100_000:
-            self._usage_cache.clear()  # a bound, not an LRU: rebuilding is cheap
-        keys = pk.usage_all(w)
-        self._usage_cache[pk.port] = (w, keys)
+        if len(self._period_cache) > 100_000:
+            self._period_cache.clear()  # a bound, not an LRU: rebuilding is cheap
+        keys = (pk.budget, *pk.usage_all(w))
+        self._period_cache[pk.port] = (w, keys)
         return keys
-
-    def _request_marker(
-        self, pk: PortKeys, req: str | None
-    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        """The request-id marker key and its TTL argument for commit and record, or
-        neither without a request id (each FCALL argument costs Redis)."""
-        if not req:
-            return (), ()
-        return (pk.idempotency(req),), (self.settings.idempotency_seconds,)
 
     def _now_ms(self) -> int:
         """Our clock, corrected by what the functions taught us of the server's."""
@@ -555,9 +543,7 @@ class Gate:
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: str = self._call(
-                    op, (pk.budget, *self._usage_keys(pk, w), *keys), (w.day, *args)
-                )
+                reply: str = self._call(op, (*self._period_keys(pk, w), *keys), (w.day, *args))
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
@@ -573,22 +559,22 @@ class Gate:
         return self._run("check", pk, (pk.open,), (estimate, feature))
 
     def _usage_reply(
-        self,
-        op: str,
-        pk: PortKeys,
-        keys: tuple[str, ...],
-        args: tuple[Any, ...],
-        marker_ttl: tuple[int, ...],
+        self, op: str, pk: PortKeys, keys: tuple[str, ...], args: tuple[Any, ...], req: str | None
     ) -> str:
-        """Run commit or record (ARGV: day, ``args``, the count-without-budget flag,
-        ``marker_ttl``); if the budget cannot be loaded, count without it."""
+        """Run commit or record: KEYS end with ``keys`` and, with a request id, its
+        marker; ARGV with ``args``, the count-without-budget flag and, with a request id,
+        the marker's TTL (each FCALL argument costs Redis, so none without one). If the
+        budget cannot be loaded, count without it."""
+        ttl: tuple[int, ...] = ()
+        if req:
+            keys, ttl = (*keys, pk.idempotency(req)), (self.settings.idempotency_seconds,)
         try:
-            reply = self._run(op, pk, keys, (*args, "0", *marker_ttl))
+            reply = self._run(op, pk, keys, (*args, "0", *ttl))
         except DatabaseUnavailable:
             reply = _NO_BUDGET
         if reply == _NO_BUDGET:
             log.warning("budget copy missing and Postgres down: counting without a budget")
-            reply = self._run(op, pk, keys, (*args, "1", *marker_ttl), load_budget=False)
+            reply = self._run(op, pk, keys, (*args, "1", *ttl), load_budget=False)
         return reply
 
     def _budget_of(self, cfg: str) -> tuple[bool, int, int, Period]:
