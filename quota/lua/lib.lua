@@ -160,13 +160,17 @@ local function used_in(b, feature, base)
   return s + 0, s
 end
 
--- Sum of the open-set members whose lease ended (member = "<hex>:<tokens>"), bounded.
+-- The tokens an open-set member holds, as a string: a member is "<32 hex>:<tokens>".
+local function member_tokens(member)
+  return string.sub(member, 34)
+end
+
+-- Sum of the open-set members whose lease ended, bounded.
 local function expired(open_key, now)
   local gone = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 256)
   local freed = 0
   for i = 1, #gone do
-    local m = gone[i]
-    freed = freed + tonumber(string.sub(m, string.find(m, ':', 1, true) + 1))
+    freed = freed + member_tokens(gone[i])
   end
   return freed, gone
 end
@@ -305,7 +309,7 @@ end
 local function settle(open_key, lapsed_key, member, settled_key, state, ttl)
   local lapsed = '0'
   if redis.call('ZREM', open_key, member) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'held', '-' .. string.sub(member, 34))
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. member_tokens(member))
   elseif redis.call('ZREM', lapsed_key, member) == 1 then
     lapsed = '1'
   else
