@@ -101,13 +101,15 @@ def parse_entry(entry_id: str, flat: list[str]) -> StagedEvent:
 
 
 # An entry's value as the gate writes it: validation's charset and lengths, a UUID,
-# token counts of at most 12 digits. Checked in one match, such a value needs no parsing
-# on its way to the staging table: none of the characters COPY's text format gives a
-# meaning to can occur in it, and its values are in the staging columns' order.
+# token counts of fewer digits than MAX_TOKENS (so within it). Checked in one match, such
+# a value needs no parsing on its way to the staging table: none of the characters COPY's
+# text format gives a meaning to can occur in it, and its values are in the staging
+# columns' order.
+_TOKENS = f"[0-9]{{1,{len(str(MAX_TOKENS)) - 1}}}"
 _PACKED = re.compile(
     "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     + rf"\|{id_pattern(1, PORT_MAX)}\|{id_pattern(0, LABEL_MAX)}\|{id_pattern(1, FEATURE_MAX)}"
-    + rf"\|{id_pattern(1, LABEL_MAX)}\|{id_pattern(1, LABEL_MAX)}\|[0-9]{{1,12}}\|[0-9]{{1,12}}"
+    + rf"\|{id_pattern(1, LABEL_MAX)}\|{id_pattern(1, LABEL_MAX)}\|{_TOKENS}\|{_TOKENS}"
     + rf"\|{id_pattern(0, LABEL_MAX)}"
 )
 
