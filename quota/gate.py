@@ -74,6 +74,8 @@ _ATTEMPTS = 4
 _LOCAL_RESERVATIONS = 100_000
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
+# A port's keys for one day (Windows): those of `_run`, and check_many's (+ open set).
+_PeriodKeys = tuple[Windows, tuple[str, str, str, str], tuple[str, str, str, str, str]]
 
 
 class Gate:
@@ -109,7 +111,7 @@ class Gate:
         self._windows = Windows.at(datetime.now(UTC))
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
-        self._period_cache: dict[str, tuple[Windows, tuple[str, str, str, str]]] = {}
+        self._period_cache: dict[str, _PeriodKeys] = {}
 
     @classmethod
     def from_settings(
@@ -199,9 +201,7 @@ class Gate:
 
     def check(self, port_id: str, estimated_tokens: int) -> Decision:
         """The seed's decision for spending ``estimated_tokens``; changes nothing."""
-        reply = self._check(
-            self._keys(v.port_id(port_id)), v.tokens("estimated_tokens", estimated_tokens), ""
-        )
+        reply = self._check(self._port(port_id), v.tokens("estimated_tokens", estimated_tokens), "")
         return metrics.count_decision("check", self._decision(reply))
 
     def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
@@ -210,7 +210,7 @@ class Gate:
         One script per shard, each sent as soon as it is built and its reply parsed as
         it arrives: a single round trip, with the client working while Redis does.
         """
-        items = [(self._keys(v.port_id(p)), v.tokens("estimated_tokens", e)) for p, e in requests]
+        items = [(self._port(p), v.tokens("estimated_tokens", e)) for p, e in requests]
         results: list[Decision | None] = [None] * len(items)
         pending: dict[int, list[int]] = {}
         for i, (pk, _) in enumerate(items):
@@ -241,8 +241,7 @@ class Gate:
             for _, idxs in order:  # built one shard at a time, while Redis runs the last
                 keys: list[str] = []
                 for i in idxs:
-                    pk = items[i][0]
-                    keys += (*self._period_keys(pk, w), pk.open)
+                    keys += self._check_keys(items[i][0], w)
                 yield keys, (w.day, *(items[i][1] for i in idxs))
 
         def handle(n: int, reply: list[str] | str) -> None:
@@ -279,7 +278,7 @@ class Gate:
         The decision's ``reservation_id`` is then set; settle it with `commit` or
         `release`, or let the lease (``QUOTA_LEASE_SECONDS``) return it.
         """
-        pk = self._keys(v.port_id(port_id))
+        pk = self._port(port_id)
         estimate = v.tokens("estimated_tokens", estimated_tokens)
         feat, user = v.feature(feature), v.user_id(user_id)
         # Unique, not secret: a reservation id is no capability (any caller of the gate
@@ -417,7 +416,7 @@ class Gate:
         Redis is down the event goes straight to Postgres; when both are down it is
         logged at ERROR in full and the result says ``stored=False``.
         """
-        pk = self._keys(v.port_id(port_id))
+        pk = self._port(port_id)
         feat, user = v.feature(feature), v.user_id(user_id)
         prov, mod = v.label("provider", provider), v.label("model", model)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
@@ -439,12 +438,12 @@ class Gate:
     def current_period_tokens(self, port_id: str, feature: str | None = None) -> int:
         """Tokens used in the port's current budget period (O(1), from Redis)."""
         feat = "" if feature is None else v.feature(feature)
-        fields = self._check(self._keys(v.port_id(port_id)), 0, feat).split("|", 5)
+        fields = self._check(self._port(port_id), 0, feat).split("|", 5)
         return int(fields[4] if feat else fields[2])
 
     def status(self, port_id: str) -> Status:
         """Usage against the caps in the port's current period: what a banner needs."""
-        pk = self._keys(v.port_id(port_id))
+        pk = self._port(port_id)
         _, _, used_s, reserved_s, _, cfg = self._check(pk, 0, "").split("|", 5)
         used, reserved = int(used_s), int(reserved_s)
         enabled, soft, hard, period = self._budget_of(cfg)
@@ -485,7 +484,15 @@ class Gate:
 
     # ---------------------------------------------------------------- internals
 
+    def _port(self, port_id: object) -> PortKeys:
+        """The keys of a port id given by a caller, checked first unless it is keyed here
+        already: only checked ids are (`_keys`), and the check's regular expression cost
+        as much as the rest of check_many's work on a port."""
+        pk = self._port_keys.get(port_id) if type(port_id) is str else None
+        return pk or self._keys(v.port_id(port_id))
+
     def _keys(self, port: str) -> PortKeys:
+        """The keys of a checked port id."""
         pk = self._port_keys.get(port)
         if pk is None:
             if len(self._port_keys) > 100_000:
@@ -497,13 +504,23 @@ class Gate:
         """The keys every period-keyed function starts with: the port hash and its
         day/week/month counters for ``w``, built once per day."""
         cached = self._period_cache.get(pk.port)
-        if cached is not None and cached[0] is w:
-            return cached[1]
+        if cached is None or cached[0] is not w:
+            cached = self._cache_period_keys(pk, w)
+        return cached[1]
+
+    def _check_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str, str, str]:
+        """check_many's keys of one port: `_period_keys`, then its open set."""
+        cached = self._period_cache.get(pk.port)
+        if cached is None or cached[0] is not w:
+            cached = self._cache_period_keys(pk, w)
+        return cached[2]
+
+    def _cache_period_keys(self, pk: PortKeys, w: Windows) -> _PeriodKeys:
         if len(self._period_cache) > 100_000:
             self._period_cache.clear()  # a bound, not an LRU: rebuilding is cheap
         keys = (pk.budget, *pk.usage_all(w))
-        self._period_cache[pk.port] = (w, keys)
-        return keys
+        cached = self._period_cache[pk.port] = (w, keys, (*keys, pk.open))
+        return cached
 
     def _now_ms(self) -> int:
         """Our clock, corrected by what the functions taught us of the server's."""

@@ -12,7 +12,7 @@ than here, its caches cold (docs/BENCHMARKS.md, "Client").
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -44,10 +44,60 @@ def _pack(function: str, keys: Sequence[Any], args: Sequence[Any]) -> object:
     return hiredis.pack_command(("FCALL", function, len(keys), *keys, *args))
 
 
+def _check_many_row(gate: Gate, calls: int, ports: int = 1000) -> Row:
+    """check_many's own work per port, its FCALLs (one per shard) answered in-process
+    by the replies Redis gave the same batch."""
+    names = [f"tenant-{i}" for i in range(ports)]
+    budgets(gate, names)
+    requests = [(p, 1500) for p in names]
+    real = gate._call.call_each
+    replies: list[Any] = []
+
+    def capture(
+        op: str,
+        calls: Callable[[], Iterable[tuple[Sequence[Any], Sequence[Any]]]],
+        handle: Callable[[int, Any], None],
+    ) -> None:
+        def keep(n: int, reply: Any) -> None:
+            replies.append(reply)
+            handle(n, reply)
+
+        real(op, calls, keep)
+
+    def canned(
+        op: str,
+        calls: Callable[[], Iterable[tuple[Sequence[Any], Sequence[Any]]]],
+        handle: Callable[[int, Any], None],
+    ) -> None:
+        function = gate._library.functions[op]
+        sent = 0
+        for keys, args in calls():
+            _pack(function, keys, args)
+            sent += 1
+        for n in range(sent):
+            handle(n, replies[n])
+
+    try:
+        gate._call.call_each = capture  # type: ignore[method-assign]
+        gate.check_many(requests)
+        gate._call.call_each = canned  # type: ignore[method-assign]
+        per_call = _best_us(partial(gate.check_many, requests), calls)
+    finally:
+        gate._call.call_each = real  # type: ignore[method-assign]
+    return Row(
+        "client",
+        f"Python per port, FCALLs answered in-process: gate.check_many, {ports:,} ports",
+        per_call / ports,
+        "µs",
+        note=f"best of 5 loops of {calls:,} calls",
+    )
+
+
 def bench_client(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
     reset(settings, client)
     rows: list[Row] = []
     with Gate(settings) as gate:
+        rows.append(_check_many_row(gate, max(1, calls // 1000)))
         budgets(gate, ["port-1"])
         ops, held = operations(gate, gate.redis, ["port-1"], seed=1)
         real = gate._call

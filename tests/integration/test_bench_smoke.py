@@ -39,6 +39,7 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         "Redis time per call: reserve",
         "Redis instructions per call: reserve",
         "Python per call, FCALL answered in-process: gate.commit",
+        "Python per port, FCALLs answered in-process: gate.check_many",
     ):
         assert row in report
     assert "Redis 7" in report

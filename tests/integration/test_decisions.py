@@ -141,3 +141,26 @@ def test_check_many_refuses_bad_input_before_any_call(gate: Gate) -> None:
         gate.check_many([("ok", 1), ("bad port", 1)])
     with pytest.raises(InvalidInput):
         gate.check_many([("ok", -1)])
+
+
+class _LooksLikeAPort:
+    """Hashes and compares like a port id, but is no string."""
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+
+    def __hash__(self) -> int:
+        return hash(self.port)
+
+    def __eq__(self, other: object) -> bool:
+        return other == self.port
+
+
+def test_only_a_checked_string_skips_the_check(gate: Gate) -> None:
+    # A port keyed once is not checked again (gate._port); something merely equal to it is.
+    assert gate.check("seen", 1).ok
+    with pytest.raises(InvalidInput, match="must be a string"):
+        gate.check(_LooksLikeAPort("seen"), 1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="must be a string"):
+        gate.check_many([("seen", 1), (_LooksLikeAPort("seen"), 1)])  # type: ignore[list-item]
+    assert [d.ok for d in gate.check_many([("seen", 1)])] == [True]
