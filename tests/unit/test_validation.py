@@ -43,6 +43,39 @@ def test_feature_is_limited_to_64_chars() -> None:
         v.feature("f" * 65)
 
 
+def test_a_seen_identifier_is_still_held_to_each_kinds_length() -> None:
+    name = "m" * 100
+    assert v.label("model", name) == name  # seen: up to 128 characters is a label
+    assert v.label("model", name) == name  # from the seen set
+    with pytest.raises(InvalidInput, match="feature"):
+        v.feature(name)  # a feature is at most 64
+
+
+class _Str(str):
+    """A str subclass: its == and hash could say anything, so it is never taken as seen."""
+
+
+def test_only_plain_strings_are_remembered() -> None:
+    v.port_id("plain-port")
+    odd = _Str("odd-port")
+    assert v.port_id(odd) is odd
+    assert "odd-port" not in v._SEEN
+    assert "plain-port" in v._SEEN
+
+
+def test_past_the_bound_identifiers_are_checked_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(v, "_SEEN", set())
+    monkeypatch.setattr(v, "_SEEN_LIMIT", 2)
+    for port in ("p1", "p2", "p3"):
+        assert v.port_id(port) == port
+    assert sorted(v._SEEN) == ["p1", "p2"]
+    with pytest.raises(InvalidInput):
+        v.port_id("p 4")
+    assert v.port_id("p3") == "p3"
+
+
 @pytest.mark.parametrize("count", [0, 1, 10**12])
 def test_valid_token_counts(count: int) -> None:
     assert v.tokens("n", count) == count
