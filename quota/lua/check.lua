@@ -8,7 +8,7 @@ local bad = clock_guard(now)
 if bad then
   return bad
 end
-local b = read_budget()
+local b = read_budget(KEYS[1])
 if not b then
   return '-1'
 end
@@ -19,4 +19,4 @@ if ARGV[3] ~= '' then
   local _
   _, feature_used = used_in(b, ARGV[3])
 end
-return decision(ok, reason, used_s, live_held(b, KEYS[5], now), feature_used, b.cfg)
+return decision(ok, reason, used_s, live_held(b, KEYS[1], KEYS[5], now), feature_used, b.cfg)

@@ -14,7 +14,7 @@ local bad = clock_guard(now)
 if bad then
   return bad
 end
-local b = read_budget()
+local b = read_budget(KEYS[1], true)
 if not b then
   return '-1'
 end

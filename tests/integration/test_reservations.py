@@ -236,6 +236,7 @@ def test_an_expired_lease_behind_a_longer_one_is_returned(capped: Gate) -> None:
         assert short_hold.reserved_tokens == 800
         time.sleep(0.3)
         assert short.check("p", 0).reserved_tokens == 300
+        assert [d.reserved_tokens for d in short.check_many([("p", 0), ("q", 0)])] == [300, 0]
         assert short.reserve("p", 700, "ocr").reserved_tokens == 1000  # 300 + 700, not 1500
         assert not short.reserve("p", 1, "ocr").ok
     assert capped.release(long_hold.reservation_id or "") is True
