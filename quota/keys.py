@@ -21,7 +21,7 @@ another port's keys (tests/unit/test_keys.py checks this with hypothesis).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quota.periods import Period, Windows
 
@@ -35,25 +35,24 @@ def shard_of(port: str, shards: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PortKeys:
+    """A port's keys. The fixed ones are built once, with the object (the gate keeps
+    one per port): a property formatting its string on each call of the hot path cost
+    ~0.2 µs per key."""
+
     port: str
     shard: int
     tag: str  # "<prefix>:{q<s>}"
+    budget: str = field(init=False)
+    open: str = field(init=False)
+    lapsed: str = field(init=False)
+    stream: str = field(init=False)
 
-    @property
-    def budget(self) -> str:
-        return f"{self.tag}:b:{self.port}"
-
-    @property
-    def open(self) -> str:
-        return f"{self.tag}:o:{self.port}"
-
-    @property
-    def lapsed(self) -> str:
-        return f"{self.tag}:l:{self.port}"
-
-    @property
-    def stream(self) -> str:
-        return f"{self.tag}:events"
+    def __post_init__(self) -> None:
+        tag, port = self.tag, self.port
+        object.__setattr__(self, "budget", f"{tag}:b:{port}")  # frozen: set once, here
+        object.__setattr__(self, "open", f"{tag}:o:{port}")
+        object.__setattr__(self, "lapsed", f"{tag}:l:{port}")
+        object.__setattr__(self, "stream", f"{tag}:events")
 
     def usage(self, period: Period, period_id: str) -> str:
         return f"{self.tag}:u:{_PERIOD_LETTER[period]}:{period_id}:{self.port}"
