@@ -203,8 +203,20 @@ ANALYSIS = """
   sequential client's CPU and the kernel ~35 %. The rest of the client's 28-45 µs of
   CPU per call is the two system calls and waking up.
   The baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
-  `check_many` is bound by the client (~4.5 µs of its CPU per port): building each
-  port's Decision was a fifth of it.
+  A second round that day took out repeated work: an identifier seen valid is not
+  matched against its pattern again (a bounded set; two labels 1.12 → 0.26 µs), a
+  port id the gate has keyed is not checked again, and a port's fixed keys are built
+  once with its `PortKeys` (three reads 659 → 25 ns). With the cache on and off
+  alternating in one process, reserve's client work fell 7 %, commit's 8 %, record's
+  12 % (the four-process rows' client CPU per call moves more than that with the VM).
+- **check_many** is now as much Redis as client. Per 1,000 ports on the slow VM of
+  that afternoon (a timeline of one batch): Redis ran 7.9 ms of its 10.3, the client
+  built and sent the 16 shard calls in 3.3 ms while Redis worked and parsed replies
+  as they came. The client's work per port fell 1.27-1.29× (old and new gate
+  alternating in one process, replies replayed: the *client* section's check_many
+  row): the port-id check and the five keys per port were half of it. Redis's per port
+  fell 35.7k → 33.6k instructions: check and check_many read a port's next lease end
+  only when it holds something (an HMGET field is ~2.5k).
 - **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
   function call costs ~10k instructions before it runs, ~1.3k per key or argument,
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
@@ -212,7 +224,16 @@ ANALYSIS = """
   turned into a string; creating a key with an expiry (`SET NX PX`) ~13k. A reserve
   is TIME, HMGET (3 fields), HGET, ZADD NX and HINCRBY with 11 keys and arguments; a
   commit HGET, XADD, ZREM, HINCRBY, SET and six HINCRBYs (total and feature, in each
-  of the three periods) with 16.
+  of the three periods) with 16. Measured piece by piece on a reserve (callgrind,
+  each command added to an empty function with the same arguments): the call with its
+  11 arguments 28.6k, TIME 6.8k, the HMGET 12.1k, the usage HGET 2.9k, ZADD 13.1k,
+  HINCRBY 6.8k, and the Lua between them ~21k (the reply string ~2.9k of it).
+  ZADD grows with the port's open set while Redis keeps it as a listpack (up to 128
+  members): a new lease is the latest, so it goes in at the tail after a scan of every
+  member, ~340 instructions each; with commit's ZREM of the oldest hold (at the head,
+  found at once) the pair costs 16.6k beside 10 holds, 32.3k beside 50 and 59.5k beside
+  120. The *server* rows' reserve runs beside 0-49 holds on its one port, so it pays
+  ~8k of that; the *instructions* rows spread holds over 100 ports.
 - **What cut it** (instructions per call; 7027e60 → b16d438 → 82e1d9a → now: check
   110k → 72k → 62k → 62k, reserve 171k → 121k → 105k → 91k, commit 243k → 191k → 147k
   → 138k, record 191k → 143k → 99k → 99k): one function library instead of EVALSHA
@@ -269,6 +290,18 @@ ANALYSIS = """
   total summed on read (drops three HINCRBYs from commit and record, makes check and
   status O(features)); sending only the budget period's usage key to check and
   reserve (the client learns the period; ~2.6k).
+  Tried later on 2026-11-26 and not kept (callgrind unless said): reserve holding
+  first (HINCRBY answers the holds, so no HMGET of three fields) saved 3.5k of 92k
+  before its purge and refusal paths were even written; lease ends stored negated, so
+  that a new hold goes at the head of the listpack, moved the scan to commit's ZREM of
+  the oldest (reserve + commit: -1k beside 10 holds, -7k beside 50, -16k beside 120);
+  check_many's replies joined into one string instead of a list: -0.3k per port;
+  settled reservations as fields of a per-port hourly hash instead of a key each
+  (HSET of the member and a sentinel, EXPIRE when the hash is new): commit -3.7k and
+  ~3× less memory per settled reservation, but four-process commit measured 0.87,
+  0.80, 0.79× against 0.77, 0.82× for the unchanged code in alternating runs (noise),
+  and it needs the client and Redis to agree on the hour and every process the same
+  QUOTA_SETTLED_SECONDS. Memory is the reason to take it up again.
 - **This machine varies by day.** On 2026-11-26 the VM ran the same Redis 7.0.15
   binary ~2-3× slower than on 2026-11-25, varying through the day: the trivial script
   took 4-8 µs of Redis time per sequential call against 1.5 (a pipelined trivial EVAL
@@ -281,6 +314,15 @@ ANALYSIS = """
   twice that day: sequential reserve 0.86/0.78× → 0.85/0.92×, four processes reserve
   0.80/0.87× → 0.83/0.94×, commit 0.70/0.74× → 0.64/0.76× (unpaired ratios, which is
   why they are paired now).
+  Later that day the VM was slower again, by as much: the *client* rows measured
+  8-30 µs where they had measured 6-10, the trivial script took 5.8-9.9 µs of Redis
+  time per call (2.6-4.9 in the morning's full runs), Postgres' SUM over 1M ledger rows
+  ran 5.4-6.9 times a second (11.8) and a 5,000-row ledger INSERT took ~95 ms (~19 µs
+  a row, ~7.5 in the morning), with the same instruction counts to within 1 %. In
+  that state the absolute rows missed (Redis per reserve 23.6-36.9 µs, the drain
+  34k events/s from one process and 38-41k from two, check_many 87-98k decisions/s)
+  while the ratio rows held; no change to the code could have moved the first two by
+  the 1.5-2.5× asked.
 """
 
 
