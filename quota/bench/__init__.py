@@ -320,7 +320,7 @@ ANALYSIS = """
   ran 5.4-6.9 times a second (11.8) and a 5,000-row ledger INSERT took ~95 ms (~19 µs
   a row, ~7.5 in the morning), with the same instruction counts to within 1 %. In
   that state the absolute rows missed (Redis per reserve 23.6-36.9 µs, the drain
-  34k events/s from one process and 38-41k from two, check_many 87-98k decisions/s)
+  34k events/s from one process and 38-43k from two, check_many 87-98k decisions/s)
   while the ratio rows held; no change to the code could have moved the first two by
   the 1.5-2.5× asked.
 """
