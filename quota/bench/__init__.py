@@ -257,7 +257,13 @@ ANALYSIS = """
   while Postgres stores one (they ran with Postgres idle), and a value the gate wrote is
   checked by one regular expression and copied with its '|' turned into tabs (the
   staging columns follow the stream value's order) instead of being parsed into a
-  tuple and formatted again: 58-64k → 71-78k events/s on the same VM.
+  tuple and formatted again: 58-64k → 71-78k events/s on the same VM. On the
+  afternoon's slower VM the writer was busy 86 % of a one-process drain (storing
+  batches took 7.75 of 9.0 s for 300,000 events, Postgres ~20 µs of CPU a row), and
+  the ledger's (port_id, occurred_at) index was 30-40 % of the INSERT statement: per
+  5,000 rows 80-88 ms with it, 49-62 ms without, dropped and rebuilt three times; the
+  same index with COLLATE "C" took 77 ms against 81, so it is not text comparison.
+  Reconciliation's per-port sums need it; it stays.
 - **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
   clients and Redis share 2 cores. The four-process rows' notes give what each call
   costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
