@@ -19,4 +19,5 @@ if ARGV[3] ~= '' then
   local _
   _, feature_used = used_in(b, ARGV[3])
 end
-return decision(ok, reason, used_s, live_held(b, KEYS[1], KEYS[5], now), feature_used, b.cfg)
+local held_s = live_held(b, KEYS[1], KEYS[5], now)
+return decision(ok, reason, used_s, held_s, feature_used, b.cfg)

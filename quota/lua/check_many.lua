@@ -18,7 +18,8 @@ for i = 1, #KEYS / 5 do
   else
     local used, used_s = used_in(b, nil, base + 1)
     local ok, reason = decide(b, used, 0, ARGV[1 + i] + 0)
-    out[i] = decision(ok, reason, used_s, live_held(b, KEYS[base + 1], KEYS[base + 5], now), '', b.cfg)
+    local held_s = live_held(b, KEYS[base + 1], KEYS[base + 5], now)
+    out[i] = decision(ok, reason, used_s, held_s, '', b.cfg)
   end
 end
 return out
