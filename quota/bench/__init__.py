@@ -209,14 +209,14 @@ ANALYSIS = """
   once with its `PortKeys` (three reads 659 → 25 ns). With the cache on and off
   alternating in one process, reserve's client work fell 7 %, commit's 8 %, record's
   12 % (the four-process rows' client CPU per call moves more than that with the VM).
-- **check_many** is now as much Redis as client. Per 1,000 ports on the slow VM of
-  that afternoon (a timeline of one batch): Redis ran 7.9 ms of its 10.3, the client
-  built and sent the 16 shard calls in 3.3 ms while Redis worked and parsed replies
-  as they came. The client's work per port fell 1.27-1.29× (old and new gate
+- **check_many** is now bound by Redis more than by the client. Per 1,000 ports on the
+  slow VM of that afternoon (a timeline of one batch): Redis ran 7.9 ms of its 10.3,
+  the client built and sent the 16 shard calls in 3.3 ms while Redis worked and parsed
+  replies as they came. The client's work per port fell 1.27-1.29× (old and new gate
   alternating in one process, replies replayed: the *client* section's check_many
-  row): the port-id check and the five keys per port were half of it. Redis's per port
-  fell 35.7k → 33.6k instructions: check and check_many read a port's next lease end
-  only when it holds something (an HMGET field is ~2.5k).
+  row), by no longer checking each port id and building its five keys on every call.
+  Redis's per port fell 35.7k → 33.6k instructions: check and check_many read a port's
+  next lease end only when it holds something (an HMGET field is ~2.5k).
 - **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
   function call costs ~10k instructions before it runs, ~1.3k per key or argument,
   ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
