@@ -29,32 +29,22 @@ from quota.settings import Settings
 _OPS = ("check", "reserve", "commit", "record")
 
 
-def _best_us(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
-    """Microseconds per call: the best of ``rounds`` timed loops, as timeit advises (the
-    slower ones measure what else the machine did)."""
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
-
-
-def _best_us_taking_turns(
+def _best_us(
     loops: dict[str, Callable[[], object]],
     calls: int,
-    before: dict[str, Callable[[], object]],
+    before: dict[str, Callable[[], object]] | None = None,
     rounds: int = 5,
 ) -> dict[str, float]:
-    """`_best_us` of each loop, the loops taking turns round by round: a slow patch of
-    this VM can outlast one operation's five loops back to back (one run measured
-    record at twice another's), but not its loops spread over the whole section.
-    ``before[name]``, if given, runs untimed before each of that loop's turns."""
+    """Microseconds per call of each loop: the best of ``rounds`` timed loops of
+    ``calls``, as timeit advises (the slower ones measure what else the machine did).
+    The loops take turns round by round: a slow patch of this VM can outlast one
+    operation's loops back to back (one run measured record at twice another's), but
+    not its loops spread over the whole section. ``before[name]``, if given, runs
+    untimed before each of that loop's turns."""
     best = dict.fromkeys(loops, float("inf"))
     for _ in range(rounds):
         for name, fn in loops.items():
-            if name in before:
+            if before and name in before:
                 before[name]()
             started = time.perf_counter()
             for _ in range(calls):
@@ -105,13 +95,13 @@ def _check_many_row(gate: Gate, calls: int, ports: int = 1000) -> Row:
         gate._call.call_each = capture  # type: ignore[method-assign]
         gate.check_many(requests)
         gate._call.call_each = canned  # type: ignore[method-assign]
-        per_call = _best_us(partial(gate.check_many, requests), calls)
+        per_call = _best_us({"check_many": partial(gate.check_many, requests)}, calls)
     finally:
         gate._call.call_each = real  # type: ignore[method-assign]
     return Row(
         "client",
         f"Python per port, FCALLs answered in-process: gate.check_many, {ports:,} ports",
-        per_call / ports,
+        per_call["check_many"] / ports,
         "µs",
         note=f"best of 5 loops of {calls:,} calls",
     )
@@ -149,7 +139,7 @@ def bench_client(settings: Settings, client: redis.Redis, calls: int) -> list[Ro
 
             loops = {name: ops[name] for name in _OPS}
             loops |= {f"pack {name}": partial(_pack, *packed[name]) for name in _OPS}
-            best = _best_us_taking_turns(loops, calls, {"commit": reservations})
+            best = _best_us(loops, calls, {"commit": reservations})
         finally:
             gate._call = real
         held.clear()
