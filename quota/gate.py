@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -74,8 +74,16 @@ _ATTEMPTS = 4
 _LOCAL_RESERVATIONS = 100_000
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
-# A port's keys for one day (Windows): those of `_run`, and check_many's (+ open set).
-_PeriodKeys = tuple[Windows, tuple[str, str, str, str], tuple[str, str, str, str, str]]
+
+
+class _PeriodKeys(NamedTuple):
+    """A port's keys for one day: those every period-keyed function starts with (the
+    port hash, then its day/week/month counters), and check_many's (those, then the
+    open set)."""
+
+    windows: Windows
+    leading: tuple[str, str, str, str]
+    for_check_many: tuple[str, str, str, str, str]
 
 
 class Gate:
@@ -241,7 +249,7 @@ class Gate:
             for _, idxs in order:  # built one shard at a time, while Redis runs the last
                 keys: list[str] = []
                 for i in idxs:
-                    keys += self._check_keys(items[i][0], w)
+                    keys += self._period_keys(items[i][0], w).for_check_many
                 yield keys, (w.day, *(items[i][1] for i in idxs))
 
         def handle(n: int, reply: list[str] | str) -> None:
@@ -500,26 +508,15 @@ class Gate:
             pk = self._port_keys[port] = self.layout.for_port(port)
         return pk
 
-    def _period_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str, str]:
-        """The keys every period-keyed function starts with: the port hash and its
-        day/week/month counters for ``w``, built once per day."""
+    def _period_keys(self, pk: PortKeys, w: Windows) -> _PeriodKeys:
+        """The port's keys for the day of ``w``, built once per day."""
         cached = self._period_cache.get(pk.port)
-        if cached is None or cached[0] is not w:
-            cached = self._cache_period_keys(pk, w)
-        return cached[1]
-
-    def _check_keys(self, pk: PortKeys, w: Windows) -> tuple[str, str, str, str, str]:
-        """check_many's keys of one port: `_period_keys`, then its open set."""
-        cached = self._period_cache.get(pk.port)
-        if cached is None or cached[0] is not w:
-            cached = self._cache_period_keys(pk, w)
-        return cached[2]
-
-    def _cache_period_keys(self, pk: PortKeys, w: Windows) -> _PeriodKeys:
+        if cached is not None and cached.windows is w:
+            return cached
         if len(self._period_cache) > 100_000:
             self._period_cache.clear()  # a bound, not an LRU: rebuilding is cheap
-        keys = (pk.budget, *pk.usage_all(w))
-        cached = self._period_cache[pk.port] = (w, keys, (*keys, pk.open))
+        leading = (pk.budget, *pk.usage_all(w))
+        cached = self._period_cache[pk.port] = _PeriodKeys(w, leading, (*leading, pk.open))
         return cached
 
     def _now_ms(self) -> int:
@@ -560,7 +557,9 @@ class Gate:
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: str = self._call(op, (*self._period_keys(pk, w), *keys), (w.day, *args))
+                reply: str = self._call(
+                    op, (*self._period_keys(pk, w).leading, *keys), (w.day, *args)
+                )
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
