@@ -58,10 +58,10 @@ WITH inserted AS (
     INSERT INTO ledger (event_id, occurred_at, port_id, user_id, feature, provider, model,
                         input_tokens, output_tokens, total_tokens, request_id, source,
                         stream_ms, stream_seq)
-    SELECT event_id::uuid, timestamptz 'epoch' + at_ms * interval '1 millisecond', port_id,
-           NULLIF(user_id, ''),
-           feature, provider, model, input_tokens, output_tokens,
-           input_tokens + output_tokens, NULLIF(request_id, ''), source, stream_ms, stream_seq
+    SELECT event_id::uuid, timestamptz 'epoch' + at_ms * interval '1 millisecond',
+           port_id, NULLIF(user_id, ''), feature, provider, model, input_tokens,
+           output_tokens, input_tokens + output_tokens, NULLIF(request_id, ''), source,
+           stream_ms, stream_seq
     FROM ledger_staging
     ON CONFLICT DO NOTHING
     RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
