@@ -182,157 +182,144 @@ def targets_markdown(rows: list[Row]) -> str:
 
 
 ANALYSIS = """
+
 ## Where the time goes, and what is left
 
+- **The machine sets the absolute rows; the ratios hold.** The same code, with the same
+  instruction counts to within 1 %, measured on this shared 2-core VM in two states on
+  2026-11-26:
+
+  | figure | slow: four full runs, 04:23-04:53 UTC | fast: three, 05:38-05:44 UTC |
+  | --- | ---: | ---: |
+  | trivial script, Redis µs per call | 5.8-9.9 | 1.1 |
+  | Redis µs per reserve (goal ≤ 15) | 24.9-36.9 | 6.6-7.1 |
+  | check_many, decisions/s (goal ≥ 100,000) | 87,000-98,000 | 342,000-353,000 |
+  | drain, events/s, 1 process (goal ≥ 50,000) | 34,000-35,000 | 90,000-101,000 |
+  | drain, events/s, 2 processes | 38,000-43,000 | 98,000-123,000 |
+  | reconcile 10,000 ports, s | 1.7-1.9 | 0.47-0.52 |
+  | sequential baseline, calls/s | 7,900 (04:53) | 12,800-14,200 |
+  | four-process baseline, calls/s | 12,800 (04:53) | 39,000-46,000 |
+
+  In the fast state every absolute goal is met, by 1.8-3.5×; in the slow state Redis's
+  time per reserve, check_many and the drain missed, and no change to the code could
+  have moved them by the 1.5-2.5× asked. Every ratio goal was met in both states but
+  one, four-process commit (next). Compare a run's baseline with another run's before
+  comparing any absolute figure. In the fast state a sequential round trip costs
+  ~70 µs, of which Redis works 1-11 and the client's Python 4-7: the kernel's wake-ups
+  dominate, so the sequential ratios sit near 1: check 1.05-1.07×, reserve
+  0.98-1.00×, commit 0.91-0.94×, record 0.98-0.99× (1.21-1.24×, 0.92-1.02×, 0.80-0.87×
+  and 0.92-1.02× in the slow state).
+- **Four-process commit is the one goal still in the noise.** In the fast state it
+  measured 0.90, 0.79 and 0.84× in the full runs and 0.86, 0.79 and 0.90× in three runs
+  of the section alone (median 0.85×); in the slow state 0.72-0.90×. One run's rounds
+  range 0.46-1.09× (the other operations' ±15-25 %). The row moves with how the run
+  is sliced, which I could not explain: 48 rounds of a sixth of a second (the same
+  8 s) read 0.87-0.99× in three runs earlier that day, and twice as long a run (32
+  rounds of half a second) 0.81, 0.71 and 0.78× in the fast state. Commit is the
+  longest function: 11 commands and 7.3× the trivial script's instructions, against
+  5.2× for record, whose four-process ratio (0.93-1.09×) has room. Where Redis's CPU
+  goes under four processes committing (perf, cpu-clock samples of redis-server at
+  34,000 commits/s): 31 % in the kernel (sending a reply and waking its reader ~10 %),
+  ~23 % in key lookups (dictFind 11 %, comparing and hashing keys, rehashing as settled
+  markers grow the keyspace), most of them HINCRBY's lookup of a usage key and of its
+  expiry (6.2 %: seven of the eleven commands are HINCRBYs on keys with an expiry).
+  The cost follows the number of commands; there is no hot spot to remove. Keeping
+  each period's total only in the budget's own period (four HINCRBYs instead of six)
+  cut commit from 136.8k to 124.0k instructions and record from 98.4k to 85.8k, and
+  measured four-process commit 0.83, 0.87, 0.96× against 0.86, 0.79, 0.90× unchanged:
+  inside the noise, so not kept, since status and reconciliation read every period's
+  total. A million extra keys with an expiry in the keyspace changed nothing (0.81× in a
+  32-round run).
 - **Client.** A hot-path call is one FCALL, packed by hiredis, written to a socket
   owned by the calling thread and read back by that thread's own hiredis reader
   (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). The
-  socket is blocking with its timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
+  socket is blocking, with its timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
   CPython polls before every send and recv on a socket with a timeout, and those two
-  extra system calls cost ~2-3 µs of CPU and ~4 µs of wall time per call; replies are
-  read into one reusable buffer, and a single call runs its own short retry loop
-  (~3.4k fewer client instructions than the batch path's closures). The *client* rows
-  time the client's own work with the FCALL answered in-process (packing included):
-  check 7.7 → 6.2 µs, reserve 9.8 → 9.2, commit 12.8 → 10.0, record 10.6 → 9.2 from
-  987ec38 to the changes of 2026-11-26 (the same harness on both, twice each, within
-  2 %): `Decision` and `UsageResult` became named tuples, ~0.3 µs to build where a
-  frozen dataclass took ~1.3; keys are passed as tuples instead of closures; commit
-  takes a reservation this process made from its own record instead of parsing the id
-  (reserve pays ~0.3 µs to keep it). Between blocking round trips that Python runs 2-3×
-  slower than in such a loop (cold caches): under perf, libpython is ~57 % of a
-  sequential client's CPU and the kernel ~35 %. The rest of the client's 28-45 µs of
-  CPU per call is the two system calls and waking up.
-  The baseline row keeps plain `redis.evalsha`, which is what users of redis-py pay.
-  A second round that day took out repeated work: an identifier seen valid is not
-  matched against its pattern again (a bounded set; two labels 1.12 → 0.26 µs), a
-  port id the gate has keyed is not checked again, and a port's fixed keys are built
-  once with its `PortKeys` (three reads 659 → 25 ns). With the cache on and off
-  alternating in one process, reserve's client work fell 7 %, commit's 8 %, record's
-  12 % (the four-process rows' client CPU per call moves more than that with the VM).
-- **check_many** is now bound by Redis more than by the client. Per 1,000 ports on the
-  slow VM of that afternoon (a timeline of one batch): Redis ran 7.9 ms of its 10.3,
-  the client built and sent the 16 shard calls in 3.3 ms while Redis worked and parsed
-  replies as they came. The client's work per port fell 1.27-1.29× (old and new gate
-  alternating in one process, replies replayed: the *client* section's check_many
-  row), by no longer checking each port id and building its five keys on every call.
-  Redis's per port fell 35.7k → 33.6k instructions: check and check_many read a port's
-  next lease end only when it holds something (an HMGET field is ~2.5k).
-- **Redis.** Read the *instructions* rows (they repeat; the µs rows move ±50 %). A
-  function call costs ~10k instructions before it runs, ~1.3k per key or argument,
-  ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k, each `HMGET`
-  field ~2.5k), ~5k for a table reply where a string costs 0.3k, ~2-4k per number
-  turned into a string; creating a key with an expiry (`SET NX PX`) ~13k. A reserve
-  is TIME, HMGET (3 fields), HGET, ZADD NX and HINCRBY with 11 keys and arguments; a
-  commit HGET, XADD, ZREM, HINCRBY, SET and six HINCRBYs (total and feature, in each
-  of the three periods) with 16. Measured piece by piece on a reserve (callgrind,
-  each command added to an empty function with the same arguments): the call with its
-  11 arguments 28.6k, TIME 6.8k, the HMGET 12.1k, the usage HGET 2.9k, ZADD 13.1k,
-  HINCRBY 6.8k, and the Lua between them ~21k (the reply string ~2.9k of it). A
-  commit, likewise: the call with its 15 arguments 33.1k, HGET 5.2k, XADD 10.7k, ZREM
-  4.2k, HINCRBY 6.6k, SET EX 13.3k, the six usage HINCRBYs 42.2k, and ~24k of Lua in
-  pieces of 0.4-2.7k each (matching the stream id's time 2.7k, a number formatted for
-  the reply 2.0k, the clock guard 1.4k, ...).
-  ZADD grows with the port's open set while Redis keeps it as a listpack (up to 128
-  members): a new lease is the latest, so it goes in at the tail after a scan of every
-  member, ~340 instructions each; with commit's ZREM of the oldest hold (at the head,
-  found at once) the pair costs 16.6k beside 10 holds, 32.3k beside 50 and 59.5k beside
-  120. The *server* rows' reserve runs beside 0-49 holds on its one port, so it pays
-  ~8k of that; the *instructions* rows spread holds over 100 ports.
+  system calls cost ~2-3 µs of CPU per call. A single call runs its own short retry
+  loop (~3.4k fewer client instructions than the batch path's closures). The *client*
+  rows time the client's own work with the FCALL answered in-process: in the fast
+  state check 4.2-4.4 µs, reserve 5.9-6.2, commit 6.4-6.8, record 5.8-6.1 and
+  check_many 1.7-1.8 per port. What cut it: `Decision` and `UsageResult` are named
+  tuples (~0.3 µs to build where a frozen dataclass took ~1.3); keys are passed as
+  tuples; commit takes a reservation this process made from its own record instead of
+  parsing the id; an identifier already seen valid is not matched again (a bounded
+  set; two labels 1.12 → 0.26 µs); a port id the gate has keyed is not checked again
+  and its fixed keys are built once (three reads 659 → 25 ns). Between blocking round
+  trips that Python runs 2-3× slower than in such a loop (cold caches); under perf,
+  libpython was ~57 % of a sequential client's CPU and the kernel ~35 %. The baseline
+  row keeps plain `redis.evalsha`, which is what users of redis-py pay.
+- **check_many** is bound by Redis more than by the client: per 1,000 ports in the slow
+  state Redis ran 7.9 ms of the batch's 10.3, while the client built and sent the 16
+  shard calls in 3.3 ms and parsed replies as they came. Redis's share is 33.6k
+  instructions per port; check and check_many read a port's next lease end only when
+  it holds something (an HMGET field is ~2.5k).
+- **Redis.** Read the *instructions* rows (they repeat; the µs rows move with the
+  machine). A function call costs ~10k instructions before it runs, ~1.3k per key or
+  argument, ~4k per `redis.call` plus its reply's conversion to Lua (`TIME` ~6.5k,
+  each `HMGET` field ~2.5k), ~5k for a table reply where a string costs 0.3k, ~2-4k per
+  number turned into a string; creating a key with an expiry (`SET NX PX`) ~13k. A
+  reserve, piece by piece (callgrind, each command added to an empty function with the
+  same arguments): the call with its 11 arguments 28.6k, TIME 6.8k, the HMGET of three
+  fields 12.1k, the usage HGET 2.9k, ZADD 13.1k, HINCRBY 6.8k, and ~21k of Lua. A
+  commit: the call with its 15 arguments 33.1k, HGET 5.2k, XADD 10.7k, ZREM 4.2k,
+  HINCRBY 6.6k, SET EX 13.3k, the six usage HINCRBYs 42.2k, and ~24k of Lua in pieces
+  of 0.4-2.7k. ZADD grows with the port's open set while Redis keeps it as a listpack
+  (up to 128 members): a new lease is the latest, so it goes in at the tail after a
+  scan of every member, ~340 instructions each; with commit's ZREM of the oldest (at
+  the head) the pair costs 16.6k beside 10 holds, 32.3k beside 50 and 59.5k beside 120.
 - **What cut it** (instructions per call; 7027e60 → b16d438 → 82e1d9a → now: check
-  110k → 72k → 62k → 62k, reserve 171k → 121k → 105k → 91k, commit 243k → 191k → 147k
-  → 138k, record 191k → 143k → 99k → 99k): one function library instead of EVALSHA
-  scripts; one clock argument; the budget copy as one field passed through; then
-  replies as one '|'-joined string instead of a table; one shared Lua table for the
-  budget instead of a fresh one per call; parsed budget copies memoised by their
-  string (bounded; budgets repeat across ports); stream entries as one packed field,
-  sent pre-joined by the client (XADD and the FCALL cost per argument); commit and
+  110k → 72k → 62k → 60k, reserve 171k → 121k → 105k → 90k, commit 243k → 191k → 147k
+  → 137k, record 191k → 143k → 99k → 98k): one function library instead of EVALSHA
+  scripts; one clock argument; the budget copy as one field passed through; replies as
+  one '|'-joined string instead of a table; one shared Lua table for the budget;
+  parsed budget copies memoised by their string (bounded; budgets repeat across
+  ports); stream entries as one packed field, sent pre-joined by the client; commit and
   record taking the event's time from its stream id (XADD stamps it with the server's
-  clock) instead of a TIME call; commit and record reading only the budget copy, and
-  the soft-alert marker read only above the soft cap; arguments the client can join
-  sent joined. Last, a reservation is only its member of the port's open set: its id
+  clock) instead of a TIME call; the soft-alert marker read only above the soft cap.
+  Last, a reservation is only its member of the port's open set: its id
   (`<hex>|<tokens>|<feature>|<user>|<port>`) carries what commit needs, so reserve
-  creates no key (its SET NX PX was ~15k of 106k) and commit reads none (no GET); an
-  ended lease's member moves to a lapsed set on the purge, so late commits and
-  releases still find it.
-- **The drain** (one process) waits on Postgres: of ~4.4 s for 300,000 events, the
-  INSERT … ON CONFLICT with its rollups took ~2.3 s (~7.5 µs a row: the primary key,
-  the (port, time) index and the partition routing), psycopg formatting COPY rows ~0.6-
-  0.9 s. Since 2026-11-26 the next batch is read and parsed, and the last acknowledged,
-  while Postgres stores one (they ran with Postgres idle), and a value the gate wrote is
-  checked by one regular expression and copied with its '|' turned into tabs (the
-  staging columns follow the stream value's order) instead of being parsed into a
-  tuple and formatted again: 58-64k → 71-78k events/s on the same VM. On the
-  afternoon's slower VM the writer was busy 86 % of a one-process drain (storing
-  batches took 7.75 of 9.0 s for 300,000 events, Postgres ~20 µs of CPU a row), and
-  the ledger's (port_id, occurred_at) index was 30-40 % of the INSERT statement: per
-  5,000 rows 80-88 ms with it, 49-62 ms without, dropped and rebuilt three times; the
-  same index with COLLATE "C" took 77 ms against 81, so it is not text comparison.
-  Reconciliation's per-port sums need it; it stays.
-- **Four processes are CPU-bound on the whole machine, not on Redis alone.** Four
-  clients and Redis share 2 cores. The four-process rows' notes give what each call
-  costs the machine in CPU (the clients' process time; Redis's, from INFO cpu): Redis
-  spends ~13-15 µs per call on network I/O alone (read, parse, reply, epoll), a client
-  28-45 µs, mostly in its two system calls and the scheduler. In the two full runs
-  after the changes of 2026-11-26 a call cost 63-64 µs of CPU for the baseline, 47-49
-  for a check, 57-58 for a reserve, 59-61 for a record and 68-69 for a commit (79 the
-  day before): by CPU alone commit would reach ~0.92×, and it measures below that, as
-  clients wait on the one Redis thread longest for the longest function. Commit is the
-  hot-path row nearest its goal, and the noisiest: its rounds range ±25 % (the
-  baseline's ±12 %), and the same code measured 0.76, 0.78, 0.81, 0.84, 0.85, 0.85 and
-  0.99× in seven runs that day (0.69-0.85×, median 0.79, in nine runs of the day
-  before's code).
-  Two experiments that day: commit without its settled-marker SET (13.6k of its 137k
-  instructions) measured 0.92-0.95× in three runs, but the unchanged code also reached
-  0.99× once, so one command's worth is within the noise; and 48 rounds of 1/6 s
-  instead of 16 of 1/2 s gave commit 0.87-0.99× and reserve and record 1.01-1.08× in
-  three runs, an effect of the slicing I could not explain, so the harness keeps 16.
+  creates no key and commit reads none; an ended lease's member moves to a lapsed set
+  on the purge, so late commits and releases still find it.
+- **The drain** (one process) waits on Postgres. The next batch is read and parsed, and
+  the last acknowledged, while Postgres stores one; a value the gate wrote is checked
+  by one regular expression and copied with its '|' turned into tabs (the staging
+  columns follow the stream value's order) instead of being parsed and formatted
+  again. In the slow state the writer was busy 86 % of a one-process drain (Postgres
+  ~19-20 µs of CPU a row, ~7.5 in a faster one), and the ledger's (port_id, occurred_at)
+  index was 30-40 % of the INSERT statement (per 5,000 rows 80-88 ms with it, 49-62 ms
+  without; with COLLATE "C" 77 against 81 ms, so it is not text comparison).
+  Reconciliation's per-port sums need it; it stays. An event's time is
+  `'epoch' + at_ms * 1 ms` (exact; the statement ~8 % less than `to_timestamp`).
+- **Four processes share 2 cores with Redis.** The four-process rows' notes give what
+  each call costs the machine in CPU (the clients' process time; Redis's, from INFO
+  cpu). Redis spends ~9-14 µs per call on network I/O alone (read, parse, reply,
+  epoll) and the baseline's client 27-29 µs (redis-py), the gate's 17-23 µs, mostly in
+  the two system calls and the scheduler; under that load the scripts themselves run
+  ~40 % slower than sequentially (commit 14-15 µs against 10-11), as Redis is
+  preempted by the clients.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
-  for the same code (a slow patch of the VM lasts seconds to minutes). Since 2026-11-26
-  the sequential, four-process and peers ratios are the median over interleaved
-  rounds of each round's own ratio (see "How to read these"); before, a slow patch
-  that fell on one operation's slice moved its ratio alone.
+  for the same code (a slow patch of the VM lasts seconds to minutes), so the
+  sequential, four-process, peers and seed ratios are the median over interleaved
+  rounds of each round's own ratio (see "How to read these").
 - **What is left.** Commit's floor is its work: three periods × (total + feature)
-  counters, the hold, the settled marker and the event are 11 commands, and each
-  remaining one is what makes it correct (the settled marker is what makes a retried
-  commit count once). Moving more changes the data layout or the contract: the budget
-  period's running total in the port hash (drops the usage HGET and a key from check
-  and reserve, adds a write to commit and record); per-feature counters only, with the
-  total summed on read (drops three HINCRBYs from commit and record, makes check and
-  status O(features)); sending only the budget period's usage key to check and
-  reserve (the client learns the period; ~2.6k).
-  Tried later on 2026-11-26 and not kept (callgrind unless said): reserve holding
-  first (HINCRBY answers the holds, so no HMGET of three fields) saved 3.5k of 92k
-  before its purge and refusal paths were even written; lease ends stored negated, so
-  that a new hold goes at the head of the listpack, moved the scan to commit's ZREM of
-  the oldest (reserve + commit: -1k beside 10 holds, -7k beside 50, -16k beside 120);
-  check_many's replies joined into one string instead of a list: -0.3k per port;
+  counters, the hold, the settled marker and the event are 11 commands, each there for
+  correctness (the settled marker is what makes a retried commit count once). Moving
+  more changes the data layout or the contract: the budget period's running total in
+  the port hash (drops the usage HGET and a key from check and reserve, adds a write to
+  commit and record); totals kept only in the budget's period (above); sending only
+  the budget period's usage key to check and reserve (~2.6k). Tried and not kept
+  (callgrind unless said): reserve holding first, so that HINCRBY answers the holds
+  and no HMGET is needed (-3.5k of 92k before its purge and refusal paths were
+  written); lease ends stored negated, so that a new hold goes in at the head of the
+  listpack (reserve + commit -1k beside 10 holds, -7k beside 50, -16k beside 120);
+  check_many's replies joined into one string (-0.3k per port); `redis.call` kept in
+  an upvalue (-0.5k to -2.2k, 1-1.6 %); commit without its settled marker (0.92-0.95×
+  in three runs that day, when the unchanged code also reached 0.99× once);
   settled reservations as fields of a per-port hourly hash instead of a key each
-  (HSET of the member and a sentinel, EXPIRE when the hash is new): commit -3.7k and
-  ~3× less memory per settled reservation, but four-process commit measured 0.87,
-  0.80, 0.79× against 0.77, 0.82× for the unchanged code in alternating runs (noise),
-  and it needs the client and Redis to agree on the hour and every process the same
-  QUOTA_SETTLED_SECONDS. Memory is the reason to take it up again.
-- **This machine varies by day.** On 2026-11-26 the VM ran the same Redis 7.0.15
-  binary ~2-3× slower than on 2026-11-25, varying through the day: the trivial script
-  took 4-8 µs of Redis time per sequential call against 1.5 (a pipelined trivial EVAL
-  1.9 µs early that day), and under the four-process load in a slow phase the scripts
-  themselves took 4.0 µs (trivial), 14 (check), 22 (reserve), 34 (commit) and 23
-  (record) per call (commandstats; the four-process notes now give it); the client's
-  round trip was ~1.5-2× slower. Ratios hold across such days; absolute rows (Redis µs
-  per reserve, check_many, the drain, the lag) do not: compare this run's baseline
-  with another run's before comparing them. Old (82e1d9a) and new code alternating
-  twice that day: sequential reserve 0.86/0.78× → 0.85/0.92×, four processes reserve
-  0.80/0.87× → 0.83/0.94×, commit 0.70/0.74× → 0.64/0.76× (unpaired ratios, which is
-  why they are paired now).
-  Later that day the VM was slower again, by as much: the *client* rows measured
-  8-30 µs where they had measured 6-10, the trivial script took 5.8-9.9 µs of Redis
-  time per call (2.6-4.9 in the morning's full runs), Postgres' SUM over 1M ledger rows
-  ran 5.4-6.9 times a second (11.8) and a 5,000-row ledger INSERT took ~95 ms (~19 µs
-  a row, ~7.5 in the morning), with the same instruction counts to within 1 %. In
-  that state the absolute rows missed (Redis per reserve 23.6-36.9 µs, the drain
-  34k events/s from one process and 38-43k from two, check_many 87-98k decisions/s)
-  while the ratio rows held; no change to the code could have moved the first two by
-  the 1.5-2.5× asked.
+  (commit -3.7k and ~3× less memory per settled reservation, four-process commit in
+  the noise; it needs the client and Redis to agree on the hour and every process the
+  same QUOTA_SETTLED_SECONDS). Memory is the reason to take that one up: at 1,000
+  commits/s the settled markers of the default hour hold ~820 MB.
 """
 
 
