@@ -61,7 +61,9 @@ NOTES = """
   reservations.
 - **4 processes**: four processes run each operation at the same time, over 1,000
   ports, in 16 interleaved rounds of half a second; throughput is their sum, the
-  median over the rounds.
+  median over the rounds. Commit settles the reservations of its round's reserve
+  slice; those it did not reach are settled untimed, so that every round starts with
+  no holds.
 - **batched**: `gate.check_many` with 1,000 ports per call (one script per shard,
   pipelined: one round trip).
 - **peers**: `limits` keeps one counter per window; a quota reservation checks the hard
@@ -189,40 +191,46 @@ ANALYSIS = """
   instruction counts to within 1 %, measured on this shared 2-core VM in two states on
   2026-11-26:
 
-  | figure | slow: four full runs, 04:23-04:53 UTC | fast: three, 05:38-05:44 UTC |
+  | figure | slow: four full runs, 04:23-04:53 UTC | fast: six, 05:38-06:12 UTC |
   | --- | ---: | ---: |
-  | trivial script, Redis µs per call | 5.8-9.9 | 1.1 |
-  | Redis µs per reserve (goal ≤ 15) | 24.9-36.9 | 6.6-7.1 |
-  | check_many, decisions/s (goal ≥ 100,000) | 87,000-98,000 | 342,000-353,000 |
+  | trivial script, Redis µs per call | 5.8-9.9 | 1.1-1.2 |
+  | Redis µs per reserve (goal ≤ 15) | 24.9-36.9 | 6.6-8.0 |
+  | check_many, decisions/s (goal ≥ 100,000) | 87,000-98,000 | 323,000-354,000 |
   | drain, events/s, 1 process (goal ≥ 50,000) | 34,000-35,000 | 90,000-101,000 |
   | drain, events/s, 2 processes | 38,000-43,000 | 98,000-123,000 |
-  | reconcile 10,000 ports, s | 1.7-1.9 | 0.47-0.52 |
-  | sequential baseline, calls/s | 7,900 (04:53) | 12,800-14,200 |
+  | reconcile 10,000 ports, s | 1.7-1.9 | 0.47-0.58 |
+  | sequential baseline, calls/s | 7,900 (04:53) | 12,800-15,100 |
   | four-process baseline, calls/s | 12,800 (04:53) | 39,000-46,000 |
 
-  In the fast state every absolute goal is met, by 1.8-3.5×; in the slow state Redis's
+  In the fast state every absolute goal is met, by 1.8-3.2×; in the slow state Redis's
   time per reserve, check_many and the drain missed, and no change to the code could
   have moved them by the 1.5-2.5× asked. Every ratio goal was met in both states but
   one, four-process commit (next). Compare a run's baseline with another run's before
   comparing any absolute figure. In the fast state a sequential round trip costs
-  ~70 µs, of which Redis works 1-11 and the client's Python 4-7: the kernel's wake-ups
-  dominate, so the sequential ratios sit near 1: check 1.05-1.07×, reserve
-  0.98-1.00×, commit 0.91-0.94×, record 0.98-0.99× (1.21-1.24×, 0.92-1.02×, 0.80-0.87×
+  ~70 µs, of which Redis works 1-12 and the client's Python 4-7: the kernel's wake-ups
+  dominate, so the sequential ratios sit near 1: check 1.05-1.08×, reserve
+  0.96-1.00×, commit 0.91-0.94×, record 0.98-0.99× (1.21-1.24×, 0.92-1.02×, 0.80-0.87×
   and 0.92-1.02× in the slow state).
 - **Four-process commit is the one goal still in the noise.** In the fast state it
-  measured 0.90, 0.79 and 0.84× in the full runs and 0.86, 0.79 and 0.90× in three runs
-  of the section alone (median 0.85×); in the slow state 0.72-0.90×. One run's rounds
-  range 0.46-1.09× (the other operations' ±15-25 %). The row moves with how the run
-  is sliced, which I could not explain: 48 rounds of a sixth of a second (the same
-  8 s) read 0.87-0.99× in three runs earlier that day, and twice as long a run (32
-  rounds of half a second) 0.81, 0.71 and 0.78× in the fast state. Commit is the
-  longest function: 11 commands and 7.3× the trivial script's instructions, against
-  5.2× for record, whose four-process ratio (0.93-1.09×) has room. Where Redis's CPU
-  goes under four processes committing (perf, cpu-clock samples of redis-server at
-  34,000 commits/s): 31 % in the kernel (sending a reply and waking its reader ~10 %),
-  ~23 % in key lookups (dictFind 11 %, comparing and hashing keys, rehashing as settled
-  markers grow the keyspace), most of them HINCRBY's lookup of a usage key and of its
-  expiry (6.2 %: seven of the eleven commands are HINCRBYs on keys with an expiry).
+  measured 0.90, 0.79, 0.84, 0.90, 0.76 and 0.98× in the six full runs and 0.86, 0.79,
+  0.90, 0.81, 0.96 and 0.84× in six runs of the section alone: median 0.85×, three of
+  twelve below 0.80×; in the slow state 0.72-0.90×. One run's rounds range 0.46-1.09×
+  (the other operations' ±15-25 %). Under four processes Redis spends 22.7-23.4 µs of
+  CPU per commit (~14 in the script, ~9 reading, parsing and replying), which alone
+  would cap commit at ~43,000-44,000 a second, about what the baseline measures: the
+  row runs with Redis near saturation, so every slow patch of the VM lands on it in
+  full, while the baseline (14-15 µs of Redis per call) is bound by its clients' share
+  of the two cores. Longer runs do not settle it: 32 rounds of half a second read
+  0.81, 0.71 and 0.78×, and 0.76, 0.81 and 0.87× once rounds started without holds
+  (below); 48 rounds of a sixth of a second had read 0.87-0.99× in three runs earlier
+  that day. Commit is the longest function: 11 commands and 7.3× the trivial script's
+  instructions, against 5.2× for record, whose four-process ratio (0.93-1.09×) has
+  room. Where Redis's CPU goes under four processes committing (perf, cpu-clock
+  samples of redis-server at 34,000 commits/s): 31 % in the kernel (sending a reply
+  and waking its reader ~10 %), ~23 % in key lookups (dictFind 11 %, comparing and
+  hashing keys, rehashing as settled markers grow the keyspace), most of them
+  HINCRBY's lookup of a usage key and of its expiry (6.2 %: seven of the eleven
+  commands are HINCRBYs on keys with an expiry).
   The cost follows the number of commands; there is no hot spot to remove. Keeping
   each period's total only in the budget's own period (four HINCRBYs instead of six)
   cut commit from 136.8k to 124.0k instructions and record from 98.4k to 85.8k, and
@@ -238,7 +246,7 @@ ANALYSIS = """
   system calls cost ~2-3 µs of CPU per call. A single call runs its own short retry
   loop (~3.4k fewer client instructions than the batch path's closures). The *client*
   rows time the client's own work with the FCALL answered in-process: in the fast
-  state check 4.2-4.4 µs, reserve 5.9-6.2, commit 6.4-6.8, record 5.8-6.1 and
+  state check 4.2-4.4 µs, reserve 5.9-6.2, commit 6.3-6.8, record 5.7-6.1 and
   check_many 1.7-1.8 per port. What cut it: `Decision` and `UsageResult` are named
   tuples (~0.3 µs to build where a frozen dataclass took ~1.3); keys are passed as
   tuples; commit takes a reservation this process made from its own record instead of
@@ -293,10 +301,14 @@ ANALYSIS = """
 - **Four processes share 2 cores with Redis.** The four-process rows' notes give what
   each call costs the machine in CPU (the clients' process time; Redis's, from INFO
   cpu). Redis spends ~9-14 µs per call on network I/O alone (read, parse, reply,
-  epoll) and the baseline's client 27-29 µs (redis-py), the gate's 17-23 µs, mostly in
+  epoll) and the baseline's client 26-29 µs (redis-py), the gate's 17-23 µs, mostly in
   the two system calls and the scheduler; under that load the scripts themselves run
-  ~40 % slower than sequentially (commit 14-15 µs against 10-11), as Redis is
-  preempted by the clients.
+  ~30-40 % slower than sequentially (commit 14-15 µs against 10-12), as Redis is
+  preempted by the clients. Since 06:00 UTC that day every round starts with no holds:
+  commit settles, untimed, the reservations its slice did not reach. Before, they
+  carried over and grew each port's open set to ~60 holds by the last round, and with
+  it reserve's cost: four-process reserve read 0.91-1.02× in the three full runs
+  before and 1.02-1.05× in the three after.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes), so the
   sequential, four-process, peers and seed ratios are the median over interleaved
