@@ -44,13 +44,13 @@ from quota.models import (
     DailyUsage,
     Decision,
     FeatureUsage,
-    Reason,
     SoftCapAlert,
     Status,
     UsageEvent,
     UsageResult,
 )
 from quota.periods import Period, Windows, from_ms, period_end, period_start
+from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies
 from quota.reservations import (
     RecentReservations,
     ReservationRef,
@@ -63,10 +63,6 @@ from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
 
-# The functions reply with strings, fields joined by "|" (quota/lua/lib.lua); these are
-# the codes of their first field. A reply that starts with "-" is one of the last three.
-_OK, _NOOP = "1", "2"
-_NO_BUDGET, _CLOCK, _UNKNOWN = "-1", "-2", "-3"
 # A budget miss and a clock correction each need one retry; more means trouble.
 _ATTEMPTS = 4
 # Reservations this process made, remembered so that a commit Redis calls unknown
@@ -113,7 +109,7 @@ class Gate:
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
-        self._cfg_cache: dict[str, tuple[bool, int, int, Period]] = {}
+        self._replies = Replies()
         self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
         self._skew_ms = 0  # server clock minus ours, learnt from the scripts
         self._windows = Windows.at(datetime.now(UTC))
@@ -210,7 +206,7 @@ class Gate:
     def check(self, port_id: str, estimated_tokens: int) -> Decision:
         """The seed's decision for spending ``estimated_tokens``; changes nothing."""
         reply = self._check(self._port(port_id), v.tokens("estimated_tokens", estimated_tokens), "")
-        return metrics.count_decision("check", self._decision(reply))
+        return metrics.count_decision("check", self._replies.decision(reply))
 
     def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
         """`check` for many ``(port_id, estimated_tokens)`` pairs, in their order.
@@ -244,6 +240,7 @@ class Gate:
         retry: dict[int, list[int]] = {}
         missing: list[int] = []  # ports whose budget copy is not in Redis
         outcomes: dict[str, int] = {}
+        parse = self._replies.decision
 
         def calls() -> Iterator[tuple[list[str], tuple[Any, ...]]]:
             for _, idxs in order:  # built one shard at a time, while Redis runs the last
@@ -259,11 +256,11 @@ class Gate:
                 retry[shard] = idxs
                 return
             for i, one in zip(idxs, reply, strict=True):
-                if one == _NO_BUDGET:
+                if one == NO_BUDGET:
                     retry.setdefault(shard, []).append(i)
                     missing.append(i)
                 else:
-                    decision = self._decision(one)
+                    decision = parse(one)
                     results[i] = decision
                     outcome: str = decision.reason or "ok"
                     outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -299,13 +296,13 @@ class Gate:
             # Its open-set member, joined here: Lua's concat costs more.
             (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
         )
-        if not reply.startswith(_OK):
-            return metrics.count_decision("reserve", self._decision(reply))
+        if not reply.startswith(OK):
+            return metrics.count_decision("reserve", self._replies.decision(reply))
         ref = ReservationRef(hex_id, estimate, feat, user, pk.port)
         rid = reservation_id(*ref)
         self._recent.add(rid, ref)
         # The reply's reserved tokens leave this hold out (lib.lua formats no number).
-        return metrics.count_decision("reserve", self._decision(reply, estimate, rid))
+        return metrics.count_decision("reserve", self._replies.decision(reply, estimate, rid))
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
@@ -319,11 +316,11 @@ class Gate:
                 (ref.member, self.settings.settled_seconds),
             )
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
-        if code == _UNKNOWN:
+        if code == UNKNOWN:
             raise UnknownReservation(f"unknown reservation {reservation_id!r}")
         self._recent.pop(reservation_id)
-        metrics.OUTCOMES["release", "released" if code == _OK else "noop"].inc()
-        return bool(code == _OK)
+        metrics.OUTCOMES["release", "released" if code == OK else "noop"].inc()
+        return bool(code == OK)
 
     @contextmanager
     def reservation(
@@ -386,7 +383,7 @@ class Gate:
                 event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
             )
             return metrics.count_usage("commit", self._fallback(event, exc))
-        if reply == _UNKNOWN:
+        if reply == UNKNOWN:
             if mine is None:
                 raise UnknownReservation(f"unknown reservation {reservation_id!r}")
             # This process made it, so Redis lost it (a restart without persistence, a
@@ -446,15 +443,15 @@ class Gate:
     def current_period_tokens(self, port_id: str, feature: str | None = None) -> int:
         """Tokens used in the port's current budget period (O(1), from Redis)."""
         feat = "" if feature is None else v.feature(feature)
-        fields = self._check(self._port(port_id), 0, feat).split("|", 5)
-        return int(fields[4] if feat else fields[2])
+        st = self._replies.standing(self._check(self._port(port_id), 0, feat))
+        return st.used if st.feature_used is None else st.feature_used
 
     def status(self, port_id: str) -> Status:
         """Usage against the caps in the port's current period: what a banner needs."""
         pk = self._port(port_id)
-        _, _, used_s, reserved_s, _, cfg = self._check(pk, 0, "").split("|", 5)
-        used, reserved = int(used_s), int(reserved_s)
-        enabled, soft, hard, period = self._budget_of(cfg)
+        used, reserved, _, (enabled, soft, hard, period) = self._replies.standing(
+            self._check(pk, 0, "")
+        )
         budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
         now = self._now()
         return Status(
@@ -462,7 +459,7 @@ class Gate:
             enabled=budget.enabled,
             period=budget.period,
             used_tokens=used,
-            reserved_tokens=max(reserved, 0),
+            reserved_tokens=reserved,
             soft_cap_tokens=soft,
             hard_cap_tokens=hard,
             period_start=period_start(budget.period, now),
@@ -551,7 +548,7 @@ class Gate:
         """Run a period-keyed function: KEYS are the port hash, the usage keys of the
         period the client's clock names, then ``keys``; ARGV the day, then ``args``.
         Loads the budget copy or fixes the clock as asked. Returns its reply, which may
-        be `_NO_BUDGET` only if not ``load_budget``."""
+        be `NO_BUDGET` only if not ``load_budget``."""
         timer = metrics.TIMERS[op]
         for _ in range(_ATTEMPTS):
             w = self._now_windows()
@@ -563,9 +560,9 @@ class Gate:
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
-            if reply.startswith(_CLOCK):
+            if reply.startswith(CLOCK):
                 self._adopt_server_clock(int(reply[3:]))
-            elif reply == _NO_BUDGET and load_budget:
+            elif reply == NO_BUDGET and load_budget:
                 self._load_budget(pk)
             else:
                 return reply
@@ -587,66 +584,20 @@ class Gate:
         try:
             reply = self._run(op, pk, keys, (*args, "0", *ttl))
         except DatabaseUnavailable:
-            reply = _NO_BUDGET
-        if reply == _NO_BUDGET:
+            reply = NO_BUDGET
+        if reply == NO_BUDGET:
             log.warning("budget copy missing and Postgres down: counting without a budget")
             reply = self._run(op, pk, keys, (*args, "1", *ttl), load_budget=False)
         return reply
 
-    def _budget_of(self, cfg: str) -> tuple[bool, int, int, Period]:
-        """(enabled, soft cap, hard cap, period) from a budget copy's "cfg" field, as the
-        functions pass it on: parsed once per distinct budget, not once per call."""
-        parsed = self._cfg_cache.get(cfg)
-        if parsed is None:
-            on, soft, hard, period = cfg.split("|")
-            parsed = (on == "1", int(soft), int(hard), cast(Period, period))
-            if len(self._cfg_cache) > 10_000:
-                self._cfg_cache.clear()  # a bound, not an LRU: parsing is cheap
-            self._cfg_cache[cfg] = parsed
-        return parsed
-
-    def _decision(
-        self, reply: str, holding: int = 0, reservation_id: str | None = None
-    ) -> Decision:
-        """A Decision from a decision reply; ``holding`` is added to its reserved tokens."""
-        ok, reason, used_s, reserved_s, _, cfg = reply.split("|", 5)
-        used = int(used_s)
-        on, soft, hard, period = self._budget_of(cfg)
-        # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
-        return Decision(
-            ok == _OK,  # ok
-            cast(Reason, reason) if reason else None,  # reason
-            used,  # used_tokens
-            hard - used if on else None,  # remaining
-            hard,  # cap_tokens
-            on and used > soft,  # soft_cap
-            max(int(reserved_s) + holding, 0),  # reserved_tokens
-            on,  # enabled
-            period,  # period
-            reservation_id,  # reservation_id
-        )
-
     def _usage_result(self, pk: PortKeys, reply: str, total: int, event_id: str) -> UsageResult:
-        code, used_s, alert, lease_expired, *cfg = reply.split("|", 4)
-        used = int(used_s)
-        if cfg:  # sent with a soft-cap alert only
-            _, soft, _, period = self._budget_of(cfg[0])
-            self._emit_soft_alert(pk.port, used, soft, period, self._now())
-        return UsageResult(
-            True,  # stored
-            code == _NOOP,  # duplicate
-            "redis",  # backend
-            total,  # total_tokens
-            None if used < 0 else used,  # used_tokens
-            alert == "1",  # soft_cap_alert
-            lease_expired == "1",  # lease_expired
-            event_id if code == _OK else None,  # event_id
-        )
+        result, alert = self._replies.usage(reply, total, event_id)
+        if alert is not None and result.used_tokens is not None:
+            self._emit_soft_alert(pk.port, result.used_tokens, alert.soft_cap, alert.period)
+        return result
 
-    def _emit_soft_alert(
-        self, port: str, used: int, soft: int, period: Period, now: datetime
-    ) -> None:
-        alert = SoftCapAlert(port, period, period_start(period, now), used, soft)
+    def _emit_soft_alert(self, port: str, used: int, soft: int, period: Period) -> None:
+        alert = SoftCapAlert(port, period, period_start(period, self._now()), used, soft)
         log.warning(
             "port %s is above its soft cap: %d of %d tokens this %s", port, used, soft, period
         )

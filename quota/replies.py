@@ -1,0 +1,117 @@
+"""The Lua functions' replies, parsed: pure, no I/O.
+
+Every function answers with one string, its fields joined by "|" (quota/lua/lib.lua),
+because a table reply costs Redis ~5k instructions where a string costs 0.3k:
+
+- a decision (check, check_many, reserve):
+  ``<ok>|<reason>|<used>|<reserved>|<feature used>|<budget>`` (the feature's usage only
+  when a feature was asked about, else empty);
+- a usage reply (commit, record): ``<code>|<used>|<alert>|<lease expired>``, followed by
+  ``|<budget>`` only when it raises a soft-cap alert;
+- or one of the codes below alone (``CLOCK`` followed by ``|<server ms>``).
+
+``<budget>`` is the port's budget copy as Redis holds it: ``<on>|<soft>|<hard>|<period>``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, cast
+
+from quota.models import Decision, Reason, UsageResult
+from quota.periods import Period
+
+# A reply's first field: counted (or ok), and a no-op (already settled or counted).
+OK, NOOP = "1", "2"
+# Replies that decide nothing: the budget copy is missing, the client's clock named
+# another day than the server's (then "-2|<server ms>"), the reservation is unknown.
+NO_BUDGET, CLOCK, UNKNOWN = "-1", "-2", "-3"
+
+
+class Terms(NamedTuple):
+    """A budget copy's terms, as the functions pass it on."""
+
+    enabled: bool
+    soft_cap: int
+    hard_cap: int
+    period: Period
+
+
+class Standing(NamedTuple):
+    """A port's usage in its budget's current period, from a decision reply."""
+
+    used: int
+    reserved: int
+    feature_used: int | None  # None unless a feature was asked about
+    terms: Terms
+
+
+class Replies:
+    """Parses replies. Each distinct budget copy is split once, not once per call:
+    budgets repeat across ports and calls, and a check's own work is ~4 µs."""
+
+    __slots__ = ("_terms",)
+
+    #: Distinct budget copies remembered; past it the memo starts again (a bound, not
+    #: an LRU: parsing one is cheap, remembering every one ever seen is not).
+    BOUND = 10_000
+
+    def __init__(self) -> None:
+        # Plain tuples, not Terms: CPython 3.11 unpacks an exact tuple on a fast path
+        # that a named tuple misses, ~20 ns of every decision.
+        self._terms: dict[str, tuple[bool, int, int, Period]] = {}
+
+    def _parsed(self, budget: str) -> tuple[bool, int, int, Period]:
+        terms = self._terms.get(budget)
+        if terms is None:
+            on, soft, hard, period = budget.split("|")
+            terms = (on == "1", int(soft), int(hard), cast(Period, period))
+            if len(self._terms) >= self.BOUND:
+                self._terms.clear()
+            self._terms[budget] = terms
+        return terms
+
+    def terms(self, budget: str) -> Terms:
+        return Terms(*self._parsed(budget))
+
+    def decision(self, reply: str, holding: int = 0, reservation_id: str | None = None) -> Decision:
+        """A Decision; ``holding`` (the hold a reserve just took, which its reply leaves
+        out) is added to its reserved tokens."""
+        ok, reason, used_s, reserved_s, _, budget = reply.split("|", 5)
+        used = int(used_s)
+        on, soft, hard, period = self._parsed(budget)
+        # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
+        return Decision(
+            ok == OK,  # ok
+            cast(Reason, reason) if reason else None,  # reason
+            used,  # used_tokens
+            hard - used if on else None,  # remaining
+            hard,  # cap_tokens
+            on and used > soft,  # soft_cap
+            max(int(reserved_s) + holding, 0),  # reserved_tokens
+            on,  # enabled
+            period,  # period
+            reservation_id,  # reservation_id
+        )
+
+    def standing(self, reply: str) -> Standing:
+        _, _, used, reserved, feature, budget = reply.split("|", 5)
+        return Standing(
+            int(used), max(int(reserved), 0), int(feature) if feature else None, self.terms(budget)
+        )
+
+    def usage(self, reply: str, total: int, event_id: str) -> tuple[UsageResult, Terms | None]:
+        """The UsageResult of a commit or record that wrote ``event_id``, and the budget's
+        terms when the reply raises a soft-cap alert (else None)."""
+        code, used_s, alert, lease_expired, *budget = reply.split("|", 4)
+        used = int(used_s)
+        result = UsageResult(
+            True,  # stored
+            code == NOOP,  # duplicate
+            "redis",  # backend
+            total,  # total_tokens
+            None if used < 0 else used,  # used_tokens
+            alert == "1",  # soft_cap_alert
+            lease_expired == "1",  # lease_expired
+            event_id if code == OK else None,  # event_id
+        )
+        return result, self.terms(budget[0]) if budget else None
