@@ -191,9 +191,9 @@ ANALYSIS = """
   instruction counts to within 1 %, measured on this shared 2-core VM in two states on
   2026-11-26:
 
-  | figure | slow: four full runs, 04:23-04:53 UTC | fast: six, 05:38-06:12 UTC |
+  | figure | slow: four full runs, 04:23-04:53 UTC | fast: seven, 05:38-06:26 UTC |
   | --- | ---: | ---: |
-  | trivial script, Redis µs per call | 5.8-9.9 | 1.1-1.2 |
+  | trivial script, Redis µs per call | 5.8-9.9 | 1.1-1.3 |
   | Redis µs per reserve (goal ≤ 15) | 24.9-36.9 | 6.6-8.0 |
   | check_many, decisions/s (goal ≥ 100,000) | 87,000-98,000 | 323,000-354,000 |
   | drain, events/s, 1 process (goal ≥ 50,000) | 34,000-35,000 | 90,000-101,000 |
@@ -209,35 +209,34 @@ ANALYSIS = """
   comparing any absolute figure. In the fast state a sequential round trip costs
   ~70 µs, of which Redis works 1-12 and the client's Python 4-7: the kernel's wake-ups
   dominate, so the sequential ratios sit near 1: check 1.05-1.08×, reserve
-  0.96-1.00×, commit 0.91-0.94×, record 0.98-0.99× (1.21-1.24×, 0.92-1.02×, 0.80-0.87×
+  0.96-1.00×, commit 0.91-0.94×, record 0.98-1.01× (1.21-1.24×, 0.92-1.02×, 0.80-0.87×
   and 0.92-1.02× in the slow state).
 - **Four-process commit is the one goal still in the noise.** In the fast state it
-  measured 0.90, 0.79, 0.84, 0.90, 0.76 and 0.98× in the six full runs and 0.86, 0.79,
-  0.90, 0.81, 0.96 and 0.84× in six runs of the section alone: median 0.85×, three of
-  twelve below 0.80×; in the slow state 0.72-0.90×. One run's rounds range 0.46-1.09×
-  (the other operations' ±15-25 %). Under four processes Redis spends 22.7-23.4 µs of
-  CPU per commit (~14 in the script, ~9 reading, parsing and replying), which alone
-  would cap commit at ~43,000-44,000 a second, about what the baseline measures: the
-  row runs with Redis near saturation, so every slow patch of the VM lands on it in
-  full, while the baseline (14-15 µs of Redis per call) is bound by its clients' share
-  of the two cores. Longer runs do not settle it: 32 rounds of half a second read
-  0.81, 0.71 and 0.78×, and 0.76, 0.81 and 0.87× once rounds started without holds
-  (below); 48 rounds of a sixth of a second had read 0.87-0.99× in three runs earlier
-  that day. Commit is the longest function: 11 commands and 7.3× the trivial script's
-  instructions, against 5.2× for record, whose four-process ratio (0.93-1.09×) has
-  room. Where Redis's CPU goes under four processes committing (perf, cpu-clock
-  samples of redis-server at 34,000 commits/s): 31 % in the kernel (sending a reply
-  and waking its reader ~10 %), ~23 % in key lookups (dictFind 11 %, comparing and
-  hashing keys, rehashing as settled markers grow the keyspace), most of them
-  HINCRBY's lookup of a usage key and of its expiry (6.2 %: seven of the eleven
-  commands are HINCRBYs on keys with an expiry).
-  The cost follows the number of commands; there is no hot spot to remove. Keeping
-  each period's total only in the budget's own period (four HINCRBYs instead of six)
-  cut commit from 136.8k to 124.0k instructions and record from 98.4k to 85.8k, and
-  measured four-process commit 0.83, 0.87, 0.96× against 0.86, 0.79, 0.90× unchanged:
-  inside the noise, so not kept, since status and reconciliation read every period's
-  total. A million extra keys with an expiry in the keyspace changed nothing (0.81× in a
-  32-round run).
+  measured 0.90, 0.79, 0.84, 0.90, 0.76, 0.98 and 0.76× in the seven full runs and 0.86,
+  0.79, 0.90, 0.81, 0.96 and 0.84× in six runs of the section alone: median 0.84×, four
+  of thirteen below 0.80×; in the slow state 0.72-0.90×. One run's rounds range
+  0.46-1.09× (the other operations' ±15-25 %). Under four processes Redis spends
+  22.7-24.6 µs of CPU per commit (~14 in the script, ~9 reading, parsing and replying),
+  which alone would cap commit at ~41,000-44,000 a second, about what the baseline
+  measures: the row runs with Redis near saturation, so every slow patch of the VM lands
+  on it in full, while the baseline (14-16 µs of Redis per call) is bound by its
+  clients' share of the two cores. Longer runs do not settle it: 32 rounds of half a
+  second read 0.81, 0.71 and 0.78×, and 0.76, 0.81 and 0.87× once rounds started without
+  holds (below); 48 rounds of a sixth of a second had read 0.87-0.99× in three runs
+  earlier that day. Commit is the longest function: 11 commands and 7.3× the trivial
+  script's instructions, against 5.2× for record, whose four-process ratio (0.93-1.09×)
+  has room. Where Redis's CPU goes under four processes committing (perf, cpu-clock
+  samples of redis-server at 34,000 commits/s): 31 % in the kernel (sending a reply and
+  waking its reader ~10 %), ~23 % in key lookups (dictFind 11 %, comparing and hashing
+  keys, rehashing as settled markers grow the keyspace), most of them HINCRBY's lookup
+  of a usage key and of its expiry (6.2 %: seven of the eleven commands are HINCRBYs on
+  keys with an expiry). The cost follows the number of commands; there is no hot spot to
+  remove. Keeping each period's total only in the budget's own period (four HINCRBYs
+  instead of six) cut commit from 136.8k to 124.0k instructions and record from 98.4k to
+  85.8k, and measured four-process commit 0.83, 0.87, 0.96× against 0.86, 0.79, 0.90×
+  unchanged: inside the noise, so not kept, since status and reconciliation read every
+  period's total. A million extra keys with an expiry in the keyspace changed nothing
+  (0.81× in a 32-round run).
 - **Client.** A hot-path call is one FCALL, packed by hiredis, written to a socket
   owned by the calling thread and read back by that thread's own hiredis reader
   (`quota/_calls.py`; redis-py still opens the connection: TLS, AUTH, SELECT). The
@@ -246,7 +245,7 @@ ANALYSIS = """
   system calls cost ~2-3 µs of CPU per call. A single call runs its own short retry
   loop (~3.4k fewer client instructions than the batch path's closures). The *client*
   rows time the client's own work with the FCALL answered in-process: in the fast
-  state check 4.2-4.4 µs, reserve 5.9-6.2, commit 6.3-6.8, record 5.7-6.1 and
+  state check 4.2-4.4 µs, reserve 5.9-6.2, commit 6.3-6.9, record 5.7-6.2 and
   check_many 1.7-1.8 per port. What cut it: `Decision` and `UsageResult` are named
   tuples (~0.3 µs to build where a frozen dataclass took ~1.3); keys are passed as
   tuples; commit takes a reservation this process made from its own record instead of
@@ -307,8 +306,8 @@ ANALYSIS = """
   preempted by the clients. Since 06:00 UTC that day every round starts with no holds:
   commit settles, untimed, the reservations its slice did not reach. Before, they
   carried over and grew each port's open set to ~60 holds by the last round, and with
-  it reserve's cost: four-process reserve read 0.91-1.02× in the three full runs
-  before and 1.02-1.05× in the three after.
+  it reserve's cost: four-process reserve read 0.91, 0.93 and 1.02× in the three full
+  runs before, and 1.04, 1.02, 1.05 and 0.89× in the four after.
 - **Ratios are paired by round.** Runs an hour apart moved whole-run ratios by ±0.1
   for the same code (a slow patch of the VM lasts seconds to minutes), so the
   sequential, four-process, peers and seed ratios are the median over interleaved
