@@ -44,5 +44,8 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         assert row in report
     assert "Redis 7" in report
     assert "## Targets" in report
+    # The prose comes from Markdown files shipped in the package, after the targets.
+    assert report.index("## Targets") < report.index("## How to read these")
+    assert report.index("## How to read these") < report.index("## Where the time goes")
     assert "| check, sequential, vs raw EVALSHA | ≥ 0.85× |" in report
     assert "PostgreSQL" in report
