@@ -308,11 +308,12 @@ class Gate:
         """Return a reservation's hold. True if released now, False if already settled."""
         ref = parse_reservation_id(reservation_id)
         pk = self._keys(ref.port)
-        settled, expire_at = self._settled_keys(pk)
         started = time.perf_counter()
         with redis_errors():
             code: str = self._call(
-                "release", (pk.budget, pk.open, pk.lapsed, *settled), (ref.member, expire_at)
+                "release",
+                (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+                (ref.member, self.settings.settled_seconds),
             )
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
         if code == UNKNOWN:
@@ -368,14 +369,13 @@ class Gate:
         pk = self._keys(port)
         event_id = uuid7()
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
-        settled, expire_at = self._settled_keys(pk)
 
         try:
             reply = self._usage_reply(
                 "commit",
                 pk,
-                (pk.stream, pk.open, pk.lapsed, *settled),
-                (ref.member, tin + tout, feature, values, expire_at),
+                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+                (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
                 req,
             )
         except RedisUnavailable as exc:
@@ -515,18 +515,6 @@ class Gate:
         leading = (pk.budget, *pk.usage_all(w))
         cached = self._period_cache[pk.port] = _PeriodKeys(w, leading, (*leading, pk.open))
         return cached
-
-    def _settled_keys(self, pk: PortKeys) -> tuple[tuple[str, str], int]:
-        """The port's hashes of settled reservations that commit and release pass:
-        this time bucket's (by this process's clock, corrected by the skew the scripts
-        taught it), where a reservation settled now is remembered, and the last one's,
-        where it is still looked for; and when a new bucket's hash expires (unix s), at
-        the end of the bucket after it: so an entry is kept at least one bucket's width,
-        QUOTA_SETTLED_SECONDS, and at most two. Every process must use the same width,
-        as the same QUOTA_SHARDS, or a retry from another finds nothing."""
-        width = self.settings.settled_seconds
-        bucket = self._now_ms() // (width * 1000)
-        return (pk.settled(width, bucket), pk.settled(width, bucket - 1)), (bucket + 2) * width
 
     def _now_ms(self) -> int:
         """Our clock, corrected by what the functions taught us of the server's."""

@@ -12,9 +12,8 @@ another port's keys (tests/unit/test_keys.py checks this with hypothesis).
     <prefix>:{q<s>}:l:<port>                      lapsed ones (lease ended, hold returned):
                                                   zset "<hex>:<tokens>" → when forgotten
     <prefix>:{q<s>}:u:<d|w|m>:<period id>:<port>  usage: t = total, f:<feature> (hash, EXPIREAT)
-    <prefix>:{q<s>}:s:<width>:<bucket>:<port>     reservations settled in a time bucket
-                                                  (unix s // width): <hex32> → c|r
-                                                  (hash, EXPIREAT)
+    <prefix>:{q<s>}:s:<hex32>:<port>              a settled reservation: "committed" or
+                                                  "released" (string, TTL)
     <prefix>:{q<s>}:i:<len(port)>:<port>:<request id>   idempotency marker (string, TTL)
     <prefix>:{q<s>}:events                        the shard's usage stream
 """
@@ -65,11 +64,8 @@ class PortKeys:
             self.usage("month", w.month_id),
         )
 
-    def settled(self, width: int, bucket: int) -> str:
-        """The port's reservations settled in time bucket ``bucket``, seconds since the
-        epoch // ``width``: one hash per port and bucket, where a key per reservation
-        cost ~228 bytes each."""
-        return f"{self.tag}:s:{width}:{bucket}:{self.port}"
+    def settled(self, hex_id: str) -> str:
+        return f"{self.tag}:s:{hex_id}:{self.port}"
 
     def idempotency(self, request_id: str) -> str:
         # The length prefix keeps (port "a:b", request "c") apart from (port "a", request "b:c").

@@ -28,9 +28,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=600.0, gt=0, le=MAX_LEASE_SECONDS)
     #: How long a retried request_id is recognised (and counted once).
     idempotency_seconds: int = Field(default=2 * 86400, ge=60)
-    #: How long a settled reservation is remembered, so a repeated commit/release is a no-op:
-    #: at least this long, at most twice (it is kept in time buckets this wide). Every
-    #: process must use the same value, like ``shards``.
+    #: How long a settled reservation is remembered, so a repeated commit/release is a no-op.
     settled_seconds: int = Field(default=3600, ge=1)
     #: Stream entries read per drain batch.
     drain_batch: int = Field(default=5000, ge=1, le=100_000)

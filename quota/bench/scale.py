@@ -114,8 +114,7 @@ def bench_reconcile_and_memory(settings: Settings, client: redis.Redis, ports: i
             "Redis memory per settled reservation",
             per_settled,
             "bytes",
-            note="a field of its port's hash for the time bucket, which an earlier one made; "
-            "kept one to two QUOTA_SETTLED_SECONDS (1 h by default)",
+            note="kept until QUOTA_SETTLED_SECONDS (1 h by default) after its commit",
         ),
     ]
 

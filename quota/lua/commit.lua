@@ -3,14 +3,14 @@
 -- a settled reservation is a no-op.
 -- KEYS[1] = port hash  KEYS[2..4] = usage day/week/month  KEYS[5] = shard stream
 -- KEYS[6] = open reservations (zset)  KEYS[7] = lapsed reservations (zset)
--- KEYS[8], KEYS[9] = the port's settled reservations, this time bucket's and the last's
--- KEYS[10] = request-id marker (only when a request id is given)
+-- KEYS[8] = the reservation's settled marker
+-- KEYS[9] = request-id marker (only when a request id is given)
 -- ARGV[1] = the client's day (see lib.lua)  ARGV[2] = its member, "<32 hex>:<tokens>"
 -- ARGV[3] = total tokens  ARGV[4] = feature
 -- ARGV[5] = the event: "id|port|user|feature|provider|model|in|out|req"
--- ARGV[6] = when a new bucket of settled reservations expires (unix s)
+-- ARGV[6] = seconds a settled reservation is remembered
 -- ARGV[7] = '1' to count even when the budget copy is missing (Postgres is down)
--- ARGV[8] = request-id marker ttl s (only with KEYS[10]: each argument costs)
+-- ARGV[8] = request-id marker ttl s (only with KEYS[9]: each argument costs)
 -- returns a usage reply (lib.lua): code 1 counted, 2 no-op (already settled, or
 --   request id already counted); or '-1' or '-2|<now ms>' or '-3' (unknown reservation)
 
@@ -27,15 +27,15 @@ if bad then
   redis.call('XDEL', KEYS[5], id)
   return bad
 end
-local lease_expired = settle(KEYS[6], KEYS[7], ARGV[2], KEYS[8], 'c', ARGV[6])
+local lease_expired = settle(KEYS[6], KEYS[7], ARGV[2], KEYS[8], 'committed', ARGV[6])
 if not lease_expired then
   redis.call('XDEL', KEYS[5], id)  -- nothing to count
-  if was_settled(ARGV[2], KEYS[8], KEYS[9]) then
+  if redis.call('EXISTS', KEYS[8]) == 1 then
     return usage_reply('2', -1, '0', '0')
   end
   return '-3'
 end
-if KEYS[10] and not redis.call('SET', KEYS[10], '1', 'NX', 'EX', ARGV[8]) then
+if KEYS[9] and not redis.call('SET', KEYS[9], '1', 'NX', 'EX', ARGV[8]) then
   redis.call('XDEL', KEYS[5], id)  -- the request id was counted before: not again
   return usage_reply('2', -1, '0', lease_expired)
 end

@@ -310,15 +310,10 @@ end
 
 -- Settle a reservation (commit, release) by its member, "<32 hex>:<tokens>": out of
 -- the open set with its tokens off 'held', or out of the lapsed set (a purge returned
--- its hold when its lease ended), then remembered, so that a repeated commit or
--- release is a no-op: its hex id becomes a field (value `state`) of the port's hash of
--- settled reservations for the client's time bucket (quota/keys.py). A field costs
--- a fraction of a key with an expiry of its own. The hash is created with the field
--- '' beside the first one, so HSET adding two fields means it is new, and only then
--- is its expiry set: `expire_at` (s), the end of the bucket after this one, so each
--- entry is kept at least a bucket's width. Returns '0' if the reservation was open,
--- '1' if it had lapsed, nil if neither: settled already (see was_settled) or unknown.
-local function settle(open_key, lapsed_key, member, settled_key, state, expire_at)
+-- its hold when its lease ended), then remembered as `state` for `ttl` seconds, so
+-- that a repeated commit or release is a no-op. Returns '0' if it was open, '1' if it
+-- had lapsed, nil if neither: settled already (settled_key exists) or unknown.
+local function settle(open_key, lapsed_key, member, settled_key, state, ttl)
   local lapsed = '0'
   if redis.call('ZREM', open_key, member) == 1 then
     redis.call('HINCRBY', KEYS[1], 'held', '-' .. member_tokens(member))
@@ -327,17 +322,8 @@ local function settle(open_key, lapsed_key, member, settled_key, state, expire_a
   else
     return nil
   end
-  if redis.call('HSET', settled_key, string.sub(member, 1, 32), state, '', '') == 2 then
-    redis.call('EXPIREAT', settled_key, expire_at)
-  end
+  redis.call('SET', settled_key, state, 'EX', ttl)
   return lapsed
-end
-
--- Whether a reservation was settled: in this time bucket's hash or the one before.
-local function was_settled(member, settled_key, previous_key)
-  local hex = string.sub(member, 1, 32)
-  return redis.call('HEXISTS', settled_key, hex) == 1
-    or redis.call('HEXISTS', previous_key, hex) == 1
 end
 
 -- Append the usage event to the shard's stream: one field, 'e' =

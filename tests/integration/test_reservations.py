@@ -258,39 +258,3 @@ def test_a_reservation_redis_lost_is_still_counted_by_its_process(
     r.delete(capped.layout.for_port("p").open)
     with Gate(capped.settings) as elsewhere, pytest.raises(UnknownReservation):
         commit(elsewhere, other.reservation_id, 5)
-
-
-def test_a_ports_settled_reservations_share_one_hash_per_time_bucket(
-    capped: Gate, r: redis.Redis
-) -> None:
-    """One hash per port and bucket, field per reservation, with a single expiry set
-    when the hash is made: the end of the next bucket."""
-    width = capped.settings.settled_seconds
-    if time.time() % width > width - 1:
-        time.sleep(1.1)  # all in one bucket
-    ids = [capped.reserve("p", 10, "ocr").reservation_id for _ in range(5)]
-    for rid in ids[:4]:
-        commit(capped, rid, 1)
-    assert capped.release(ids[4] or "") is True
-    pk = capped.layout.for_port("p")
-    [key] = r.keys(pk.tag + ":s:*")
-    assert key == pk.settled(width, int(time.time()) // width)
-    states = r.hgetall(key)
-    assert sorted(states.values()) == ["", "c", "c", "c", "c", "r"]  # '' marks a made hash
-    assert width < r.ttl(key) <= 2 * width
-    assert commit(capped, ids[0], 1).duplicate  # type: ignore[attr-defined]
-    assert capped.release(ids[4] or "") is False
-
-
-def test_a_settled_reservation_is_remembered_one_bucket_then_forgotten(capped: Gate) -> None:
-    settings = capped.settings.model_copy(update={"settled_seconds": 1})
-    with Gate(settings) as gate, Gate(settings) as elsewhere:
-        rid = gate.reserve("p", 10, "ocr").reservation_id
-        time.sleep(1 - time.time() % 1 + 0.05)  # early in a bucket
-        commit(gate, rid, 7)
-        time.sleep(1)  # the next bucket: the last one's hash is still looked in
-        assert commit(elsewhere, rid, 7).duplicate  # type: ignore[attr-defined]
-        time.sleep(1.1)  # two buckets on, the hash has expired
-        with pytest.raises(UnknownReservation):
-            commit(elsewhere, rid, 7)
-        assert gate.current_period_tokens("p") == 7
