@@ -7,6 +7,13 @@ The hot path needs none of it. Each thread opens one redis-py connection, so the
 handshake (TLS, AUTH, SELECT, client name) stays redis-py's; from then on it writes
 FCALLs packed by hiredis to that connection's socket and reads the replies with its
 own hiredis reader.
+
+Connections are the caller's threads': each thread opens one on its first call and it
+is closed when the thread ends (its wire is garbage, a finalizer closes the socket),
+when it fails, or on `close`. They are made outside redis-py's pool count (which
+only grows, so 100 threads or ~33 failed calls would exhaust it for good). A
+`Breaker` counts failed calls: while it is open, calls fail at once with
+`CircuitOpen` instead of waiting for a connect timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import socket
 import ssl
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,21 +31,34 @@ import hiredis
 import redis
 from redis.connection import AbstractConnection
 
+from quota.breaker import Breaker
 from quota.scripts import Library, is_missing
 
 _READ_SIZE = 65536
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Error replies that mean the server cannot serve now (not that the call was wrong).
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+
+
+class CircuitOpen(redis.exceptions.ConnectionError):
+    """The breaker is open: the call was not sent."""
+
+
+def _close(conn: AbstractConnection) -> None:
+    conn.disconnect()  # type: ignore[no-untyped-call]
 
 
 class _Wire:
     """One thread's connection: redis-py's, for the handshake and for closing; its
     socket, for the calls; our reader, for the replies."""
 
-    __slots__ = ("buf", "conn", "pid", "reader", "sock")
+    __slots__ = ("__weakref__", "buf", "close", "conn", "pid", "reader", "sock")
 
     def __init__(self, conn: AbstractConnection, decode: bool) -> None:
         conn.connect()  # type: ignore[no-untyped-call]
         self.conn = conn
+        # Runs once: on close, or when the owning thread's local storage is collected.
+        self.close = weakref.finalize(self, _close, conn)
         self.sock: socket.socket = conn._sock  # type: ignore[assignment]
         self.pid = os.getpid()
         self.buf = bytearray(_READ_SIZE)  # read into, not a fresh 64 KiB bytes per recv
@@ -84,19 +105,31 @@ class _Wire:
 
 
 class ScriptCaller:
-    def __init__(self, client: redis.Redis, library: Library) -> None:
+    def __init__(self, client: redis.Redis, library: Library, breaker: Breaker) -> None:
         self._client = client
         self._library = library
-        self._pool = client.connection_pool
-        self._decode = bool(self._pool.connection_kwargs.get("decode_responses"))
+        self.breaker = breaker
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
+        self._decode = bool(self._connection_kwargs.get("decode_responses"))
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: set[_Wire] = set()  # every open wire, for close()
+        # Every open wire, for close(); weak, so that a dead thread's wire is collected.
+        self._all: weakref.WeakSet[_Wire] = weakref.WeakSet()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, in this process (one per live thread that called)."""
+        pid = os.getpid()
+        with self._lock:
+            return sum(1 for w in self._all if w.pid == pid and w.close.alive)
 
     def _wire(self) -> _Wire:
         wire: _Wire | None = getattr(self._local, "wire", None)
         if wire is None or wire.pid != os.getpid():  # a forked child opens its own
-            wire = _Wire(self._pool.make_connection(), self._decode)  # type: ignore[arg-type]
+            self._local.wire = None
+            wire = _Wire(self._connection_class(**self._connection_kwargs), self._decode)
             self._local.wire = wire
             with self._lock:
                 self._all.add(wire)
@@ -105,15 +138,26 @@ class ScriptCaller:
     def _drop(self) -> None:
         wire: _Wire | None = getattr(self._local, "wire", None)
         if wire is not None:
-            wire.conn.disconnect()  # type: ignore[no-untyped-call]
+            wire.close()
             self._local.wire = None
-            with self._lock:  # or every reconnect would keep a dead wire (and its buffer)
+            with self._lock:
                 self._all.discard(wire)
+
+    def _gate(self) -> None:
+        """Refuse at once while the breaker is open."""
+        if not self.breaker.allow():
+            raise CircuitOpen("Redis circuit open: recent calls failed")
+
+    def _unavailable(self, reply: redis.exceptions.ResponseError) -> bool:
+        return str(reply).startswith(_UNAVAILABLE_REPLIES)
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """FCALL ``op`` once and return its reply, by `call_each`'s rules. The hot path's
         own loop: through call_each's closures and generator a single call costs the
         client ~3.4k more instructions (~10 % of the call; counted with callgrind)."""
+        breaker = self.breaker
+        if breaker.state != "closed":
+            self._gate()
         name = self._library.functions[op]
         for attempt in range(3):
             try:
@@ -124,11 +168,25 @@ class ScriptCaller:
                 self._failed(exc, attempt)
                 continue
             if not isinstance(reply, redis.exceptions.ResponseError):
+                if breaker.failures or breaker.state != "closed":
+                    breaker.success()
                 return reply
             if not is_missing(reply):
+                if self._unavailable(reply):
+                    breaker.failure()
                 raise reply
-            self._library.load(self._client)
+            self._load()
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def _load(self) -> None:
+        """Load the library through the calling thread's own connection: a pooled one
+        may be a stale socket to a server that restarted."""
+        wire = self._wire()
+        load = ("FUNCTION", "LOAD", "REPLACE", self._library.source)
+        wire.send(hiredis.pack_command(load))  # type: ignore[arg-type]
+        reply = wire.read()
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
 
     def call_each(
         self,
@@ -145,6 +203,7 @@ class ScriptCaller:
         connection, twice, as the client's own retry would; a timeout is never retried,
         because the function may have run. Batches of more than one call are for
         read-only operations."""
+        self._gate()
         name = self._library.functions[op]
         for attempt in range(3):
             try:
@@ -169,10 +228,13 @@ class ScriptCaller:
                             self._drop()  # unread replies would answer the next call
                             raise
                 if error is not None:
+                    if self._unavailable(error):
+                        self.breaker.failure()
                     raise error
+                self.breaker.success()
                 if not missing:
                     return
-                self._library.load(self._client)
+                self._load()
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
@@ -183,10 +245,12 @@ class ScriptCaller:
         new connection."""
         self._drop()
         if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
+            self.breaker.failure()
             raise exc
 
     def close(self) -> None:
         with self._lock:
-            for wire in self._all:
-                wire.conn.disconnect()  # type: ignore[no-untyped-call]
+            wires = list(self._all)
             self._all.clear()
+        for wire in wires:
+            wire.close()

@@ -4,6 +4,12 @@ Every decision and every usage report is one FCALL of one Lua function (see
 quota/lua/ and quota/scripts.py). Postgres is touched only on a budget-cache miss, on
 set_budget, on a soft-cap alert (once per port per period) and on the fallback path
 when Redis is down.
+
+When Redis cannot be asked (down, hung, at its limit, or the breaker open after
+repeated failures), decisions follow the port's outage policy (quota/outage.py) and
+usage goes to Postgres, else to a local spool; neither raises. What the fallback
+wrote is owed to Redis (holds to release, usage to count) and paid on the first call
+that reaches Redis again.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -34,6 +41,8 @@ from quota._exceptions import (
     RedisUnavailable,
     UnknownReservation,
 )
+from quota.breaker import Breaker, State
+from quota.counters import fold_days
 from quota.decisions import state_of
 from quota.entries import event_value
 from quota.ids import uuid7
@@ -44,21 +53,25 @@ from quota.models import (
     DailyUsage,
     Decision,
     FeatureUsage,
+    Reason,
     SoftCapAlert,
     Status,
     UsageEvent,
     UsageResult,
 )
+from quota.outage import Outage
 from quota.periods import Period, Windows, from_ms, period_end, period_start
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies
 from quota.reservations import (
     RecentReservations,
     ReservationRef,
+    new_hex_id,
     parse_reservation_id,
     reservation_id,
 )
 from quota.scripts import library
-from quota.settings import Settings
+from quota.settings import OutagePolicy, Settings
+from quota.spool import Spool
 from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
@@ -68,6 +81,11 @@ _ATTEMPTS = 4
 # Reservations this process made, remembered so that a commit Redis calls unknown
 # (Redis lost it) is still counted.
 _LOCAL_RESERVATIONS = 100_000
+# Fallback writes whose effect Redis is still owed, at most; older ones are left to
+# reconciliation (and their holds to their leases).
+_OWED_LIMIT = 100_000
+# A failed spool replay is not tried again sooner than this.
+_REPLAY_SECONDS = 1.0
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
 
@@ -80,6 +98,15 @@ class _PeriodKeys(NamedTuple):
     windows: Windows
     leading: tuple[str, str, str, str]
     for_check_many: tuple[str, str, str, str, str]
+
+
+class _Owed(NamedTuple):
+    """What Redis is owed for a usage event the fallback stored (Postgres or spool):
+    its reservation's hold to release, and its tokens to count."""
+
+    event: UsageEvent
+    ref: ReservationRef | None
+    to_count: bool  # False when the fallback found it counted already
 
 
 class Gate:
@@ -102,10 +129,23 @@ class Gate:
             ),
             decode_responses=True,
         )
-        self.store = Store(make_engine(settings.database_url))
+        self.store = Store(make_engine(settings.database_url, settings.database_timeout))
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self._library = library()
-        self._call = ScriptCaller(self.redis, self._library)
+        self._outage = Outage(
+            settings.outage_policy, settings.outage_allowance_tokens, self.store.outage_policies
+        )
+        self.breaker = Breaker(
+            settings.breaker_failures, settings.breaker_reset_seconds, on_change=self._breaker
+        )
+        self._call = ScriptCaller(self.redis, self._library, self.breaker)
+        # One spool per key prefix: a deployment never replays another one's events.
+        self._spool = Spool(settings.spool_dir / settings.key_prefix)
+        self._spooled = self._spool.pending()  # a dead process's spool is replayed too
+        self._replay_after = 0.0
+        self._replay_lock = threading.Lock()
+        self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
+        self._owed_lock = threading.Lock()
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
@@ -157,6 +197,7 @@ class Gate:
         soft_cap_tokens: int | None = None,
         hard_cap_tokens: int | None = None,
         period: Period | None = None,
+        outage_policy: OutagePolicy | None = None,
     ) -> Budget:
         """Merge a partial update into the port's budget; validate; store; refresh the cache.
 
@@ -169,12 +210,13 @@ class Gate:
             "soft_cap_tokens": soft_cap_tokens,
             "hard_cap_tokens": hard_cap_tokens,
             "period": period,
+            "outage_policy": outage_policy,
         }
         Budget.check_fields(changes)  # type, range and enum errors before any I/O
         budget, version = self.store.save_budget(port, changes, who)
         try:
-            self._cache_budget(self._keys(port), budget, version)
-        except RedisUnavailable:
+            self._refill(self._keys(port), budget, version)
+        except BackendError:
             # Postgres has the truth; reconciliation refreshes every budget copy from it.
             log.warning(
                 "budget of %s saved in Postgres; its Redis copy is stale until the "
@@ -198,14 +240,45 @@ class Gate:
             self._library.call(self.redis, "budget_put", [pk.budget], args)
 
     def _load_budget(self, pk: PortKeys) -> None:
+        """The port's budget copy is missing: Redis never had the port, or lost it."""
         budget, version = self.store.load_budget(pk.port)
+        self._refill(pk, budget, version)
+
+    def _refill(self, pk: PortKeys, budget: Budget, version: int) -> None:
+        """Raise the port's counters to the ledger's sums (never lower them), then write
+        its budget copy: until the copy exists no call counts or decides for the port,
+        so a port Redis lost is rebuilt before it is decided."""
+        w = self._now_windows()
+        since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
+        sums = fold_days(self.store.usage_by_day(pk.port, since), w)
+        keys: list[str] = []
+        args: list[Any] = []
+        expiry = {"day": w.day_expire_s, "week": w.week_expire_s, "month": w.month_expire_s}
+        ids = {"day": w.day_id, "week": w.week_id, "month": w.month_id}
+        for (_, period), fields in sorted(sums.items()):
+            keys.append(pk.usage(period, ids[period]))
+            args += [expiry[period], len(fields)]
+            for name, tokens in sorted(fields.items()):
+                args += [name, tokens]
+        if keys:
+            with redis_errors():
+                raised = self._library.call(self.redis, "rebuild", keys, args)
+            if raised:
+                log.warning(
+                    "port %s was missing from Redis: counters rebuilt from the ledger", pk.port
+                )
         self._cache_budget(pk, budget, version)
 
     # ---------------------------------------------------------------- decisions
 
     def check(self, port_id: str, estimated_tokens: int) -> Decision:
         """The seed's decision for spending ``estimated_tokens``; changes nothing."""
-        reply = self._check(self._port(port_id), v.tokens("estimated_tokens", estimated_tokens), "")
+        pk = self._port(port_id)
+        estimate = v.tokens("estimated_tokens", estimated_tokens)
+        try:
+            reply = self._check(pk, estimate, "")
+        except BackendError as exc:
+            return metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
         return metrics.count_decision("check", self._replies.decision(reply))
 
     def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
@@ -219,12 +292,20 @@ class Gate:
         pending: dict[int, list[int]] = {}
         for i, (pk, _) in enumerate(items):
             pending.setdefault(pk.shard, []).append(i)
-        for _ in range(_ATTEMPTS):
-            if not pending:
-                break
-            pending = self._check_many_round(items, pending, results)
-        if pending:
-            raise RedisUnavailable(f"check_many did not settle after {_ATTEMPTS} attempts")
+        try:
+            for _ in range(_ATTEMPTS):
+                if not pending:
+                    break
+                pending = self._check_many_round(items, pending, results)
+            if pending:
+                raise RedisUnavailable(f"check_many did not settle after {_ATTEMPTS} attempts")
+        except BackendError as exc:
+            for i, decided in enumerate(results):
+                if decided is None:
+                    pk, estimate = items[i]
+                    results[i] = metrics.count_decision(
+                        "check", self._degraded(pk.port, estimate, exc)
+                    )
         return cast(list[Decision], results)
 
     def _check_many_round(
@@ -272,7 +353,12 @@ class Gate:
         for outcome, n in outcomes.items():  # one increment per outcome, not per port
             metrics.OUTCOMES["check", outcome].inc(n)
         for i in missing:
-            self._load_budget(items[i][0])
+            try:
+                self._load_budget(items[i][0])
+            except BackendError as exc:  # Postgres down: this port by its policy
+                pk, estimate = items[i]
+                results[i] = metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
+                retry[pk.shard].remove(i)
         return retry
 
     def reserve(
@@ -286,16 +372,18 @@ class Gate:
         pk = self._port(port_id)
         estimate = v.tokens("estimated_tokens", estimated_tokens)
         feat, user = v.feature(feature), v.user_id(user_id)
-        # Unique, not secret: a reservation id is no capability (any caller of the gate
-        # may release any port's reservations), and urandom would cost a system call.
-        hex_id = f"{random.getrandbits(128):032x}"
-        reply = self._run(
-            "reserve",
-            pk,
-            (pk.open, pk.lapsed),
-            # Its open-set member, joined here: Lua's concat costs more.
-            (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
-        )
+        hex_id = new_hex_id(estimate, feat, user, pk.port)
+        try:
+            reply = self._run(
+                "reserve",
+                pk,
+                (pk.open, pk.lapsed),
+                # Its open-set member, joined here: Lua's concat costs more.
+                (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
+            )
+        except BackendError as exc:
+            decision = self._degraded(pk.port, estimate, exc, feature=feat, user=user)
+            return metrics.count_decision("reserve", decision)
         if not reply.startswith(OK):
             return metrics.count_decision("reserve", self._replies.decision(reply))
         ref = ReservationRef(hex_id, estimate, feat, user, pk.port)
@@ -307,6 +395,8 @@ class Gate:
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
         ref = parse_reservation_id(reservation_id)
+        if ref.degraded:
+            return self._recent.pop(reservation_id) is not None  # nothing held in Redis
         pk = self._keys(ref.port)
         started = time.perf_counter()
         with redis_errors():
@@ -367,7 +457,13 @@ class Gate:
         ref = mine or parse_reservation_id(reservation_id)
         port, feature, user = ref.port, ref.feature, ref.user_id
         pk = self._keys(port)
-        event_id = uuid7()
+        # The reservation's: every path and every retry of this commit writes one event.
+        event_id = ref.event_id
+        if ref.degraded:  # reserved during an outage: Redis holds nothing to settle
+            event = UsageEvent(
+                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
+            )
+            return metrics.count_usage("commit", self._record(pk, event))
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
         try:
@@ -380,9 +476,9 @@ class Gate:
             )
         except RedisUnavailable as exc:
             event = UsageEvent(
-                event_id, port, user, feature, prov, mod, tin, tout, req, datetime.now(UTC)
+                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
             )
-            return metrics.count_usage("commit", self._fallback(event, exc))
+            return metrics.count_usage("commit", self._fallback(event, exc, ref))
         if reply == UNKNOWN:
             if mine is None:
                 raise UnknownReservation(f"unknown reservation {reservation_id!r}")
@@ -391,16 +487,10 @@ class Gate:
             log.warning(
                 "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
             )
-            return self.record(
-                port_id=port,
-                feature=feature,
-                provider=prov,
-                model=mod,
-                input_tokens=tin,
-                output_tokens=tout,
-                user_id=user,
-                request_id=req,
+            event = UsageEvent(
+                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
             )
+            return metrics.count_usage("commit", self._record(pk, event))
         return metrics.count_usage("commit", self._usage_result(pk, reply, tin + tout, event_id))
 
     def record(
@@ -426,17 +516,25 @@ class Gate:
         prov, mod = v.label("provider", provider), v.label("model", model)
         tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
         req = v.request_id(request_id)
-        event_id = uuid7()
-        values = event_value(event_id, pk.port, user, feat, prov, mod, tin, tout, req)
+        # Fixed before the first attempt: a call that timed out but ran in Redis and its
+        # fallback row are one event to the ledger.
+        event = UsageEvent(uuid7(), pk.port, user, feat, prov, mod, tin, tout, req, self._now())
+        return metrics.count_usage("record", self._record(pk, event))
 
+    def _record(self, pk: PortKeys, e: UsageEvent) -> UsageResult:
+        """Count ``e`` in Redis and append it to its stream, else fall back."""
+        total = e.input_tokens + e.output_tokens
+        values = event_value(
+            e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
+            e.input_tokens, e.output_tokens, e.request_id,
+        )  # fmt: skip
         try:
-            reply = self._usage_reply("record", pk, (pk.stream,), (feat, tin + tout, values), req)
-        except RedisUnavailable as exc:
-            event = UsageEvent(
-                event_id, pk.port, user, feat, prov, mod, tin, tout, req, datetime.now(UTC)
+            reply = self._usage_reply(
+                "record", pk, (pk.stream,), (e.feature, total, values), e.request_id
             )
-            return metrics.count_usage("record", self._fallback(event, exc))
-        return metrics.count_usage("record", self._usage_result(pk, reply, tin + tout, event_id))
+        except RedisUnavailable as exc:
+            return self._fallback(e, exc)
+        return self._usage_result(pk, reply, total, e.event_id)
 
     # ------------------------------------------------------------------- status
 
@@ -560,6 +658,8 @@ class Gate:
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
+            if self._owed:
+                self._pay_owed()
             if reply.startswith(CLOCK):
                 self._adopt_server_clock(int(reply[3:]))
             elif reply == NO_BUDGET and load_budget:
@@ -591,6 +691,8 @@ class Gate:
         return reply
 
     def _usage_result(self, pk: PortKeys, reply: str, total: int, event_id: str) -> UsageResult:
+        if self._spooled:
+            self._replay_spool()
         result, alert = self._replies.usage(reply, total, event_id)
         if alert is not None and result.used_tokens is not None:
             self._emit_soft_alert(pk.port, result.used_tokens, alert.soft_cap, alert.period)
@@ -612,23 +714,53 @@ class Gate:
                 # The caller's hook must not fail the usage report that triggered it.
                 log.exception("on_soft_cap callback failed for %s", port)
 
-    def _fallback(self, event: UsageEvent, cause: BaseException) -> UsageResult:
-        """Redis is down: write the event straight to the ledger, or log it in full."""
+    def _fallback(
+        self, event: UsageEvent, cause: BaseException, ref: ReservationRef | None = None
+    ) -> UsageResult:
+        """Redis could not be asked: write the event straight to the ledger, else to the
+        spool, else log it in full. What it wrote is owed to Redis."""
         total = event.total_tokens
         try:
-            fresh = self.store.insert_event(event, "direct", self._dedupe_window)
+            fresh = self.store.insert_event(event, self._dedupe_window)
         except DatabaseUnavailable as exc:
-            payload = {**dataclasses.asdict(event), "occurred_at": event.occurred_at.isoformat()}
-            log.error(
-                "usage event NOT STORED (Redis: %s; Postgres: %s): %s",
+            try:
+                self._spool.append(event)
+            except OSError as err:
+                payload = {
+                    **dataclasses.asdict(event),
+                    "occurred_at": event.occurred_at.isoformat(),
+                }
+                log.error(
+                    "usage event NOT STORED (Redis: %s; Postgres: %s; spool: %s): %s",
+                    cause,
+                    exc,
+                    err,
+                    json.dumps(payload, sort_keys=True),
+                )
+                return UsageResult(
+                    stored=False, duplicate=False, backend="none", total_tokens=total
+                )
+            self._spooled = True
+            log.warning(
+                "Redis (%s) and Postgres (%s) unavailable: usage event %s spooled",
                 cause,
                 exc,
-                json.dumps(payload, sort_keys=True),
+                event.event_id,
             )
-            return UsageResult(stored=False, duplicate=False, backend="none", total_tokens=total)
+            self._owe(_Owed(event, ref, True))
+            return UsageResult(
+                stored=True,
+                duplicate=False,
+                backend="spool",
+                total_tokens=total,
+                event_id=event.event_id,
+            )
         log.warning(
             "Redis unavailable (%s): usage event %s written to Postgres", cause, event.event_id
         )
+        self._owe(_Owed(event, ref, fresh))
+        if self._spooled:
+            self._replay_spool()
         return UsageResult(
             stored=True,
             duplicate=not fresh,
@@ -636,6 +768,102 @@ class Gate:
             total_tokens=total,
             event_id=event.event_id if fresh else None,
         )
+
+    # ------------------------------------------------------------------ outages
+
+    def _degraded(
+        self,
+        port: str,
+        estimate: int,
+        cause: BaseException,
+        *,
+        feature: str | None = None,
+        user: str | None = None,
+    ) -> Decision:
+        """The decision of the port's outage policy; a reserve's (``feature`` given) gets
+        a reservation id that commit settles through the fallback."""
+        ok, policy = self._outage.admit(port, estimate)
+        log.debug("Redis unavailable (%s): %s decides for %s", cause, policy, port)
+        rid = None
+        if ok and feature is not None:
+            hex_id = new_hex_id(estimate, feature, user, port, degraded=True)
+            rid = reservation_id(hex_id, estimate, feature, user, port)
+            self._recent.add(rid, ReservationRef(hex_id, estimate, feature, user, port, True))
+        reason: Reason | None = None if ok else "unavailable"
+        return Decision(ok, reason, 0, None, 0, False, 0, False, "month", rid, True)
+
+    def _breaker(self, state: State) -> None:
+        metrics.BREAKER_STATE.set({"closed": 0, "half-open": 1, "open": 2}[state])
+        if state == "open":
+            log.error("Redis circuit open: decisions follow the outage policy")
+        elif state == "closed":
+            self._outage.ended()
+            log.warning("Redis answers again: circuit closed")
+
+    def _owe(self, owed: _Owed) -> None:
+        if len(self._owed) == self._owed.maxlen:
+            log.warning("more than %d fallback writes owed to Redis: reconcile", _OWED_LIMIT)
+        self._owed.append(owed)
+
+    def _pay_owed(self) -> None:
+        """Redis answers again: release the holds of reservations the fallback settled
+        and count the usage it stored (its stream twin is dropped by the drain, as the
+        ledger has the event already). One thread pays; the others go on."""
+        if not self._owed_lock.acquire(blocking=False):
+            return
+        try:
+            while self._owed:
+                owed = self._owed.popleft()
+                try:
+                    self._pay(owed)
+                except BackendError:
+                    self._owed.appendleft(owed)  # Redis went again: later
+                    return
+        finally:
+            self._owed_lock.release()
+
+    def _pay(self, owed: _Owed) -> None:
+        e, ref = owed.event, owed.ref
+        pk = self._keys(e.port_id)
+        if ref is not None and not ref.degraded:
+            with redis_errors():
+                self._call(
+                    "release",
+                    (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+                    (ref.member, self.settings.settled_seconds),
+                )
+        if owed.to_count:
+            total = e.input_tokens + e.output_tokens
+            values = event_value(
+                e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
+                e.input_tokens, e.output_tokens, e.request_id,
+            )  # fmt: skip
+            self._usage_reply("record", pk, (pk.stream,), (e.feature, total, values), e.request_id)
+
+    def _replay_spool(self) -> None:
+        """Move spooled events into Postgres (in a thread of its own, at most one at a
+        time and one try a second); each is then owed to Redis like a fallback write."""
+        now = time.monotonic()
+        if now < self._replay_after or not self._replay_lock.acquire(blocking=False):
+            return
+        self._replay_after = now + _REPLAY_SECONDS
+
+        def replay() -> None:
+            try:
+                n = self._spool.replay(self._replayed)
+                self._spooled = self._spool.pending()
+                if n:
+                    log.warning("replayed %d spooled usage events into Postgres", n)
+            except BackendError as exc:
+                log.warning("spool not replayed yet: %s", exc)
+            finally:
+                self._replay_lock.release()
+
+        threading.Thread(target=replay, name="quota-spool-replay", daemon=True).start()
+
+    def _replayed(self, event: UsageEvent) -> None:
+        fresh = self.store.insert_event(event, self._dedupe_window)
+        self._owe(_Owed(event, None, fresh))
 
 
 @dataclasses.dataclass

@@ -17,6 +17,10 @@ import psycopg
 
 from quota.periods import from_ms
 
+# Held shared by each batch's transaction, exclusively by a direct write (store.py):
+# the two never interleave, so each sees the other's event ids.
+DIRECT_LOCK = 0x71756F7461  # "quota"
+
 
 class StagedEvent(NamedTuple):
     """One event as it is COPYed into the staging table, in its columns' order: first
@@ -62,7 +66,14 @@ WITH inserted AS (
            port_id, NULLIF(user_id, ''), feature, provider, model, input_tokens,
            output_tokens, input_tokens + output_tokens, NULLIF(request_id, ''), source,
            stream_ms, stream_seq
-    FROM ledger_staging
+    FROM ledger_staging s
+    -- A stream entry of an event (or request id) the gate also wrote directly: the
+    -- direct row counts (ledger_direct is empty but after a Redis fault).
+    -- Two anti-joins, not one with OR, so that each can use an index or a hash.
+    WHERE s.source = 'direct' OR (
+        NOT EXISTS (SELECT 1 FROM ledger_direct d WHERE d.event_id = s.event_id::uuid)
+        AND NOT EXISTS (SELECT 1 FROM ledger_direct d
+                        WHERE d.port_id = s.port_id AND d.request_id = s.request_id))
     ON CONFLICT DO NOTHING
     RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
               total_tokens
@@ -149,6 +160,8 @@ def write_lines(
         return 0
     ensure_partitions(conn, first_ms, last_ms)
     with conn.cursor() as cur:
+        # Shared: batches run side by side; a direct write (exclusive) waits for them.
+        cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (DIRECT_LOCK,))
         cur.execute(_STAGING)
         with cur.copy(_COPY) as copy:
             copy.write("\n".join(lines) + "\n")

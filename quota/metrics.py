@@ -44,6 +44,12 @@ RECONCILE_DRIFTED_PORTS = Counter(
     "quota_reconcile_drifted_ports", "Ports whose counters reconciliation corrected."
 )
 
+BREAKER_STATE = Gauge(
+    "quota_redis_breaker_state",
+    "The gate's circuit breaker to Redis: 0 closed, 1 half-open, 2 open.",
+    multiprocess_mode="livemax",
+)
+
 TIMERS = {
     op: SCRIPT_SECONDS.labels(op) for op in ("check", "reserve", "commit", "release", "record")
 }
@@ -53,16 +59,20 @@ OUTCOMES = {
         ("check", "ok"),
         ("check", "hard-cap-exceeded"),
         ("check", "estimated-exceeds-cap"),
+        ("check", "unavailable"),
         ("reserve", "ok"),
         ("reserve", "hard-cap-exceeded"),
         ("reserve", "estimated-exceeds-cap"),
+        ("reserve", "unavailable"),
         ("commit", "counted"),
         ("commit", "duplicate"),
         ("commit", "postgres"),
+        ("commit", "spool"),
         ("commit", "lost"),
         ("record", "counted"),
         ("record", "duplicate"),
         ("record", "postgres"),
+        ("record", "spool"),
         ("record", "lost"),
         ("release", "released"),
         ("release", "noop"),
@@ -78,8 +88,8 @@ def count_decision(op: str, decision: Decision) -> Decision:
 def count_usage(op: str, result: UsageResult) -> UsageResult:
     if not result.stored:
         outcome = "lost"
-    elif result.backend == "postgres":
-        outcome = "postgres"
+    elif result.backend in ("postgres", "spool"):
+        outcome = result.backend
     else:
         outcome = "duplicate" if result.duplicate else "counted"
     OUTCOMES[op, outcome].inc()

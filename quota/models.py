@@ -17,9 +17,10 @@ from pydantic import (
 
 from quota._exceptions import InvalidBudget
 from quota.periods import Period
+from quota.settings import OutagePolicy
 from quota.validation import MAX_CAP_TOKENS
 
-Reason = Literal["hard-cap-exceeded", "estimated-exceeds-cap"]
+Reason = Literal["hard-cap-exceeded", "estimated-exceeds-cap", "unavailable"]
 State = Literal["ok", "soft", "hard"]
 
 
@@ -32,6 +33,8 @@ class Budget(BaseModel):
     soft_cap_tokens: int = Field(default=100_000, ge=0, le=MAX_CAP_TOKENS)
     hard_cap_tokens: int = Field(default=500_000, ge=0, le=MAX_CAP_TOKENS)
     period: Period = "month"
+    #: What decisions answer while Redis is down; None follows ``QUOTA_OUTAGE_POLICY``.
+    outage_policy: OutagePolicy | None = None
 
     @model_validator(mode="after")
     def _soft_not_above_hard(self) -> Budget:
@@ -90,6 +93,9 @@ class Decision(NamedTuple):
 
     ``remaining`` is None when the budget is disabled (no cap applies).
     ``reservation_id`` is set only by a successful `Gate.reserve`.
+    ``degraded`` is True when Redis could not be asked and the port's outage policy
+    decided (reason ``unavailable`` when it refused); the counts are then 0 and
+    ``remaining`` None, as nothing is known of the port's usage.
 
     A named tuple, like `UsageResult`, rather than a frozen dataclass: as immutable, and
     built in ~0.3 µs instead of ~1.3 (a frozen dataclass sets each field through
@@ -107,6 +113,7 @@ class Decision(NamedTuple):
     enabled: bool
     period: Period
     reservation_id: str | None = None
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +135,18 @@ class Status:
 class UsageResult(NamedTuple):
     """The outcome of `Gate.record` or `Gate.commit`.
 
-    ``stored`` is False only when neither Redis nor Postgres took the event; the
-    event was then logged at ERROR in full so it can be replayed.
+    ``stored`` is False only when neither Redis, Postgres nor the local spool took the
+    event; it was then logged at ERROR in full so it can be replayed.
     ``duplicate`` is True when the request_id (or reservation) was already counted.
-    ``backend`` says where the event went: ``redis``, ``postgres`` or ``none``.
+    ``backend`` says where the event went: ``redis``, ``postgres``, ``spool`` (a local
+    file, fsync'd, replayed into Postgres once it answers) or ``none``.
     ``lease_expired`` (commit) is True when the reservation's hold had already been
     returned because its lease ended; the usage is counted in full either way.
     """
 
     stored: bool
     duplicate: bool
-    backend: Literal["redis", "postgres", "none"]
+    backend: Literal["redis", "postgres", "spool", "none"]
     total_tokens: int
     used_tokens: int | None = None
     soft_cap_alert: bool = False

@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any, TypeVar
 
 import redis
@@ -25,6 +24,7 @@ from sqlalchemy import Engine, text
 from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._exceptions import BackendError
+from quota.counters import Counters, deltas, fold_days
 from quota.drain import GROUP, Drainer
 from quota.entries import stream_id
 from quota.keys import KeyLayout, shard_of
@@ -37,8 +37,6 @@ T = TypeVar("T")
 
 CHUNK = 400  # ports per snapshot script (3 keys each)
 _PERIODS: tuple[Period, ...] = ("day", "week", "month")
-# (port, period) -> {field: tokens}, field "t" or "f:<feature>"
-Counters = dict[tuple[str, Period], dict[str, int]]
 
 
 @dataclass
@@ -63,33 +61,6 @@ class ReconcileReport:
             "dry_run": self.dry_run,
             "drift": self.drift,
         }
-
-
-def fold_days(rows: Iterable[tuple[str, str, date, int]], w: Windows) -> Counters:
-    """Ledger sums per (port, feature, day) → counters per (port, period). Pure."""
-    day0 = from_ms(w.day_start_ms).date()
-    week0 = from_ms(w.week_start_ms).date()
-    month0 = from_ms(w.month_start_ms).date()
-    out: Counters = defaultdict(lambda: defaultdict(int))
-    for port, feature, day, tokens in rows:
-        for period, start in (("day", day0), ("week", week0), ("month", month0)):
-            if start <= day <= day0:
-                counters = out[(port, period)]  # type: ignore[index]
-                counters["t"] += tokens
-                counters["f:" + feature] += tokens
-    return out
-
-
-def deltas(redis_side: Counters, pg_side: Counters) -> Counters:
-    """What to add to each Redis counter so it equals Postgres. Pure."""
-    out: Counters = {}
-    for key in set(redis_side) | set(pg_side):
-        have, want = redis_side.get(key, {}), pg_side.get(key, {})
-        diff = {f: want.get(f, 0) - have.get(f, 0) for f in set(have) | set(want)}
-        diff = {f: d for f, d in diff.items() if d}
-        if diff:
-            out[key] = diff
-    return out
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -26,6 +26,7 @@ budgets = Table(
     Column("soft_cap_tokens", BigInteger, nullable=False),
     Column("hard_cap_tokens", BigInteger, nullable=False),
     Column("period", Text, nullable=False),
+    Column("outage_policy", Text),
     Column("version", BigInteger, nullable=False),
     Column("updated_by", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -89,5 +90,22 @@ ledger_daily = Table(
     Column("calls", BigInteger, nullable=False),
 )
 
+# Events written straight to the ledger (fallback): the drain skips their stream twins.
+ledger_direct = Table(
+    "ledger_direct",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("port_id", Text, nullable=False),
+    Column("request_id", Text),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+)
+
 #: Every table quota owns (for the demo's reset and the tests' clean slate).
-TABLES = ("budgets", "budget_history", "soft_cap_alerts", "ledger", "ledger_daily")
+TABLES = (
+    "budgets",
+    "budget_history",
+    "soft_cap_alerts",
+    "ledger",
+    "ledger_daily",
+    "ledger_direct",
+)

@@ -35,7 +35,14 @@ OPERATIONS = (
     "trim",
     "snapshot",
     "adjust",
+    "rebuild",
 )
+# Functions that write nothing: flagged no-writes, so that Redis runs them at its
+# memory limit (noeviction) and on a read-only replica.
+READ_ONLY = frozenset({"check", "check_many"})
+# Functions that only free memory: allowed at the memory limit, so that the drain
+# can still empty the streams there.
+FREES_MEMORY = frozenset({"trim"})
 # The open-reservation set lives this long past its creation or renewal; it is renewed
 # at least once per lease, so twice the longest lease keeps it alive under any lease.
 OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
@@ -62,8 +69,11 @@ class Library:
         self.name = "quota_" + hashlib.sha1(body.encode()).hexdigest()[:12]
         self.functions = {op: f"{self.name}_{op}" for op in OPERATIONS}
         registrations = "\n".join(
-            f"redis.register_function('{self.functions[op]}', "
-            f"function(keys, args) KEYS, ARGV = keys, args return op_{op}() end)"
+            f"redis.register_function{{function_name='{self.functions[op]}', "
+            f"callback=function(keys, args) KEYS, ARGV = keys, args return op_{op}() end"
+            + (", flags={'no-writes'}" if op in READ_ONLY else "")
+            + (", flags={'allow-oom'}" if op in FREES_MEMORY else "")
+            + "}"
             for op in OPERATIONS
         )
         self.source = f"#!lua name={self.name}\n{body}\n{registrations}\n"

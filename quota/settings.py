@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,6 +14,11 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 #: The longest lease allowed. Open-reservation sets outlive their last write by this
 #: much, so no lease, whichever gate granted it, can outlast the set that tracks it.
 MAX_LEASE_SECONDS = 7 * 86400
+
+#: What a decision answers while Redis cannot be asked (README: failure behaviour).
+OutagePolicy = Literal["closed", "open", "allowance"]
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
 class Settings(BaseSettings):
@@ -40,7 +48,21 @@ class Settings(BaseSettings):
     #: When the nightly reconciliation runs, "HH:MM" in UTC.
     reconcile_at: str = Field(default="03:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     #: Socket timeout for Redis calls, in seconds.
-    redis_timeout: float = Field(default=2.0, gt=0)
+    redis_timeout: float = Field(default=2.0, gt=0, le=600, allow_inf_nan=False)
+    #: Bound on every Postgres wait (connect, statement, reply), in seconds.
+    database_timeout: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
+    #: Decisions while Redis is down or hung, unless a budget says otherwise.
+    outage_policy: OutagePolicy = "closed"
+    #: Under the `allowance` policy: estimated tokens one process admits per port
+    #: during an outage before it refuses.
+    outage_allowance_tokens: int = Field(default=10_000, ge=0, le=10**12)
+    #: Consecutive failed Redis calls that open the circuit breaker.
+    breaker_failures: int = Field(default=5, ge=1, le=10_000)
+    #: How long the breaker stays open before one call probes Redis again.
+    breaker_reset_seconds: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    #: Where usage is spooled (fsync'd) when neither Redis nor Postgres takes it, in a
+    #: folder per key prefix.
+    spool_dir: Path = Path("~/.local/state/quota/spool")
 
     @property
     def queue(self) -> str:
@@ -55,10 +77,34 @@ class Settings(BaseSettings):
             raise ValueError("key_prefix must be 1-32 chars of [A-Za-z0-9._-]")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
+            raise ValueError(f"redis_url must be redis://host[:port][/db], not {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError(f"redis_url has a bad port: {value!r}") from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _DATABASE_SCHEMES:
+            raise ValueError(f"database_url must be postgresql://..., not {value!r}")
+        try:
+            parts.port  # noqa: B018
+        except ValueError:
+            raise ValueError(f"database_url has a bad port: {value!r}") from None
         return sqlalchemy_url(value)
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 def sqlalchemy_url(url: str) -> str:

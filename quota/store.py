@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import os
+import weakref
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Engine, create_engine, func, insert, select
+from psycopg.abc import PQGen
+from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from quota._backend import database_errors
-from quota.ledger import StagedEvent, write_events
+from quota.ledger import DIRECT_LOCK, StagedEvent, write_events
 from quota.models import (
     Budget,
     BudgetChange,
@@ -20,21 +24,83 @@ from quota.models import (
     UsageEvent,
 )
 from quota.periods import to_ms
-from quota.schema import budget_history, budgets, ledger, ledger_daily, soft_cap_alerts
-from quota.settings import sqlalchemy_url
+from quota.schema import (
+    budget_history,
+    budgets,
+    ledger,
+    ledger_daily,
+    ledger_direct,
+    soft_cap_alerts,
+)
+from quota.settings import OutagePolicy, sqlalchemy_url
 
-_BUDGET_COLUMNS = ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period")
+_BUDGET_COLUMNS = ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period", "outage_policy")
 
 
-def make_engine(url: str) -> Engine:
-    # A short connect timeout: the gate's fallback path must fail fast, not hang.
-    return create_engine(
+class _BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait on the server is bounded: a server that
+    accepts but never answers (SIGSTOPed, a dead network path) fails the call after
+    ``wait_seconds`` instead of blocking it. Server-side timeouts cannot do this, as
+    they need the server to run."""
+
+    wait_seconds: float = 5.0
+
+    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
+        try:
+            return super().wait(
+                gen, interval, timeout if timeout is not None else self.wait_seconds
+            )
+        except psycopg.errors._WaitTimeout:
+            self.pgconn.finish()  # its state is unknown now: never reuse it
+            raise psycopg.OperationalError(
+                f"Postgres did not answer within {self.wait_seconds:g} s"
+            ) from None
+
+
+def make_engine(url: str, timeout: float | None = None) -> Engine:
+    """An engine for ``url``. With ``timeout`` (the gate's), every wait is bounded by it:
+    connecting, the pool, each statement on the server and each reply on the client.
+    Fork-safe either way: a child never uses its parent's connections."""
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if timeout is not None:
+        ms = int(timeout * 1000)
+        connect_args = {
+            "connect_timeout": max(1, math.ceil(timeout)),  # libpq takes whole seconds
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        }
+    engine = create_engine(
         sqlalchemy_url(url),
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
-        connect_args={"connect_timeout": 5},
+        pool_timeout=timeout if timeout is not None else 30.0,
+        connect_args=connect_args,
     )
+    if timeout is not None:
+        bounded = cast(
+            type[_BoundedConnection],
+            type("BoundedConnection", (_BoundedConnection,), {"wait_seconds": timeout}),
+        )
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(dialect: Any, rec: Any, cargs: Any, cparams: Any) -> Any:
+            return bounded.connect(*cargs, **cparams)
+
+    _dispose_in_child(engine)
+    return engine
+
+
+def _dispose_in_child(engine: Engine) -> None:
+    """After fork(), the child drops (without closing) the parent's pooled connections:
+    SQLAlchemy's recipe for multiprocessing (gunicorn --preload, RQ's fork)."""
+    ref = weakref.ref(engine)
+
+    def after_fork() -> None:
+        eng = ref()
+        if eng is not None:
+            eng.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_fork)
 
 
 def _budget(row: Any) -> Budget:
@@ -100,6 +166,14 @@ class Store:
             )
         return after, version
 
+    def outage_policies(self) -> dict[str, OutagePolicy]:
+        """The budgets that name their own outage policy."""
+        query = select(budgets.c.port_id, budgets.c.outage_policy).where(
+            budgets.c.outage_policy.is_not(None)
+        )
+        with database_errors(), self.engine.connect() as conn:
+            return {row.port_id: row.outage_policy for row in conn.execute(query)}
+
     def ports_with_budgets(self, *, enabled_only: bool = False) -> list[str]:
         query = select(budgets.c.port_id).order_by(budgets.c.port_id)
         if enabled_only:
@@ -151,22 +225,26 @@ class Store:
             for r in rows
         ]
 
-    def insert_event(self, event: UsageEvent, source: str, dedupe_window: timedelta) -> bool:
-        """Write one event straight into the ledger (the path used when Redis is down).
+    def insert_event(self, event: UsageEvent, dedupe_window: timedelta) -> bool:
+        """Write one event straight into the ledger (the path used when Redis is down,
+        hung or timed out), and note it in ``ledger_direct`` so that the drain drops its
+        stream twin if the call ran in Redis after all.
 
-        Returns False, writing nothing, when the request id was already recorded
-        within ``dedupe_window``. Rollups are updated as for drained events.
+        Returns False, writing nothing, when the event id is in the ledger already (a
+        drained twin, or another thread's fallback write of the same commit) or its
+        request id was recorded within ``dedupe_window``. Rollups are updated as for
+        drained events.
         """
         with database_errors(), self.engine.begin() as conn:
+            # Against drain batches (shared) and other direct writes: each sees the
+            # others' ids once it holds the lock.
+            conn.execute(select(func.pg_advisory_xact_lock(DIRECT_LOCK)))
+            twin = conn.execute(
+                select(ledger.c.event_id).where(ledger.c.event_id == event.event_id).limit(1)
+            ).first()
+            if twin is not None:
+                return False
             if event.request_id is not None:
-                # Serialise writers of one request id so the existence check holds.
-                conn.execute(
-                    select(
-                        func.pg_advisory_xact_lock(
-                            func.hashtext(f"req:{event.port_id}:{event.request_id}")
-                        )
-                    )
-                )
                 seen = conn.execute(
                     select(ledger.c.event_id)
                     .where(
@@ -189,14 +267,33 @@ class Store:
                 output_tokens=event.output_tokens,
                 request_id=event.request_id,
                 at_ms=to_ms(event.occurred_at),
-                source=source,
+                source="direct",
                 stream_ms=None,
                 stream_seq=None,
             )
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
             write_events(driver, [staged])
+            conn.execute(
+                insert(ledger_direct).values(
+                    event_id=event.event_id,
+                    port_id=event.port_id,
+                    request_id=event.request_id,
+                    occurred_at=event.occurred_at,
+                )
+            )
         return True
+
+    def usage_by_day(self, port: str, since: date) -> list[tuple[str, str, date, int]]:
+        """(port, feature, day, tokens) from the daily rollups, from ``since`` on."""
+        d = ledger_daily.c
+        query = (
+            select(d.port_id, d.feature, d.day, func.sum(d.total_tokens))
+            .where(d.port_id == port, d.day >= since)
+            .group_by(d.port_id, d.feature, d.day)
+        )
+        with database_errors(), self.engine.connect() as conn:
+            return [(p, f, day, int(t)) for p, f, day, t in conn.execute(query)]
 
     def breakdown(self, port: str, since: date) -> list[FeatureUsage]:
         """Tokens and calls per feature from ``since`` on, largest first (daily rollups)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -32,9 +33,12 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    # A fresh key prefix per test: tests never see each other's keys (or a user's).
-    return base_settings.model_copy(update={"key_prefix": f"qt-{uuid.uuid4().hex[:10]}"})
+def settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    # A fresh key prefix per test: tests never see each other's keys (or a user's);
+    # and a spool of its own.
+    return base_settings.model_copy(
+        update={"key_prefix": f"qt-{uuid.uuid4().hex[:10]}", "spool_dir": tmp_path / "spool"}
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ def _budget_table(port: str, budget: Budget) -> Table:
     table.add_row("soft cap", f"{budget.soft_cap_tokens:,} tokens")
     table.add_row("hard cap", f"{budget.hard_cap_tokens:,} tokens")
     table.add_row("period", budget.period)
+    table.add_row("outage policy", budget.outage_policy or "default (QUOTA_OUTAGE_POLICY)")
     return table
 
 
@@ -31,6 +32,11 @@ def budget() -> None:
 @click.option("--soft", type=int, help="Soft cap in tokens (warn, allow).")
 @click.option("--hard", type=int, help="Hard cap in tokens (refuse).")
 @click.option("--period", type=click.Choice(["day", "week", "month"]))
+@click.option(
+    "--outage-policy",
+    type=click.Choice(["closed", "open", "allowance"]),
+    help="What decisions answer while Redis is down (default: QUOTA_OUTAGE_POLICY).",
+)
 @click.option("--by", "updated_by", required=True, help="Who is making the change.")
 @json_option
 def budget_set(
@@ -39,6 +45,7 @@ def budget_set(
     soft: int | None,
     hard: int | None,
     period: str | None,
+    outage_policy: str | None,
     updated_by: str,
     as_json: bool,
 ) -> None:
@@ -50,6 +57,7 @@ def budget_set(
             soft_cap_tokens=soft,
             hard_cap_tokens=hard,
             period=period,  # type: ignore[arg-type]
+            outage_policy=outage_policy,  # type: ignore[arg-type]
             updated_by=updated_by,
         )
     if as_json:

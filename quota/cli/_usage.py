@@ -22,6 +22,9 @@ def check(port: str, estimate: int, as_json: bool) -> int:
         d = g.check(port, estimated_tokens=estimate)
     if as_json:
         print_json(d)
+    elif d.degraded:
+        verdict = "[yellow]allowed[/]" if d.ok else "[red]refused[/]"
+        console().print(f"{verdict} by the outage policy: Redis cannot be reached")
     elif d.ok:
         left = "no cap" if d.remaining is None else f"{d.remaining:,} tokens left"
         soft = " (above the soft cap)" if d.soft_cap else ""

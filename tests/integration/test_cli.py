@@ -51,6 +51,7 @@ def test_budget_set_show_history(cli: CliRunner) -> None:
         "soft_cap_tokens": 800,
         "hard_cap_tokens": 1000,
         "period": "day",
+        "outage_policy": None,
     }
     assert run(cli, "budget", "set", "acme", "--hard", "2000", "--by", "bob").exit_code == 0
     shown = as_json(run(cli, "budget", "show", "acme", "--json"))
@@ -179,14 +180,19 @@ def test_bad_input_is_one_clear_line(cli: CliRunner, args: list[str], message: s
 
 
 def test_unreachable_backend_is_one_clear_line(cli: CliRunner) -> None:
-    r = cli.invoke(
-        main,
-        ["check", "p", "--estimate", "1"],
-        env={"QUOTA_REDIS_URL": "redis://127.0.0.1:1/0", "QUOTA_REDIS_TIMEOUT": "0.5"},
-    )
+    env = {"QUOTA_REDIS_URL": "redis://127.0.0.1:1/0", "QUOTA_REDIS_TIMEOUT": "0.5"}
+    r = cli.invoke(main, ["usage", "p"], env=env)
     assert r.exit_code == 2
     assert r.stderr.strip().startswith("quota: Redis failed")
     assert len(r.stderr.strip().splitlines()) == 1
+    # A decision does not fail: the outage policy answers (closed by default).
+    refused = cli.invoke(main, ["check", "p", "--estimate", "1"], env=env)
+    assert refused.exit_code == 1
+    assert "refused by the outage policy" in refused.stdout
+    allowed = cli.invoke(
+        main, ["check", "p", "--estimate", "1"], env={**env, "QUOTA_OUTAGE_POLICY": "open"}
+    )
+    assert allowed.exit_code == 0
 
 
 def test_health(cli: CliRunner, gate: Gate) -> None:

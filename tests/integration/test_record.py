@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -169,14 +171,44 @@ def test_redis_unreachable_record_falls_back_to_postgres(settings: Settings, pg:
         ]
 
 
-def test_both_backends_down_logs_the_whole_event(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_both_backends_down_spools_the_event_and_replays_it(settings: Settings, pg: Engine) -> None:
     down = settings.model_copy(
         update={
             "redis_url": "redis://127.0.0.1:1/0",
             "redis_timeout": 0.5,
             "database_url": "postgresql://postgres@127.0.0.1:1/none_test",
+        }
+    )
+    with Gate(down) as gate:
+        result = rec(gate, request_id="spooled-1", user_id="carol")
+        again = rec(gate, request_id="spooled-1", user_id="carol")
+    assert (result.stored, result.backend) == (True, "spool")
+    assert again.backend == "spool"  # not deduplicated yet: the replay will
+    spool = settings.spool_dir / settings.key_prefix
+    assert list(spool.glob("spool-*.jsonl"))
+    assert ledger_rows(pg) == []
+    # Postgres answers (Redis still down): any gate on the host replays the spool.
+    with Gate(down.model_copy(update={"database_url": settings.database_url})) as back:
+        deadline = time.monotonic() + 10
+        while list(spool.glob("spool-*.jsonl")) and time.monotonic() < deadline:
+            back.record(port_id="q", feature="f", provider="a", model="b", input_tokens=1,
+                        output_tokens=0)  # fmt: skip
+            time.sleep(0.2)
+    assert not list(spool.glob("spool-*.jsonl"))
+    rows = [row for row in ledger_rows(pg) if row[0] == "p"]
+    assert rows == [("p", "ocr", 10, 5, 15, "spooled-1", "carol", "direct")]
+
+
+def test_nothing_takes_the_event_so_it_is_logged_in_full(
+    settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    down = settings.model_copy(
+        update={
+            "redis_url": "redis://127.0.0.1:1/0",
+            "redis_timeout": 0.5,
+            "database_url": "postgresql://postgres@127.0.0.1:1/none_test",
+            "spool_dir": tmp_path / "not-a-dir",
         }
     )
     with Gate(down) as gate, caplog.at_level(logging.ERROR, logger="quota"):

@@ -70,6 +70,7 @@ def test_pinned_gate_signatures() -> None:
         "soft_cap_tokens",
         "hard_cap_tokens",
         "period",
+        "outage_policy",
         "updated_by",
     }
     assert params["current_period_tokens"] == ["self", "port_id", "feature"]

@@ -9,19 +9,40 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quota import UnknownReservation
-from quota.reservations import parse_reservation_id, reservation_id
+from quota.reservations import new_hex_id, parse_reservation_id, reservation_id
 
 names = st.text(alphabet=string.ascii_letters + string.digits + "._:@/-", min_size=1, max_size=64)
-hexes = st.integers(min_value=0, max_value=2**128 - 1).map(lambda n: f"{n:032x}")
 
 
-@given(hexes, st.integers(min_value=0, max_value=10**12), names, st.none() | names, names)
+@given(st.integers(min_value=0, max_value=10**12), names, st.none() | names, names, st.booleans())
 def test_an_id_reads_back_as_made(
-    hex_id: str, tokens: int, feature: str, user: str | None, port: str
+    tokens: int, feature: str, user: str | None, port: str, degraded: bool
 ) -> None:
+    hex_id = new_hex_id(tokens, feature, user, port, degraded=degraded)
     ref = parse_reservation_id(reservation_id(hex_id, tokens, feature, user, port))
-    assert ref == (hex_id, tokens, feature, user, port)
+    assert ref == (hex_id, tokens, feature, user, port, degraded)
     assert ref.member == f"{hex_id}:{tokens}"
+    assert ref.event_id.replace("-", "") == hex_id
+
+
+@pytest.mark.parametrize(
+    ("part", "altered"),
+    [(1, "11"), (2, "chat"), (3, "mallory"), (3, ""), (4, "other-port")],
+)
+def test_an_altered_id_is_unknown(part: int, altered: str) -> None:
+    hex_id = new_hex_id(10, "ocr", "alice", "port-1")
+    parts = reservation_id(hex_id, 10, "ocr", "alice", "port-1").split("|")
+    parts[part] = altered
+    with pytest.raises(UnknownReservation):
+        parse_reservation_id("|".join(parts))
+
+
+def test_a_normal_id_cannot_pass_for_a_degraded_one() -> None:
+    hex_id = new_hex_id(10, "ocr", None, "p", degraded=True)
+    assert parse_reservation_id(reservation_id(hex_id, 10, "ocr", None, "p")).degraded
+    assert not parse_reservation_id(
+        reservation_id(new_hex_id(10, "ocr", None, "p"), 10, "ocr", None, "p")
+    ).degraded
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,91 @@
+"""A circuit breaker: pure state, no I/O, the clock injected, so that the sync transport
+and an asyncio one share it.
+
+    closed ──(``failures`` in a row)──▶ open ──(``reset_seconds``)──▶ half-open
+       ▲                                  ▲                               │
+       └──────────(the probe succeeds)────┼───────(the probe fails)───────┘
+
+While open, `allow` answers False at once: callers decide by their outage policy in
+microseconds instead of waiting for a connect timeout. After ``reset_seconds`` one
+caller (the probe) is let through; its outcome closes or reopens the circuit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal
+
+State = Literal["closed", "open", "half-open"]
+
+
+class Breaker:
+    """Counts consecutive failures of one backend. Thread-safe; the closed path takes
+    no lock (one attribute read per call)."""
+
+    def __init__(
+        self,
+        failures: int,
+        reset_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[State], None] | None = None,
+    ) -> None:
+        self.threshold = failures
+        self.reset_seconds = reset_seconds
+        self._clock = clock
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self.state: State = "closed"
+        self.failures = 0  # consecutive, while closed
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """May a call go to the backend now? False while open (and, while half-open, for
+        everyone but the probe)."""
+        if self.state == "closed":
+            return True
+        with self._lock:
+            return self._allow()
+
+    def _allow(self) -> bool:
+        state = self.state
+        if state == "open" and self._clock() - self._opened_at >= self.reset_seconds:
+            self._set("half-open")
+            state = "half-open"
+        if state == "half-open" and not self._probing:
+            self._probing = True
+            return True
+        return state == "closed"
+
+    def success(self) -> None:
+        if self.state == "closed" and not self.failures:
+            return
+        with self._lock:
+            self.failures = 0
+            self._probing = False
+            if self.state != "closed":
+                self._set("closed")
+
+    def failure(self) -> None:
+        with self._lock:
+            self._probing = False
+            if self.state == "closed":
+                self.failures += 1
+                if self.failures < self.threshold:
+                    return
+            self.failures = 0
+            self._opened_at = self._clock()
+            if self.state != "open":
+                self._set("open")
+
+    def reset(self) -> None:
+        """Close the circuit now (an operator's or a test's shortcut)."""
+        self.success()
+
+    def _set(self, state: State) -> None:
+        self.state = state
+        if self._on_change is not None:
+            self._on_change(state)
