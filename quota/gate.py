@@ -102,11 +102,11 @@ class _PeriodKeys(NamedTuple):
 
 class _Owed(NamedTuple):
     """What Redis is owed for a usage event the fallback stored (Postgres or spool):
-    its reservation's hold to release, and its tokens to count."""
+    its reservation's hold released, and its port marked for reconciliation (the
+    counters cannot just add it: a call that timed out may have run in Redis too)."""
 
     event: UsageEvent
     ref: ReservationRef | None
-    to_count: bool  # False when the fallback found it counted already
 
 
 class Gate:
@@ -747,7 +747,7 @@ class Gate:
                 exc,
                 event.event_id,
             )
-            self._owe(_Owed(event, ref, True))
+            self._owe(_Owed(event, ref))
             return UsageResult(
                 stored=True,
                 duplicate=False,
@@ -758,7 +758,7 @@ class Gate:
         log.warning(
             "Redis unavailable (%s): usage event %s written to Postgres", cause, event.event_id
         )
-        self._owe(_Owed(event, ref, fresh))
+        self._owe(_Owed(event, ref))
         if self._spooled:
             self._replay_spool()
         return UsageResult(
@@ -806,9 +806,9 @@ class Gate:
         self._owed.append(owed)
 
     def _pay_owed(self) -> None:
-        """Redis answers again: release the holds of reservations the fallback settled
-        and count the usage it stored (its stream twin is dropped by the drain, as the
-        ledger has the event already). One thread pays; the others go on."""
+        """Redis answers again: release the holds of reservations the fallback settled,
+        and mark their ports for the drain job to reconcile (their counters then take
+        the usage the fallback stored, exactly once). One thread pays; the others go on."""
         if not self._owed_lock.acquire(blocking=False):
             return
         try:
@@ -832,13 +832,8 @@ class Gate:
                     (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
                     (ref.member, self.settings.settled_seconds),
                 )
-        if owed.to_count:
-            total = e.input_tokens + e.output_tokens
-            values = event_value(
-                e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
-                e.input_tokens, e.output_tokens, e.request_id,
-            )  # fmt: skip
-            self._usage_reply("record", pk, (pk.stream,), (e.feature, total, values), e.request_id)
+        with redis_errors():
+            self.redis.sadd(self.layout.dirty(pk.shard), e.port_id)
 
     def _replay_spool(self) -> None:
         """Move spooled events into Postgres (in a thread of its own, at most one at a
@@ -862,8 +857,8 @@ class Gate:
         threading.Thread(target=replay, name="quota-spool-replay", daemon=True).start()
 
     def _replayed(self, event: UsageEvent) -> None:
-        fresh = self.store.insert_event(event, self._dedupe_window)
-        self._owe(_Owed(event, None, fresh))
+        self.store.insert_event(event, self._dedupe_window)
+        self._owe(_Owed(event, None))
 
 
 @dataclasses.dataclass

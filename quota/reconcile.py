@@ -114,6 +114,22 @@ class Reconciler:
         )
         return report
 
+    def repair_dirty(self, shard: int, limit: int = 1000) -> int:
+        """Reconcile the shard's ports that gates marked after writing their usage past
+        Redis (quota/gate.py); returns how many. On failure they stay marked."""
+        key = self.layout.dirty(shard)
+        with redis_errors():
+            ports = [str(p) for p in self.redis.spop(key, limit) or []]
+        if not ports:
+            return 0
+        try:
+            self.run(ports=ports)
+        except BaseException:
+            with redis_errors():
+                self.redis.sadd(key, *ports)
+            raise
+        return len(ports)
+
     def _server_windows(self) -> Windows:
         with redis_errors():
             sec, usec = self.redis.time()

@@ -41,6 +41,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", self.dir, "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+        args += ["--enable-debug-command", "local"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else []
         self.proc = subprocess.Popen([*args, *self.extra], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

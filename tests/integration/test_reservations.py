@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
 import redis
 
+import quota.gate
 from quota import BudgetExceeded, Gate, UnknownReservation
+from quota.reservations import new_hex_id
 from quota.scripts import library
 
 
@@ -114,7 +115,8 @@ def test_a_resent_reserve_holds_once(capped: Gate, monkeypatch: pytest.MonkeyPat
     """A reserve whose reply was lost goes again with the same id: one hold, and the
     second answer reports the same reserved tokens as the first."""
     capped.reserve("p", 50, "ocr")  # someone else's hold
-    monkeypatch.setattr(random, "getrandbits", lambda bits: 0xAB)
+    fixed = new_hex_id(100, "ocr", None, "p")  # the resend carries the first one's id
+    monkeypatch.setattr(quota.gate, "new_hex_id", lambda *args, **kwargs: fixed)
     first = capped.reserve("p", 100, "ocr")
     again = capped.reserve("p", 100, "ocr")
     assert first.reservation_id == again.reservation_id

@@ -1,0 +1,259 @@
+"""Redis faults against a redis-server of the test's own: killed, hung (DEBUG SLEEP,
+SIGSTOP), restarted empty. Decisions follow the outage policy; usage is counted once,
+whichever backends saw it; caps hold after Redis lost its data."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from sqlalchemy import Engine, text
+
+from quota import Gate, Settings
+from quota.drain import Drainer
+from quota.reconcile import Reconciler
+from tests.servers import RedisServer
+
+
+def drain(gate: Gate, server: RedisServer, pg: Engine) -> None:
+    """What the drain job does for every shard: drain, then reconcile marked ports."""
+    with server.client() as c:
+        drainer = Drainer(gate.settings, c, pg)
+        reconciler = Reconciler(gate.settings, c, pg, drainer)
+        for shard in range(gate.settings.shards):
+            drainer.drain_shard(shard, max_seconds=30)
+            reconciler.repair_dirty(shard)
+
+
+def ledger(pg: Engine) -> list[tuple[str, int, str | None]]:
+    with pg.connect() as conn:
+        rows = conn.execute(
+            text("SELECT port_id, total_tokens, request_id FROM ledger ORDER BY occurred_at")
+        )
+        return [(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def rec(gate: Gate, tokens: int = 10, request_id: str | None = None, port: str = "p") -> object:
+    return gate.record(
+        port_id=port,
+        feature="f",
+        provider="x",
+        model="m",
+        input_tokens=tokens,
+        output_tokens=0,
+        request_id=request_id,
+    )
+
+
+def open_breaker(gate: Gate) -> None:
+    for _ in range(gate.settings.breaker_failures + 1):
+        gate.check("p", 1)
+    assert gate.breaker.state == "open"
+
+
+def test_closed_policy_refuses_in_microseconds_once_the_breaker_is_open(
+    fgate: Gate, server: RedisServer
+) -> None:
+    fgate.set_budget("p", enabled=True, soft_cap_tokens=1000, hard_cap_tokens=1000, updated_by="u")
+    assert fgate.check("p", 1).ok
+    server.kill()
+    open_breaker(fgate)
+    d = fgate.check("p", 1)
+    assert (d.ok, d.reason, d.degraded) == (False, "unavailable", True)
+    r = fgate.reserve("p", 1, "f")
+    assert (r.ok, r.reservation_id, r.degraded) == (False, None, True)
+    assert [x.reason for x in fgate.check_many([("p", 1), ("q", 2)])] == ["unavailable"] * 2
+    # Open: no connection is even tried (the server would refuse it in far less than
+    # the socket timeout anyway, so count the attempts instead of timing them).
+    before = fgate._call.open_connections
+    for _ in range(1000):
+        fgate.check("p", 1)
+    assert fgate._call.open_connections == before == 0
+    server.start()
+    deadline = time.monotonic() + 5  # the breaker's probe lets one call through
+    while not (d := fgate.check("p", 1)).ok and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (d.ok, d.degraded) == (True, False)
+    assert fgate.breaker.state == "closed"
+
+
+def test_open_policy_allows_and_its_commit_is_counted(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    with Gate(fault_settings.model_copy(update={"outage_policy": "open"})) as gate:
+        gate.set_budget(
+            "p", enabled=True, soft_cap_tokens=1000, hard_cap_tokens=1000, updated_by="u"
+        )
+        server.kill()
+        d = gate.reserve("p", 50, "f", user_id="u1")
+        assert (d.ok, d.degraded) == (True, True)
+        assert d.reservation_id
+        done = gate.commit(
+            d.reservation_id, input_tokens=40, output_tokens=2, provider="x", model="m"
+        )
+        again = gate.commit(
+            d.reservation_id, input_tokens=40, output_tokens=2, provider="x", model="m"
+        )
+        assert (done.stored, done.backend, done.duplicate) == (True, "postgres", False)
+        assert again.duplicate
+        assert ledger(pg) == [("p", 42, None)]
+        server.start()
+        gate.breaker.reset()
+        gate.check("p", 1)  # Redis answers: the port is marked for the drain job
+        drain(gate, server, pg)
+        assert gate.current_period_tokens("p") == 42
+        assert ledger(pg) == [("p", 42, None)]
+
+
+def test_allowance_policy_bounds_what_one_process_admits(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    settings = fault_settings.model_copy(
+        update={"outage_policy": "allowance", "outage_allowance_tokens": 100}
+    )
+    with Gate(settings) as gate:
+        gate.set_budget("p", enabled=True, hard_cap_tokens=10**6, updated_by="u")
+        gate.set_budget("strict", enabled=True, outage_policy="closed", updated_by="u")
+        server.kill()
+        admitted = sum(gate.reserve("p", 30, "f").ok for _ in range(10))
+        assert admitted == 3  # 90 of 100; a fourth would pass the allowance
+        assert gate.check("p", 10).ok  # 100
+        assert not gate.check("p", 1).ok
+        assert not gate.check("strict", 1).ok  # its budget says closed
+        assert gate.check("other", 100).ok  # each port its own allowance
+
+
+def test_a_call_that_timed_out_but_ran_is_counted_once(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    fgate.set_budget("p", enabled=True, hard_cap_tokens=10**6, updated_by="u")
+    rec(fgate, 1, "warm")
+    with server.client() as c:
+        sleeper = threading.Thread(target=lambda: c.execute_command("DEBUG", "SLEEP", "3"))
+        sleeper.start()
+        time.sleep(0.1)
+        # Sent while Redis sleeps: each times out (0.5 s) and falls back to Postgres,
+        # and each runs in Redis once it wakes.
+        results = [rec(fgate, 10 + i, f"slow-{i}") for i in range(2)] + [rec(fgate, 20)]
+        sleeper.join()
+    assert {r.backend for r in results} == {"postgres"}  # type: ignore[attr-defined]
+    fgate.breaker.reset()
+    ran = fgate.current_period_tokens("p")
+    assert ran > 1  # the first ran in Redis once it woke (others never reached it)
+    drain(fgate, server, pg)
+    rows = ledger(pg)
+    assert sorted(t for _, t, _ in rows) == [1, 10, 11, 20]
+    assert fgate.current_period_tokens("p") == 1 + 10 + 11 + 20  # counted once each
+
+
+def test_eight_threads_committing_one_reservation_in_an_outage_count_it_once(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    fgate.set_budget("p", enabled=True, soft_cap_tokens=1000, hard_cap_tokens=1000, updated_by="u")
+    d = fgate.reserve("p", 100, "f")
+    assert d.reservation_id
+    rid = d.reservation_id
+    server.kill()
+    out: list[object] = []
+
+    def commit() -> None:
+        out.append(fgate.commit(rid, input_tokens=70, output_tokens=0, provider="x", model="m"))
+
+    threads = [threading.Thread(target=commit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(not r.duplicate for r in out) == 1  # type: ignore[attr-defined]
+    assert ledger(pg) == [("p", 70, None)]
+    server.start()  # empty: the hold is gone with it
+    fgate.breaker.reset()
+    assert fgate.current_period_tokens("p") == 70  # rebuilt from the ledger
+    drain(fgate, server, pg)
+    assert fgate.current_period_tokens("p") == 70
+
+
+def test_a_fallback_commit_releases_its_hold_when_redis_returns(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    fgate.set_budget("p", enabled=True, soft_cap_tokens=1000, hard_cap_tokens=1000, updated_by="u")
+    d = fgate.reserve("p", 600, "f")
+    assert d.reservation_id
+    server.pause()  # hung, not gone: the hold stays in Redis
+    try:
+        done = fgate.commit(
+            d.reservation_id, input_tokens=30, output_tokens=0, provider="x", model="m"
+        )
+    finally:
+        server.resume()
+    assert done.backend == "postgres"
+    fgate.breaker.reset()
+    status = fgate.status("p")
+    assert (status.reserved_tokens, status.used_tokens) == (0, 30)
+    again = fgate.commit(
+        d.reservation_id, input_tokens=30, output_tokens=0, provider="x", model="m"
+    )
+    assert again.duplicate
+    drain(fgate, server, pg)
+    assert ledger(pg) == [("p", 30, None)]
+
+
+def test_a_request_id_redis_saw_before_the_outage_is_counted_once(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    server.stop()
+    server.persist = True  # the first record must survive the restart
+    server.start()
+    fgate.breaker.reset()
+    first = rec(fgate, 10, "req-1")
+    assert first.backend == "redis"  # type: ignore[attr-defined]
+    server.pause()
+    try:
+        retried = rec(fgate, 10, "req-1")  # Redis hung: the fallback cannot know
+    finally:
+        server.resume()
+    assert retried.backend == "postgres"  # type: ignore[attr-defined]
+    fgate.breaker.reset()
+    drain(fgate, server, pg)
+    assert ledger(pg) == [("p", 10, "req-1")]
+
+
+def test_redis_restarted_empty_does_not_reopen_a_spent_cap(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    fgate.set_budget("p", enabled=True, soft_cap_tokens=5000, hard_cap_tokens=5000, updated_by="u")
+    for _ in range(10):
+        rec(fgate, 500)
+    assert not fgate.check("p", 1).ok
+    drain(fgate, server, pg)
+    server.restart()
+    fgate.breaker.reset()
+    d = fgate.check("p", 1)
+    assert (d.ok, d.reason, d.used_tokens, d.degraded) == (False, "hard-cap-exceeded", 5000, False)
+    assert not fgate.reserve("p", 1, "f").ok
+
+
+def test_checks_answer_at_the_memory_limit_and_usage_falls_back(
+    settings: Settings, pg: Engine
+) -> None:
+    server = RedisServer(extra=["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]).start()
+    try:
+        with Gate(settings.model_copy(update={"redis_url": server.url})) as gate:
+            gate.set_budget("p", enabled=True, hard_cap_tokens=10**6, updated_by="u")
+            rec(gate, 5)
+            with server.client() as c:
+                filler = "x" * 10_000
+                filled = 0
+                while filled < 10_000:
+                    try:
+                        c.set(f"fill:{filled}", filler)
+                    except redis.exceptions.OutOfMemoryError:
+                        break
+                    filled += 1
+                assert 0 < filled < 10_000
+            d = gate.check("p", 1)
+            assert (d.ok, d.degraded, d.used_tokens) == (True, False, 5)
+            assert rec(gate, 7).backend == "postgres"  # type: ignore[attr-defined]
+    finally:
+        server.cleanup()
