@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from quota.drain import Drainer
 from quota.gate import Gate
-from quota.housekeeping import forget_prefix
+from quota.housekeeping import forget_prefix, require_own
 from quota.models import Budget
 from quota.reconcile import Reconciler
 from quota.schema import TABLES
@@ -151,6 +151,7 @@ def _reset(gate: Gate, ports: list[DemoPort]) -> None:
 def run(settings: Settings, *, processes: int, seconds: float, ports: int) -> None:
     # Wide enough for the table even when the output is piped (CI logs, `| less`).
     console = Console(width=None if sys.stdout.isatty() else 120)
+    require_own(settings, "demo")
     demo = demo_ports(ports)
     with Gate(settings) as gate:
         _reset(gate, demo)

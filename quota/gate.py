@@ -44,6 +44,7 @@ from quota._exceptions import (
 from quota.breaker import Breaker, State
 from quota.counters import fold_days
 from quota.decisions import state_of
+from quota.durability import redis_risks
 from quota.entries import event_value
 from quota.ids import uuid7
 from quota.keys import KeyLayout, PortKeys
@@ -146,6 +147,7 @@ class Gate:
         self._replay_lock = threading.Lock()
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
+        threading.Thread(target=self._log_redis_risks, name="quota-risks", daemon=True).start()
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
@@ -770,6 +772,18 @@ class Gate:
         )
 
     # ------------------------------------------------------------------ outages
+
+    def _log_redis_risks(self) -> None:
+        """Say at start what `quota health` would: a setting that lets ports overspend
+        is an error, one that can lose usage a warning. Off the caller's thread."""
+        try:
+            failures, warnings = redis_risks(self.redis.info())
+        except redis.exceptions.RedisError:
+            return  # down: the breaker and the outage policy take it from here
+        for text in failures:
+            log.error("Redis: %s", text)
+        for text in warnings:
+            log.warning("Redis: %s", text)
 
     def _degraded(
         self,

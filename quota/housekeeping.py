@@ -4,6 +4,31 @@ a test's. Never the hot path."""
 from __future__ import annotations
 
 import redis
+from sqlalchemy import make_url
+
+from quota._exceptions import InvalidInput
+from quota.settings import Settings
+
+# The test suite's own names: its database ends in _test, its prefixes start with qt-.
+_TEST_DATABASE, _TEST_PREFIX = "_test", "qt-"
+
+
+def require_own(settings: Settings, role: str) -> None:
+    """Refuse, writing nothing, to reset a database or key prefix that is not ``role``'s
+    own (``demo`` or ``bench``): they empty whatever they are pointed at, and a shell
+    that exported a deployment's QUOTA_DATABASE_URL must not wipe its ledger."""
+    database = make_url(settings.database_url).database or ""
+    if not database.endswith((f"_{role}", _TEST_DATABASE)):
+        raise InvalidInput(
+            f"quota {role} empties its database, so it runs only on one whose name ends "
+            f"in _{role} (got {database!r}); ./scripts/{role} sets quota_{role}"
+        )
+    prefix = settings.key_prefix
+    if not (prefix.endswith(f"-{role}") or prefix.startswith(_TEST_PREFIX)):
+        raise InvalidInput(
+            f"quota {role} deletes every key under its prefix, so it runs only on one "
+            f"ending in -{role} (got {prefix!r}); ./scripts/{role} sets quota-{role}"
+        )
 
 
 def forget_prefix(client: redis.Redis, prefix: str) -> None:

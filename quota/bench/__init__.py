@@ -19,6 +19,7 @@ from rich.table import Table
 
 from quota.bench import client, hotpath, instructions, ledger, peers, scale
 from quota.bench._measure import Row, fmt, reset, write_markdown
+from quota.housekeeping import require_own
 from quota.settings import Settings
 
 # How to read the figures, and where the time goes: prose, kept as Markdown beside
@@ -138,6 +139,7 @@ def _prose() -> str:
 def run(
     settings: Settings, *, quick: bool, only: list[str], output: Path | None, command: str
 ) -> list[Row]:
+    require_own(settings, "bench")
     console = Console(width=None if sys.stdout.isatty() else 150)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     rows: list[Row] = []

@@ -195,10 +195,14 @@ def status(as_json: bool) -> None:
 
 
 def _check_redis() -> str:
+    from quota.durability import redis_risks
     from workers.runtime import runtime
 
-    info = runtime().redis.info("server")
-    return f"Redis {info['redis_version']} answers"
+    info = runtime().redis.info()
+    failures, warnings = redis_risks(info)
+    if failures:
+        raise QuotaError("; ".join(failures))
+    return "; ".join([f"Redis {info['redis_version']} answers", *warnings])
 
 
 def _check_postgres() -> str:
@@ -247,7 +251,7 @@ def _check_lag(max_lag: float) -> Callable[[], str]:
     "--max-lag",
     default=60.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(0, 86400),  # also refuses nan: a check that could never fail
     help="Seconds an event may wait for the drain before it counts as unhealthy.",
 )
 @json_option

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import redis
 from sqlalchemy import Engine, text
 
@@ -256,4 +257,30 @@ def test_checks_answer_at_the_memory_limit_and_usage_falls_back(
             assert (d.ok, d.degraded, d.used_tokens) == (True, False, 5)
             assert rec(gate, 7).backend == "postgres"  # type: ignore[attr-defined]
     finally:
+        server.cleanup()
+
+
+def test_health_fails_for_an_evicting_redis_and_warns_without_persistence(
+    settings: Settings, pg: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from quota.cli import main
+    from workers import runtime
+
+    server = RedisServer(extra=["--maxmemory", "50mb", "--maxmemory-policy", "allkeys-lru"]).start()
+    try:
+        monkeypatch.setenv("QUOTA_REDIS_URL", server.url)
+        monkeypatch.setenv("QUOTA_KEY_PREFIX", settings.key_prefix)
+        runtime.reset()
+        result = CliRunner().invoke(main, ["health"])
+        assert result.exit_code == 1
+        assert "allkeys-lru" in result.stdout
+        with server.client() as c:
+            c.config_set("maxmemory-policy", "noeviction")
+        result = CliRunner().invoke(main, ["health"])
+        assert result.exit_code == 0
+        assert "AOF persistence is off" in result.stdout
+    finally:
+        runtime.reset()
         server.cleanup()

@@ -230,3 +230,16 @@ def test_every_option_reads_a_quota_variable(cli: CliRunner) -> None:
     r = cli.invoke(main, ["check", "acme", "--json"], env={"QUOTA_CHECK_ESTIMATE": "11"})
     assert r.exit_code == 1
     assert as_json(r)["reason"] == "estimated-exceeds-cap"
+
+
+def test_demo_and_bench_refuse_what_is_not_their_own(cli: CliRunner, settings: Settings) -> None:
+    """A shell that exported a deployment's database or prefix must not get it wiped."""
+    real_db = {"QUOTA_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/quota"}
+    for command, own in (("demo", "quota-demo"), ("bench", "quota-bench")):
+        r = cli.invoke(main, [command], env={**real_db, "QUOTA_KEY_PREFIX": own})
+        assert r.exit_code == 2
+        assert f"ends in _{command}" in r.stderr
+        db = {"QUOTA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/quota_{command}"}
+        r = cli.invoke(main, [command], env={**db, "QUOTA_KEY_PREFIX": "quota"})
+        assert r.exit_code == 2
+        assert f"ending in -{command}" in r.stderr
