@@ -5,8 +5,9 @@ and the gate rebuilds a port that Redis lost from them."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
+from typing import Any
 
 from quota.periods import Period, Windows, from_ms
 
@@ -39,3 +40,21 @@ def deltas(redis_side: Counters, pg_side: Counters) -> Counters:
         if diff:
             out[key] = diff
     return out
+
+
+def counter_writes(
+    counters: Counters, w: Windows, key_of: Callable[[str, Period, str], str]
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the Lua functions that write counters field by field (adjust,
+    rebuild): each key is ``key_of(port, period, period id)``; its arguments are the
+    key's EXPIREAT, its number of fields, then each field and value. Pure."""
+    expiry = {"day": w.day_expire_s, "week": w.week_expire_s, "month": w.month_expire_s}
+    ids = {"day": w.day_id, "week": w.week_id, "month": w.month_id}
+    keys: list[str] = []
+    args: list[Any] = []
+    for (port, period), fields in sorted(counters.items()):
+        keys.append(key_of(port, period, ids[period]))
+        args += [expiry[period], len(fields)]
+        for name, value in sorted(fields.items()):
+            args += [name, value]
+    return keys, args

@@ -42,7 +42,7 @@ from quota._exceptions import (
     UnknownReservation,
 )
 from quota.breaker import Breaker, State
-from quota.counters import fold_days
+from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
 from quota.durability import redis_risks
 from quota.entries import event_value
@@ -253,15 +253,7 @@ class Gate:
         w = self._now_windows()
         since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
         sums = fold_days(self.store.usage_by_day(pk.port, since), w)
-        keys: list[str] = []
-        args: list[Any] = []
-        expiry = {"day": w.day_expire_s, "week": w.week_expire_s, "month": w.month_expire_s}
-        ids = {"day": w.day_id, "week": w.week_id, "month": w.month_id}
-        for (_, period), fields in sorted(sums.items()):
-            keys.append(pk.usage(period, ids[period]))
-            args += [expiry[period], len(fields)]
-            for name, tokens in sorted(fields.items()):
-                args += [name, tokens]
+        keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
         if keys:
             with redis_errors():
                 raised = self._library.call(self.redis, "rebuild", keys, args)

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._exceptions import BackendError
-from quota.counters import Counters, deltas, fold_days
+from quota.counters import Counters, counter_writes, deltas, fold_days
 from quota.drain import GROUP, Drainer
 from quota.entries import stream_id
 from quota.keys import KeyLayout, shard_of
@@ -256,17 +256,9 @@ class Reconciler:
         return fold_days(rows, w)
 
     def _apply(self, shard: int, fixes: Counters, w: Windows) -> None:
-        expiry = {"day": w.day_expire_s, "week": w.week_expire_s, "month": w.month_expire_s}
-        keys: list[str] = []
-        args: list[Any] = []
-        for (port, period), diff in sorted(fixes.items()):
-            pk = self.layout.for_port(port)
-            keys.append(
-                pk.usage(period, {"day": w.day_id, "week": w.week_id, "month": w.month_id}[period])
-            )
-            args += [expiry[period], len(diff)]
-            for f, d in sorted(diff.items()):
-                args += [f, d]
+        keys, args = counter_writes(
+            fixes, w, lambda port, period, pid: self.layout.for_port(port).usage(period, pid)
+        )
         with redis_errors():
             self._library.call(self.redis, "adjust", keys, args)
 
