@@ -48,11 +48,15 @@ class DrainStats:
     trimmed: int = 0
     batches: int = 0
     seconds: float = 0.0
+    #: The consumer group had to be created: a new deployment, or Redis lost the shard
+    #: (restart without persistence, flush), so its counters need reconciling.
+    group_created: bool = False
 
     def add(self, other: DrainStats) -> None:
         for name in ("read", "claimed", "inserted", "rejected", "trimmed", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
+        self.group_created = self.group_created or other.group_created
 
 
 @dataclass
@@ -114,14 +118,18 @@ class Drainer:
         # One writer: batches reach Postgres in the order they were read.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-drain-pg")
 
-    def ensure_group(self, shard: int) -> None:
-        """Create the consumer group (and the stream) if missing; read from the start."""
+    def ensure_group(self, shard: int) -> bool:
+        """Create the consumer group (and the stream) if missing; read from the start.
+        True if it was created now."""
+        created = True
         try:
             self.redis.xgroup_create(self.layout.stream(shard), GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            created = False
         self._groups.add(shard)
+        return created
 
     def drain_shard(
         self, shard: int, *, max_seconds: float = 1.0, claim_idle_ms: int | None = None
@@ -174,8 +182,8 @@ class Drainer:
         count = self.settings.drain_batch
         idle = self.settings.drain_claim_idle_ms if claim_idle_ms is None else claim_idle_ms
         with redis_errors():
-            if shard not in self._groups:
-                self.ensure_group(shard)
+            if shard not in self._groups and self.ensure_group(shard):
+                stats.group_created = True
             try:
                 claimed: list[Entry] = []
                 if first:

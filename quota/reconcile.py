@@ -114,6 +114,14 @@ class Reconciler:
         )
         return report
 
+    def reconcile_shard(self, shard: int) -> ReconcileReport:
+        """Reconcile every active port of one shard: the drain found its consumer group
+        missing, so Redis may have lost the shard's counters (within seconds, rather
+        than at the nightly run)."""
+        w = self._server_windows()
+        ports = [p for p in self.active_ports(w) if shard_of(p, self.settings.shards) == shard]
+        return self.run(ports=ports)
+
     def repair_dirty(self, shard: int, limit: int = 1000) -> int:
         """Reconcile the shard's ports that gates marked after writing their usage past
         Redis (quota/gate.py); returns how many. On failure they stay marked."""
@@ -194,9 +202,10 @@ class Reconciler:
                 w = Windows.at(from_ms(int(reply[1])))
                 continue
             now_ms, last = int(reply[1]), str(reply[2])
-            # With no stream, nothing since it vanished is counted; any later event gets
-            # an id at or above the server's clock.
-            position = stream_id(last) if last else (now_ms - 1, 2**62)
+            # With no stream, or one that never had an entry (the drain's XGROUP MKSTREAM
+            # after Redis lost it), nothing since it vanished is counted; any later
+            # event gets an id at or above the server's clock.
+            position = stream_id(last) if last and last != "0-0" else (now_ms - 1, 2**62)
             counters: Counters = {}
             hashes = iter(reply[3:])
             for port in ports:

@@ -3,6 +3,8 @@ stopped (or paused, or killed) by their own PID, never the shared instance."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -85,4 +87,100 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return path
+    raise RuntimeError(f"{name} not found: install PostgreSQL's server binaries")
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of our own, on a free loopback port: to stop, kill or freeze
+    (SIGSTOP of the postmaster and every backend) without touching the shared one."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="quota-pg-")
+        self.data = os.path.join(self.dir, "data")
+        # As root the server must run as another user (initdb refuses root).
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            shutil.chown(self.dir, self.user)
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            user=self.user,
+            cwd="/",
+        )
+
+    def url(self, database: str = "quota_faults_test") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> PostgresServer:
+        args = [_pg_bin("postgres"), "-D", self.data, "-p", str(self.port), "-k", self.dir]
+        args += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self.user, cwd="/"
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                ready = subprocess.run(
+                    [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                    stdout=subprocess.DEVNULL,
+                    check=False,
+                )
+                if ready.returncode == 0:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"postgres on {self.port} did not start")
+            time.sleep(0.1)
+
+    def _pids(self) -> list[int]:
+        """The postmaster and its children (backends, background workers)."""
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.split("/")[2]))
+        return pids
+
+    def freeze(self) -> None:
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for pid in self._pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            self.proc.send_signal(signal.SIGQUIT)  # immediate shutdown, children too
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)

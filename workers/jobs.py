@@ -31,6 +31,9 @@ def drain(shard: int) -> dict[str, Any]:
         # Ports whose usage went past Redis in a fault: counters equal the ledger again
         # within a drain cycle, not at the nightly run.
         repaired = rt.reconciler.repair_dirty(shard)
+        if stats.group_created:
+            # A new group on a shard: a first run, or Redis lost the shard's data.
+            repaired += rt.reconciler.reconcile_shard(shard).ports_checked
     finally:
         lock.release()
     if repaired:

@@ -284,3 +284,34 @@ def test_health_fails_for_an_evicting_redis_and_warns_without_persistence(
     finally:
         runtime.reset()
         server.cleanup()
+
+
+def test_a_shard_redis_lost_is_reconciled_by_its_next_drain(
+    fgate: Gate, server: RedisServer, pg: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gate call needed: the drain job finds the consumer group gone, and reconciles
+    the shard's ports from the ledger within its run."""
+    from quota.periods import Windows, from_ms
+    from workers import jobs, runtime
+
+    monkeypatch.setenv("QUOTA_REDIS_URL", server.url)
+    monkeypatch.setenv("QUOTA_KEY_PREFIX", fgate.settings.key_prefix)
+    runtime.reset()
+    try:
+        ports = [f"port-{i}" for i in range(6)]
+        for i, port in enumerate(ports):
+            rec(fgate, 100 + i, port=port)
+        for shard in range(fgate.settings.shards):
+            jobs.drain(shard)
+        server.restart()
+        runtime.reset()  # the job's connections were to the old process
+        repaired = sum(int(jobs.drain(shard)["repaired"]) for shard in range(fgate.settings.shards))
+        assert repaired == len(ports)
+        with server.client() as c:
+            sec, _ = c.time()
+            month = Windows.at(from_ms(sec * 1000)).month_id
+            used = [int(c.hget(fgate.layout.for_port(p).usage("month", month), "t") or 0)
+                    for p in ports]  # fmt: skip
+        assert used == [100 + i for i in range(len(ports))]
+    finally:
+        runtime.reset()
