@@ -29,7 +29,9 @@ from typing import Any
 
 import hiredis
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
+from redis.retry import Retry
 
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing
@@ -112,6 +114,9 @@ class ScriptCaller:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
+        # No redis-py retry (with its backoff) inside a connect: this layer retries, at
+        # once, and a probe of a dead server must fail in microseconds, not ~0.2 s.
+        self._no_retry = Retry(NoBackoff(), 0)
         self._decode = bool(self._connection_kwargs.get("decode_responses"))
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -129,7 +134,8 @@ class ScriptCaller:
         wire: _Wire | None = getattr(self._local, "wire", None)
         if wire is None or wire.pid != os.getpid():  # a forked child opens its own
             self._local.wire = None
-            wire = _Wire(self._connection_class(**self._connection_kwargs), self._decode)
+            kwargs = {**self._connection_kwargs, "retry": self._no_retry}
+            wire = _Wire(self._connection_class(**kwargs), self._decode)
             self._local.wire = wire
             with self._lock:
                 self._all.add(wire)

@@ -148,6 +148,7 @@ class Gate:
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
         threading.Thread(target=self._log_redis_risks, name="quota-risks", daemon=True).start()
+        self._outage.refresh()  # the budgets' own outage policies, ready before an outage
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
@@ -216,6 +217,7 @@ class Gate:
         }
         Budget.check_fields(changes)  # type, range and enum errors before any I/O
         budget, version = self.store.save_budget(port, changes, who)
+        self._outage.note(port, budget.outage_policy)
         try:
             self._refill(self._keys(port), budget, version)
         except BackendError:

@@ -8,9 +8,9 @@
   allowance times the number of processes.
 
 A budget may name its own policy (`Budget.outage_policy`); the others follow
-``QUOTA_OUTAGE_POLICY``. The overrides are read from Postgres at most once a minute
-during an outage (never on the healthy path), and not at all while it is down too.
-No I/O here: the gate passes a loader.
+``QUOTA_OUTAGE_POLICY``. The overrides are read from Postgres when the gate starts and at
+most once a minute during an outage, always on a thread of their own: no decision
+waits for Postgres (which may be down too). No I/O here: the gate passes a loader.
 """
 
 from __future__ import annotations
@@ -49,25 +49,40 @@ class Outage:
         self._load = load_overrides
         self._clock = clock
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._overrides: dict[str, OutagePolicy] = {}
         self._fresh_until = 0.0
         self._admitted: dict[str, int] = {}
 
     def policy(self, port: str) -> OutagePolicy:
-        now = self._clock()
-        if now >= self._fresh_until:
-            with self._lock:
-                if now >= self._fresh_until:
-                    self._refresh(now)
+        if self._clock() >= self._fresh_until:
+            self.refresh()
         return self._overrides.get(port, self.default)
 
-    def _refresh(self, now: float) -> None:
+    def refresh(self) -> None:
+        """Read the overrides again, on a thread of its own (one at a time)."""
+        if not self._refreshing.acquire(blocking=False):
+            return
+        self._fresh_until = self._clock() + _RETRY_SECONDS  # until this read says more
+        threading.Thread(target=self._refresh, name="quota-outage-policies", daemon=True).start()
+
+    def _refresh(self) -> None:
         try:
             self._overrides = self._load()
-            self._fresh_until = now + _OVERRIDES_SECONDS
+            self._fresh_until = self._clock() + _OVERRIDES_SECONDS
         except BackendError as exc:
             log.warning("outage policies of budgets not read (%s): using %s", exc, self.default)
-            self._fresh_until = now + _RETRY_SECONDS
+        finally:
+            self._refreshing.release()
+
+    def note(self, port: str, policy: OutagePolicy | None) -> None:
+        """This process changed a budget's policy: known at once (others within a minute)."""
+        overrides = dict(self._overrides)
+        if policy is None:
+            overrides.pop(port, None)
+        else:
+            overrides[port] = policy
+        self._overrides = overrides
 
     def admit(self, port: str, estimate: int) -> tuple[bool, OutagePolicy]:
         """Is this decision allowed during the outage? Counts the estimate against the
@@ -88,4 +103,3 @@ class Outage:
         """Redis answers again: the next outage starts with whole allowances."""
         with self._lock:
             self._admitted.clear()
-            self._fresh_until = 0.0

@@ -1,0 +1,450 @@
+"""Fault scenarios under load, on a redis-server and a PostgreSQL cluster of their own.
+
+The same scenarios run light in the test suite (tests/faults/test_scenarios.py, which
+asserts the invariants) and heavy in ``./scripts/faults``, which writes the figures to
+docs/RELIABILITY.md:
+
+    python -m tests.faults.scenarios [--heavy] [--only NAME ...] [--output FILE]
+
+Each run forks worker processes with threads that reserve (estimate 100) and commit
+(90, a unique request id) on a few ports with small hard caps, while the main process
+injects the fault and heals it, and a thread runs what the drain job runs (drain,
+repair the ports gates marked, reconcile shards whose group was lost) every second,
+as `quota cron` would; after the load, until the Redis counters equal the ledger.
+Figures: decisions by outcome, decision p99 during the fault, tokens committed past
+a hard cap (from the workers' own tally, so usage Redis lost still counts), events
+acknowledged but missing from the ledger, events in it twice, and seconds until the
+counters equal the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, text
+
+from quota import Gate, Settings
+from quota.drain import Drainer
+from quota.keys import KeyLayout
+from quota.migrate import upgrade
+from quota.periods import Windows, from_ms
+from quota.reconcile import Reconciler
+from quota.store import make_engine
+from tests.servers import PostgresServer, RedisServer
+
+EST, ACTUAL = 100, 90
+
+
+@dataclass(frozen=True)
+class Load:
+    processes: int
+    threads: int
+    ports: int
+    hard_cap: int
+    before: float  # seconds of load before the fault
+    fault: float  # how long the fault lasts
+    after: float  # seconds of load after it is healed
+
+
+# Caps sized so that ports reach them around the end of the fault: the fault meets
+# ports with room left and ports at their cap.
+LIGHT = Load(processes=2, threads=4, ports=4, hard_cap=150_000, before=2.0, fault=2.0, after=1.0)
+HEAVY = Load(processes=4, threads=8, ports=8, hard_cap=400_000, before=5.0, fault=10.0, after=5.0)
+
+
+@dataclass
+class Env:
+    """The servers of one scenario run, and the settings its gates use."""
+
+    redis: RedisServer
+    postgres: PostgresServer
+    settings: Settings
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    inject: Callable[[Env], None]
+    heal: Callable[[Env], None]
+    policy: str = "closed"
+    persist: bool = True  # Redis with AOF (appendfsync always)
+
+
+@dataclass
+class Result:
+    scenario: str
+    what: str
+    load: str
+    decisions: Counter[str] = field(default_factory=Counter)
+    p99_fault_ms: float | None = None
+    past_cap: int = 0
+    worst_port: int = 0  # the most one port went past its cap
+    acknowledged: int = 0
+    lost: int = 0
+    twice: int = 0
+    settle_s: float | None = None
+
+    def line(self) -> str:
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(self.decisions.items()))
+        p99 = "-" if self.p99_fault_ms is None else f"{self.p99_fault_ms:.2f}"
+        settle = "never (60 s)" if self.settle_s is None else f"{self.settle_s:.1f}"
+        return (
+            f"| {self.scenario} | {self.load} | {outcomes} | {p99} | {self.past_cap:,} | "
+            f"{self.lost:,} of {self.acknowledged:,} | {self.twice:,} | {settle} |"
+        )
+
+
+def _kill(env: Env) -> None:
+    env.redis.kill()
+
+
+def _start(env: Env) -> None:
+    env.redis.start()
+
+
+def _sleep(env: Env) -> None:
+    seconds = _FAULT_SECONDS[0]
+
+    def sleep() -> None:
+        with env.redis.client() as c:
+            c.execute_command("DEBUG", "SLEEP", str(seconds))
+
+    threading.Thread(target=sleep, daemon=True).start()
+
+
+def _started(postgres: PostgresServer) -> None:
+    postgres.start()
+
+
+def _nothing(env: Env) -> None:
+    pass
+
+
+def _both_down(env: Env) -> None:
+    env.redis.kill()
+    env.postgres.freeze()
+
+
+def _both_up(env: Env) -> None:
+    env.postgres.thaw()
+    env.redis.start()
+
+
+_FAULT_SECONDS = [0.0]  # DEBUG SLEEP's length, set per run
+
+SCENARIOS = [
+    Scenario("redis-killed-closed", "Redis SIGKILLed, restarted (AOF)", _kill, _start),
+    Scenario("redis-killed-open", "the same, policy open", _kill, _start, policy="open"),
+    Scenario("redis-killed-allowance", "the same, policy allowance", _kill, _start, "allowance"),
+    Scenario(
+        "redis-restarted-empty",
+        "Redis SIGKILLed and restarted without persistence",
+        lambda env: env.redis.restart(),
+        _nothing,
+        persist=False,
+    ),
+    Scenario("redis-hung", "DEBUG SLEEP past the socket timeout", _sleep, _nothing),
+    Scenario(
+        "redis-sigstop",
+        "Redis SIGSTOPed, then SIGCONTed",
+        lambda env: env.redis.pause(),
+        lambda env: env.redis.resume(),
+    ),
+    Scenario(
+        "postgres-sigstop",
+        "Postgres SIGSTOPed (every process), then SIGCONTed",
+        lambda env: env.postgres.freeze(),
+        lambda env: env.postgres.thaw(),
+    ),
+    Scenario(
+        "postgres-killed",
+        "Postgres SIGQUIT, then started again",
+        lambda env: env.postgres.kill(),
+        lambda env: _started(env.postgres),
+    ),
+    Scenario("both-down", "Redis killed and Postgres SIGSTOPed", _both_down, _both_up),
+]
+
+
+def _worker(
+    settings: Settings,
+    load: Load,
+    ports: list[str],
+    stop_at: float,
+    out: mp.Queue[dict[str, Any]],
+) -> None:
+    """One process: ``load.threads`` threads reserving and committing until ``stop_at``."""
+    decisions: list[tuple[float, float, str]] = []  # (started, seconds, outcome)
+    acked: list[str] = []  # request ids of commits said stored
+    spent: Counter[str] = Counter()  # tokens committed per port, stored or not
+    lock = threading.Lock()
+    with Gate(settings) as gate:
+
+        def run() -> None:
+            mine: list[tuple[float, float, str]] = []
+            my_acked: list[str] = []
+            my_spent: Counter[str] = Counter()
+            while time.time() < stop_at:
+                port = random.choice(ports)
+                started = time.time()
+                t0 = time.perf_counter()
+                d = gate.reserve(port, EST, "f")
+                took = time.perf_counter() - t0
+                outcome = ("ok" if d.ok else str(d.reason)) + ("*" if d.degraded else "")
+                mine.append((started, took, outcome))
+                if not d.ok or d.reservation_id is None:
+                    time.sleep(0.002)
+                    continue
+                req = uuid.uuid4().hex
+                r = gate.commit(
+                    d.reservation_id,
+                    input_tokens=ACTUAL,
+                    output_tokens=0,
+                    provider="p",
+                    model="m",
+                    request_id=req,
+                )
+                my_spent[port] += ACTUAL
+                if r.stored:
+                    my_acked.append(req)
+            with lock:
+                decisions.extend(mine)
+                acked.extend(my_acked)
+                spent.update(my_spent)
+
+        threads = [threading.Thread(target=run) for _ in range(load.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    out.put({"decisions": decisions, "acked": acked, "spent": dict(spent)})
+
+
+def _drain_cycle(env: Env, client: redis.Redis) -> None:
+    """What the drain job does for every shard."""
+    drainer = Drainer(env.settings, client, env.engine)
+    reconciler = Reconciler(env.settings, client, env.engine, drainer)
+    for shard in range(env.settings.shards):
+        stats = drainer.drain_shard(shard, max_seconds=5)
+        reconciler.repair_dirty(shard)
+        if stats.group_created:
+            reconciler.reconcile_shard(shard)
+
+
+def _counters_equal_ledger(env: Env, client: redis.Redis, ports: list[str]) -> bool:
+    sec, _ = client.time()
+    w = Windows.at(from_ms(int(sec) * 1000))
+    layout = KeyLayout(env.settings.key_prefix, env.settings.shards)
+    redis_side = [
+        int(client.hget(layout.for_port(p).usage("month", w.month_id), "t") or 0) for p in ports
+    ]
+    with env.engine.connect() as conn:
+        rows: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "SELECT port_id, sum(total_tokens) FROM ledger WHERE port_id = ANY(:p) "
+                    "AND occurred_at >= :since GROUP BY 1"
+                ),
+                {"p": ports, "since": from_ms(w.month_start_ms)},
+            ).all()
+        )
+    return redis_side == [int(rows.get(p, 0)) for p in ports]
+
+
+def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Result:
+    tag = uuid.uuid4().hex[:6]
+    ports = [f"{scenario.name}-{tag}-{i}" for i in range(load.ports)]
+    settings = env.settings.model_copy(update={"outage_policy": scenario.policy})
+    with Gate(settings) as admin:
+        for port in ports:
+            admin.set_budget(
+                port,
+                enabled=True,
+                soft_cap_tokens=load.hard_cap // 2,
+                hard_cap_tokens=load.hard_cap,
+                updated_by="faults",
+            )
+    _FAULT_SECONDS[0] = load.fault
+    ctx = mp.get_context("fork")
+    out: mp.Queue[dict[str, Any]] = ctx.Queue()
+    start = time.time()
+    stop_at = start + load.before + load.fault + load.after
+    procs = [
+        ctx.Process(target=_worker, args=(settings, load, ports, stop_at, out))
+        for _ in range(load.processes)
+    ]
+    for p in procs:
+        p.start()
+    # The drain job, as `quota cron` runs it: every second, whatever fails.
+    stop_draining = threading.Event()
+
+    def drain_loop() -> None:
+        while not stop_draining.wait(1.0):
+            try:
+                with env.redis.client() as c:
+                    _drain_cycle(env, c)
+            except Exception:
+                pass  # a backend is down: the next cycle tries again
+
+    drainer = threading.Thread(target=drain_loop, daemon=True)
+    drainer.start()
+    time.sleep(load.before)
+    fault_start = time.time()
+    scenario.inject(env)
+    time.sleep(load.fault)
+    scenario.heal(env)
+    fault_end = time.time()
+    parts = [out.get(timeout=load.before + load.fault + load.after + 120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    stop_draining.set()
+    drainer.join(60)
+    result = Result(scenario.name, scenario.what, load_name)
+    during: list[float] = []
+    spent: Counter[str] = Counter()
+    acked: list[str] = []
+    for part in parts:
+        for started, took, outcome in part["decisions"]:
+            result.decisions[outcome] += 1
+            if fault_start <= started < fault_end:
+                during.append(took)
+        acked += part["acked"]
+        spent.update(part["spent"])
+    if len(during) >= 2:
+        result.p99_fault_ms = statistics.quantiles(during, n=100)[98] * 1000
+    over = [max(0, spent[p] - load.hard_cap) for p in ports]
+    result.past_cap, result.worst_port = sum(over), max(over)
+    # Settle: the drain job's cycle until the counters equal the ledger.
+    client = env.redis.client()
+    settled_at = None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            _drain_cycle(env, client)
+            if _counters_equal_ledger(env, client, ports):
+                settled_at = time.time()
+                break
+        except Exception:
+            pass  # a backend still coming back: try again
+        time.sleep(0.5)
+    client.close()
+    result.settle_s = None if settled_at is None else settled_at - fault_end
+    with env.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT request_id, count(*) FROM ledger WHERE port_id = ANY(:p) GROUP BY 1"),
+            {"p": ports},
+        ).all()
+    in_ledger = {r[0]: int(r[1]) for r in rows}
+    result.acknowledged = len(acked)
+    result.lost = sum(1 for req in acked if req not in in_ledger)
+    result.twice = sum(n - 1 for n in in_ledger.values() if n > 1)
+    return result
+
+
+@contextmanager
+def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterator[Env]:
+    """A fresh redis-server (AOF always when ``persist``) beside ``postgres``."""
+    server = RedisServer(persist=persist).start()
+    settings = Settings(
+        redis_url=server.url,
+        database_url=postgres.url(),
+        key_prefix=f"qf-{uuid.uuid4().hex[:8]}",
+        redis_timeout=0.5,
+        database_timeout=1.0,
+        spool_dir=spool,
+        breaker_reset_seconds=0.5,
+    )
+    engine = make_engine(postgres.url())
+    try:
+        yield Env(server, postgres, settings, engine)
+    finally:
+        postgres.thaw()
+        engine.dispose()
+        server.cleanup()
+
+
+def run_all(load: Load, label: str, only: list[str], spool: Path) -> list[Result]:
+    postgres = PostgresServer().start()
+    try:
+        upgrade(postgres.url())
+        results = []
+        for scenario in SCENARIOS:
+            if only and scenario.name not in only:
+                continue
+            print(f"== {scenario.name}: {scenario.what}", file=sys.stderr)
+            if postgres.proc is None or postgres.proc.poll() is not None:
+                postgres.start()
+            with environment(postgres, scenario.persist, spool) as env:
+                results.append(run_scenario(env, scenario, load, label))
+            print(results[-1].line(), file=sys.stderr)
+        return results
+    finally:
+        postgres.cleanup()
+
+
+HEADER = """# Reliability
+
+What the gate does under faults, measured by `./scripts/faults` ({when}, on the
+project's 2-core VM): {load}. Each scenario runs worker processes with threads that
+reserve 100 tokens and commit 90 (a unique request id) on ports with small hard caps,
+against a redis-server (AOF `appendfsync always` unless said) and a PostgreSQL
+cluster of the harness's own; the fault lasts {fault:g} s. The drain job's cycle
+runs every second throughout, as `quota cron` runs it, and after the load until the
+Redis counters equal the ledger. The test suite runs the same
+scenarios lighter (tests/faults/test_scenarios.py) and asserts the invariants.
+
+- **decisions**: reserve outcomes; `*` marks a degraded decision (by outage policy).
+- **p99 during fault**: of the decisions that started while the fault lasted, ms.
+- **past cap**: tokens committed beyond a port's hard cap, from the workers' own tally
+  (usage Redis lost still counts).
+- **lost**: commits told `stored=True` whose event is not in the ledger.
+- **twice**: events in the ledger more than once.
+- **counters = ledger after**: seconds from the end of the fault until every port's
+  Redis counter equals its ledger sum.
+
+{table_head}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faults")
+    parser.add_argument("--heavy", action="store_true")
+    parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    load = HEAVY if args.heavy else LIGHT
+    label = f"{load.processes} processes x {load.threads} threads, {load.ports} ports"
+    spool = Path(f"/tmp/quota-faults-spool-{uuid.uuid4().hex[:6]}")
+    results = run_all(load, label, args.only, spool)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = (
+        "| scenario | load | decisions | p99 during fault (ms) | past cap | lost | twice "
+        "| counters = ledger after (s) |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    )
+    text_out = HEADER.format(when=when, load=label, fault=load.fault, table_head=head)
+    text_out += "\n".join(r.line() for r in results) + "\n"
+    if args.output:
+        args.output.write_text(text_out)
+    print(text_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

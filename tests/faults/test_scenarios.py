@@ -1,0 +1,51 @@
+"""The fault scenarios of ./scripts/faults, light: the invariants each must keep.
+
+Counted from real runs (worker processes, a killed, hung or emptied redis-server, a
+frozen or killed PostgreSQL of the run's own); the figures of a heavy run live in
+docs/RELIABILITY.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quota.migrate import upgrade
+from tests.faults.scenarios import LIGHT, SCENARIOS, Result, Scenario, environment, run_scenario
+from tests.servers import PostgresServer
+
+SETTLE_S = 60  # the issue's bound: counters equal the ledger within a minute of the fault
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    upgrade(server.url())
+    yield server
+    server.cleanup()
+
+
+def run(scenario: Scenario, postgres: PostgresServer, spool: Path) -> Result:
+    if postgres.proc is None or postgres.proc.poll() is not None:
+        postgres.start()
+    with environment(postgres, scenario.persist, spool) as env:
+        return run_scenario(env, scenario, LIGHT, "light")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_scenario(scenario: Scenario, postgres: PostgresServer, tmp_path: Path) -> None:
+    result = run(scenario, postgres, tmp_path / "spool")
+    assert result.acknowledged > 0
+    assert result.twice == 0  # nothing counted twice, whichever backends saw it
+    assert result.settle_s is not None
+    assert result.settle_s < SETTLE_S
+    if scenario.persist:
+        assert result.lost == 0  # nothing told stored=True is lost
+    if scenario.policy == "closed" and scenario.persist:
+        assert result.past_cap == 0  # no port past its hard cap through the fault
+    if scenario.policy == "allowance":
+        allowance = 10_000  # QUOTA_OUTAGE_ALLOWANCE_TOKENS's default, per process
+        assert result.worst_port <= allowance * LIGHT.processes
+    if "redis" in scenario.name and scenario.policy == "closed" and scenario.persist:
+        assert result.decisions["unavailable*"] > 0  # the fault was met, and refused
