@@ -358,6 +358,92 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
     return result
 
 
+def _drain_forever(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    drainer = Drainer(settings, client, engine)
+    while True:
+        for shard in range(settings.shards):
+            drainer.drain_shard(shard, max_seconds=1)
+
+
+def other_rows(env: Env, heavy: bool) -> list[str]:
+    """Connections, fork and the drain: one table row each."""
+    rows = []
+    threads, failed = (10_000, 1_000) if heavy else (1_000, 200)
+    with Gate(env.settings) as gate:
+        gate.set_budget("t", enabled=True, hard_cap_tokens=10**9, updated_by="faults")
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                gate.check("t", 1)
+            except BaseException as exc:
+                errors.append(exc)
+
+        started = time.monotonic()
+        for i in range(0, threads, 100):
+            batch = [threading.Thread(target=one) for _ in range(min(100, threads - i))]
+            for t in batch:
+                t.start()
+            for t in batch:
+                t.join()
+        took = time.monotonic() - started
+        with env.redis.client() as c:
+            clients = int(c.info("clients")["connected_clients"])
+        rows.append(
+            f"| {threads:,} short-lived threads, one check each, on one Gate | "
+            f"{len(errors)} errors in {took:.1f} s; {clients} connections open on Redis after |"
+        )
+        env.redis.kill()
+        degraded = 0
+        for _ in range(failed):
+            degraded += gate.check("t", 1).degraded
+            gate.record(port_id="t", feature="f", provider="p", model="m", input_tokens=1,
+                        output_tokens=0)  # fmt: skip
+        env.redis.start()
+        back = time.monotonic()
+        while gate.check("t", 1).degraded:
+            time.sleep(0.01)
+        rows.append(
+            f"| Redis killed: {failed:,} checks and {failed:,} records, then Redis back | "
+            f"{degraded:,} checks degraded, none raised; answers normally "
+            f"{time.monotonic() - back:.2f} s after Redis is back |"
+        )
+    # The drain SIGKILLed mid-batch, again and again: nothing lost, nothing twice.
+    with Gate(env.settings) as gate:
+        n = 50_000 if heavy else 5_000
+        tag = uuid.uuid4().hex[:6]
+        for i in range(n):
+            gate.record(port_id=f"d-{tag}-{i % 16}", feature="f", provider="p", model="m",
+                        input_tokens=1, output_tokens=0, request_id=f"{tag}-{i}")  # fmt: skip
+    ctx = mp.get_context("fork")
+    kills = 10
+    for _ in range(kills):
+        p = ctx.Process(target=_drain_forever, args=(env.settings,))
+        p.start()
+        time.sleep(random.uniform(0.2, 0.6))
+        p.kill()
+        p.join()
+    with env.redis.client() as c:
+        settle = env.settings.model_copy(update={"drain_claim_idle_ms": 0})
+        drainer = Drainer(settle, c, env.engine)
+        for shard in range(env.settings.shards):
+            drainer.drain_shard(shard, max_seconds=60)
+    with env.engine.connect() as conn:
+        count, distinct = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT request_id) FROM ledger WHERE request_id LIKE :t"
+            ),
+            {"t": f"{tag}-%"},
+        ).one()
+    rows.append(
+        f"| the drain SIGKILLed {kills} times mid-run over {n:,} events | "
+        f"{n - int(distinct):,} lost, {int(count) - int(distinct):,} twice |"
+    )
+    return rows
+
+
 @contextmanager
 def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterator[Env]:
     """A fresh redis-server (AOF always when ``persist``) beside ``postgres``."""
@@ -380,11 +466,19 @@ def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterato
         server.cleanup()
 
 
-def run_all(load: Load, label: str, only: list[str], spool: Path) -> list[Result]:
+def run_all(
+    load: Load, label: str, only: list[str], spool: Path, heavy: bool
+) -> tuple[list[Result], list[str]]:
     postgres = PostgresServer().start()
     try:
         upgrade(postgres.url())
         results = []
+        others: list[str] = []
+        if not only or "other" in only:
+            print("== connections, fork and the drain", file=sys.stderr)
+            with environment(postgres, True, spool) as env:
+                others = other_rows(env, heavy)
+            print("\n".join(others), file=sys.stderr)
         for scenario in SCENARIOS:
             if only and scenario.name not in only:
                 continue
@@ -394,7 +488,7 @@ def run_all(load: Load, label: str, only: list[str], spool: Path) -> list[Result
             with environment(postgres, scenario.persist, spool) as env:
                 results.append(run_scenario(env, scenario, load, label))
             print(results[-1].line(), file=sys.stderr)
-        return results
+        return results, others
     finally:
         postgres.cleanup()
 
@@ -432,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     load = HEAVY if args.heavy else LIGHT
     label = f"{load.processes} processes x {load.threads} threads, {load.ports} ports"
     spool = Path(f"/tmp/quota-faults-spool-{uuid.uuid4().hex[:6]}")
-    results = run_all(load, label, args.only, spool)
+    results, others = run_all(load, label, args.only, spool, args.heavy)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (
         "| scenario | load | decisions | p99 during fault (ms) | past cap | lost | twice "
@@ -440,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     text_out = HEADER.format(when=when, load=label, fault=load.fault, table_head=head)
     text_out += "\n".join(r.line() for r in results) + "\n"
+    if others:
+        text_out += "\n## Connections and the drain\n\n| scenario | result |\n| --- | --- |\n"
+        text_out += "\n".join(others) + "\n"
     if args.output:
         args.output.write_text(text_out)
     print(text_out)
