@@ -232,7 +232,9 @@ class Drainer:
         with database_errors(), self.engine.begin() as conn:
             driver: Any = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            inserted = write_lines(driver, batch.lines, batch.first_ms, batch.last_ms)
+            inserted = write_lines(
+                driver, batch.lines, batch.first_ms, batch.last_ms, self.settings.key_prefix
+            )
         metrics.DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.DRAINED.inc(inserted)
         return inserted

@@ -74,6 +74,7 @@ from quota.scripts import library
 from quota.settings import OutagePolicy, Settings
 from quota.spool import Spool
 from quota.store import Store, make_engine
+from quota.throttle import Every
 
 log = logging.getLogger("quota")
 
@@ -87,6 +88,8 @@ _LOCAL_RESERVATIONS = 100_000
 _OWED_LIMIT = 100_000
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
+# At most one fallback WARNING per this many seconds (with the count it stands for).
+_LOG_SECONDS = 10.0
 
 SoftCapCallback = Callable[[SoftCapAlert], None]
 
@@ -103,8 +106,9 @@ class _PeriodKeys(NamedTuple):
 
 class _Owed(NamedTuple):
     """What Redis is owed for a usage event the fallback stored (Postgres or spool):
-    its reservation's hold released, and its port marked for reconciliation (the
-    counters cannot just add it: a call that timed out may have run in Redis too)."""
+    its count where Redis can tell whether it ran already (a commit settles its
+    reservation once; a request id is recognised), and its port marked for
+    reconciliation, which makes the counters exact in every case."""
 
     event: UsageEvent
     ref: ReservationRef | None
@@ -130,12 +134,15 @@ class Gate:
             ),
             decode_responses=True,
         )
-        self.store = Store(make_engine(settings.database_url, settings.database_timeout))
+        self.store = Store(
+            make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
+        )
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self._library = library()
         self._outage = Outage(
             settings.outage_policy, settings.outage_allowance_tokens, self.store.outage_policies
         )
+        self._in_outage = False
         self.breaker = Breaker(
             settings.breaker_failures, settings.breaker_reset_seconds, on_change=self._breaker
         )
@@ -147,6 +154,7 @@ class Gate:
         self._replay_lock = threading.Lock()
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
+        self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
         threading.Thread(target=self._log_redis_risks, name="quota-risks", daemon=True).start()
         self._outage.refresh()  # the budgets' own outage policies, ready before an outage
         self._lease_ms = int(settings.lease_seconds * 1000)
@@ -737,12 +745,13 @@ class Gate:
                     stored=False, duplicate=False, backend="none", total_tokens=total
                 )
             self._spooled = True
-            log.warning(
-                "Redis (%s) and Postgres (%s) unavailable: usage event %s spooled",
-                cause,
-                exc,
-                event.event_id,
-            )
+            if n := self._spool_log.due():
+                log.warning(
+                    "Redis (%s) and Postgres (%s) unavailable: %d usage events spooled",
+                    cause,
+                    exc,
+                    n,
+                )
             self._owe(_Owed(event, ref))
             return UsageResult(
                 stored=True,
@@ -751,9 +760,8 @@ class Gate:
                 total_tokens=total,
                 event_id=event.event_id,
             )
-        log.warning(
-            "Redis unavailable (%s): usage event %s written to Postgres", cause, event.event_id
-        )
+        if n := self._fallback_log.due():
+            log.warning("Redis unavailable (%s): %d usage events written to Postgres", cause, n)
         self._owe(_Owed(event, ref))
         if self._spooled:
             self._replay_spool()
@@ -802,14 +810,17 @@ class Gate:
 
     def _breaker(self, state: State) -> None:
         metrics.BREAKER_STATE.set({"closed": 0, "half-open": 1, "open": 2}[state])
-        if state == "open":
+        if state == "open" and not self._in_outage:
+            # Once per outage, not at every failed probe.
+            self._in_outage = True
             log.error("Redis circuit open: decisions follow the outage policy")
         elif state == "closed":
+            self._in_outage = False
             self._outage.ended()
             log.warning("Redis answers again: circuit closed")
 
     def _owe(self, owed: _Owed) -> None:
-        if len(self._owed) == self._owed.maxlen:
+        if len(self._owed) == self._owed.maxlen and self._fallback_log.due():
             log.warning("more than %d fallback writes owed to Redis: reconcile", _OWED_LIMIT)
         self._owed.append(owed)
 
@@ -831,17 +842,31 @@ class Gate:
             self._owed_lock.release()
 
     def _pay(self, owed: _Owed) -> None:
+        """Mark the port first (so a failure below still gets it reconciled), then settle
+        the reservation in Redis with its usage, in one step: releasing the hold alone
+        would let the port spend again before the reconcile counts the usage. Redis
+        answers no-op if the commit had run there after all (its call timed out), and
+        'unknown' if Redis lost the reservation, which a rebuild then counted. Its stream
+        entry is dropped by the drain, as the ledger has the event."""
         e, ref = owed.event, owed.ref
         pk = self._keys(e.port_id)
-        if ref is not None and not ref.degraded:
-            with redis_errors():
-                self._call(
-                    "release",
-                    (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-                    (ref.member, self.settings.settled_seconds),
-                )
         with redis_errors():
             self.redis.sadd(self.layout.dirty(pk.shard), e.port_id)
+        if ref is None or ref.degraded:
+            return
+        values = event_value(
+            e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
+            e.input_tokens, e.output_tokens, e.request_id,
+        )  # fmt: skip
+        total = e.input_tokens + e.output_tokens
+        settled = self.settings.settled_seconds
+        self._usage_reply(
+            "commit",
+            pk,
+            (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+            (ref.member, total, e.feature, values, settled),
+            e.request_id,
+        )
 
     def _replay_spool(self) -> None:
         """Move spooled events into Postgres (in a thread of its own, at most one at a

@@ -61,11 +61,11 @@ _INSERT = """
 WITH inserted AS (
     INSERT INTO ledger (event_id, occurred_at, port_id, user_id, feature, provider, model,
                         input_tokens, output_tokens, total_tokens, request_id, source,
-                        stream_ms, stream_seq)
+                        stream_ms, stream_seq, key_prefix)
     SELECT event_id::uuid, timestamptz 'epoch' + at_ms * interval '1 millisecond',
            port_id, NULLIF(user_id, ''), feature, provider, model, input_tokens,
            output_tokens, input_tokens + output_tokens, NULLIF(request_id, ''), source,
-           stream_ms, stream_seq
+           stream_ms, stream_seq, %(prefix)s
     FROM ledger_staging s
     -- A stream entry of an event (or request id) the gate also wrote directly: the
     -- direct row counts (ledger_direct is empty but after a Redis fault).
@@ -73,19 +73,20 @@ WITH inserted AS (
     WHERE s.source = 'direct' OR (
         NOT EXISTS (SELECT 1 FROM ledger_direct d WHERE d.event_id = s.event_id::uuid)
         AND NOT EXISTS (SELECT 1 FROM ledger_direct d
-                        WHERE d.port_id = s.port_id AND d.request_id = s.request_id))
+                        WHERE d.key_prefix = %(prefix)s AND d.port_id = s.port_id
+                          AND d.request_id = s.request_id))
     ON CONFLICT DO NOTHING
     RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
               total_tokens
 ), rolled AS (
-    INSERT INTO ledger_daily AS d (port_id, day, feature, provider, model, input_tokens,
-                                   output_tokens, total_tokens, calls)
-    SELECT port_id, (occurred_at AT TIME ZONE 'UTC')::date, feature, provider, model,
-           sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*)
+    INSERT INTO ledger_daily AS d (key_prefix, port_id, day, feature, provider, model,
+                                   input_tokens, output_tokens, total_tokens, calls)
+    SELECT %(prefix)s, port_id, (occurred_at AT TIME ZONE 'UTC')::date, feature, provider,
+           model, sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*)
     FROM inserted
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (port_id, day, feature, provider, model) DO UPDATE SET
+    GROUP BY 2, 3, 4, 5, 6
+    ORDER BY 2, 3, 4, 5, 6
+    ON CONFLICT (key_prefix, port_id, day, feature, provider, model) DO UPDATE SET
         input_tokens = d.input_tokens + EXCLUDED.input_tokens,
         output_tokens = d.output_tokens + EXCLUDED.output_tokens,
         total_tokens = d.total_tokens + EXCLUDED.total_tokens,
@@ -142,17 +143,21 @@ def staging_line(event: StagedEvent) -> str:
     return "\t".join(map(_copy_text, event))
 
 
-def write_events(conn: psycopg.Connection[Any], events: Sequence[StagedEvent]) -> int:
-    """Insert ``events`` that are not in the ledger yet and roll them up, in the caller's
-    transaction. Returns how many were new."""
+def write_events(conn: psycopg.Connection[Any], events: Sequence[StagedEvent], prefix: str) -> int:
+    """Insert ``events`` of the deployment ``prefix`` that are not in the ledger yet and
+    roll them up, in the caller's transaction. Returns how many were new."""
     if not events:
         return 0
     at = [e.at_ms for e in events]
-    return write_lines(conn, [staging_line(e) for e in events], min(at), max(at))
+    return write_lines(conn, [staging_line(e) for e in events], min(at), max(at), prefix)
 
 
 def write_lines(
-    conn: psycopg.Connection[Any], lines: Sequence[str], first_ms: int, last_ms: int
+    conn: psycopg.Connection[Any],
+    lines: Sequence[str],
+    first_ms: int,
+    last_ms: int,
+    prefix: str,
 ) -> int:
     """`write_events` for events given as staging lines (`staging_line`'s format), all
     between ``first_ms`` and ``last_ms``: sent to Postgres in one piece."""
@@ -165,7 +170,7 @@ def write_lines(
         cur.execute(_STAGING)
         with cur.copy(_COPY) as copy:
             copy.write("\n".join(lines) + "\n")
-        cur.execute(_INSERT)
+        cur.execute(_INSERT, {"prefix": prefix})
         row = cur.fetchone()
         cur.execute("TRUNCATE ledger_staging")  # the caller may write again before COMMIT
     return int(row[0]) if row else 0

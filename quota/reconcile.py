@@ -158,7 +158,11 @@ class Reconciler:
         since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT DISTINCT port_id FROM ledger_daily WHERE day >= :d"), {"d": since}
+                text(
+                    "SELECT DISTINCT port_id FROM ledger_daily "
+                    "WHERE key_prefix = :prefix AND day >= :d"
+                ),
+                {"prefix": self.settings.key_prefix, "d": since},
             )
             ports.update(r[0] for r in rows)
         return ports
@@ -249,11 +253,13 @@ class Reconciler:
         query = text(
             """SELECT port_id, feature, (occurred_at AT TIME ZONE 'UTC')::date, sum(total_tokens)
                FROM ledger
-               WHERE port_id = ANY(:ports) AND occurred_at >= :since AND occurred_at < :until
+               WHERE key_prefix = :prefix AND port_id = ANY(:ports)
+                 AND occurred_at >= :since AND occurred_at < :until
                  AND (stream_ms IS NULL OR (stream_ms, stream_seq) <= (:ms, :seq))
                GROUP BY 1, 2, 3"""
         )
         params = {
+            "prefix": self.settings.key_prefix,
             "ports": list(ports),
             "since": since,
             "until": until,

@@ -74,11 +74,13 @@ ledger = Table(
     Column("source", Text, nullable=False),
     Column("stream_ms", BigInteger),
     Column("stream_seq", BigInteger),
+    Column("key_prefix", Text, nullable=False),
 )
 
 ledger_daily = Table(
     "ledger_daily",
     metadata,
+    Column("key_prefix", Text, primary_key=True),
     Column("port_id", Text, primary_key=True),
     Column("day", Date, primary_key=True),
     Column("feature", Text, primary_key=True),
@@ -98,6 +100,7 @@ ledger_direct = Table(
     Column("port_id", Text, nullable=False),
     Column("request_id", Text),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("key_prefix", Text, nullable=False),
 )
 
 #: Every table quota owns (for the demo's reset and the tests' clean slate).

@@ -110,8 +110,10 @@ def _budget(row: Any) -> Budget:
 class Store:
     """The Postgres side of the gate. Every method translates backend errors."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, prefix: str) -> None:
         self.engine = engine
+        #: The deployment's key prefix: the ledger rows it writes and reads are its own.
+        self.prefix = prefix
 
     def load_budget(self, port: str) -> tuple[Budget, int]:
         """The stored budget and its version; the default budget (version 0) if none."""
@@ -248,6 +250,7 @@ class Store:
                 seen = conn.execute(
                     select(ledger.c.event_id)
                     .where(
+                        ledger.c.key_prefix == self.prefix,
                         ledger.c.port_id == event.port_id,
                         ledger.c.request_id == event.request_id,
                         ledger.c.occurred_at >= event.occurred_at - dedupe_window,
@@ -273,9 +276,10 @@ class Store:
             )
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            write_events(driver, [staged])
+            write_events(driver, [staged], self.prefix)
             conn.execute(
                 insert(ledger_direct).values(
+                    key_prefix=self.prefix,
                     event_id=event.event_id,
                     port_id=event.port_id,
                     request_id=event.request_id,
@@ -289,7 +293,7 @@ class Store:
         d = ledger_daily.c
         query = (
             select(d.port_id, d.feature, d.day, func.sum(d.total_tokens))
-            .where(d.port_id == port, d.day >= since)
+            .where(d.key_prefix == self.prefix, d.port_id == port, d.day >= since)
             .group_by(d.port_id, d.feature, d.day)
         )
         with database_errors(), self.engine.connect() as conn:
@@ -300,7 +304,7 @@ class Store:
         d = ledger_daily.c
         query = (
             select(d.feature, func.sum(d.total_tokens), func.sum(d.calls))
-            .where(d.port_id == port, d.day >= since)
+            .where(d.key_prefix == self.prefix, d.port_id == port, d.day >= since)
             .group_by(d.feature)
             .order_by(func.sum(d.total_tokens).desc(), d.feature)
         )
@@ -312,7 +316,7 @@ class Store:
         d = ledger_daily.c
         query = (
             select(d.day, d.feature, func.sum(d.total_tokens), func.sum(d.calls))
-            .where(d.port_id == port, d.day.between(start, end))
+            .where(d.key_prefix == self.prefix, d.port_id == port, d.day.between(start, end))
             .group_by(d.day, d.feature)
             .order_by(d.day, d.feature)
         )

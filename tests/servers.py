@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port() -> int:
@@ -38,7 +40,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        # No retry: a test's command is sent once (redis-py retries timeouts by default).
+        return redis.Redis(
+            port=self.port, decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
 
     def start(self) -> RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]

@@ -65,9 +65,9 @@ def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Ro
 
 _FILL = text("""
 INSERT INTO ledger (event_id, occurred_at, port_id, feature, provider, model, input_tokens,
-                    output_tokens, total_tokens, source)
+                    output_tokens, total_tokens, source, key_prefix)
 SELECT gen_random_uuid(), :start + (random() * (:now - :start)), 'seed-port', 'ocr', 'openai',
-       'gpt-4o', 1000, 200, 1200, 'direct'
+       'gpt-4o', 1000, 200, 1200, 'direct', 'seed'
 FROM generate_series(1, :n)
 """)
 # The seed's checkBudget: read the budget, then SUM the ledger since the period start.

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, text
 
 from quota import Gate, Settings
@@ -123,8 +125,13 @@ def _sleep(env: Env) -> None:
     seconds = _FAULT_SECONDS[0]
 
     def sleep() -> None:
-        with env.redis.client() as c:
-            c.execute_command("DEBUG", "SLEEP", str(seconds))
+        # No timeout and no retry: redis-py retries a timed-out command by default, and
+        # each DEBUG SLEEP sent again would put Redis to sleep once more.
+        c: redis.Redis = redis.Redis(
+            port=env.redis.port, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+        )
+        with c:
+            c.execute_command("DEBUG", "SLEEP", str(seconds))  # type: ignore[no-untyped-call]
 
     threading.Thread(target=sleep, daemon=True).start()
 
@@ -286,8 +293,9 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
     out: mp.Queue[dict[str, Any]] = ctx.Queue()
     start = time.time()
     stop_at = start + load.before + load.fault + load.after
+    # Daemons: should this process fail, they must not keep it from exiting.
     procs = [
-        ctx.Process(target=_worker, args=(settings, load, ports, stop_at, out))
+        ctx.Process(target=_worker, args=(settings, load, ports, stop_at, out), daemon=True)
         for _ in range(load.processes)
     ]
     for p in procs:
@@ -300,8 +308,8 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
             try:
                 with env.redis.client() as c:
                     _drain_cycle(env, c)
-            except Exception:
-                pass  # a backend is down: the next cycle tries again
+            except Exception as exc:  # a backend is down: the next cycle tries again
+                print(f"drain cycle: {exc!r:.300}", file=sys.stderr)
 
     drainer = threading.Thread(target=drain_loop, daemon=True)
     drainer.start()
@@ -314,8 +322,10 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
     parts = [out.get(timeout=load.before + load.fault + load.after + 120) for _ in procs]
     for p in procs:
         p.join(60)
+    print(f"workers done {time.time() - fault_end:.1f} s after the fault", file=sys.stderr)
     stop_draining.set()
     drainer.join(60)
+    print(f"drain loop stopped {time.time() - fault_end:.1f} s after the fault", file=sys.stderr)
     result = Result(scenario.name, scenario.what, load_name)
     during: list[float] = []
     spent: Counter[str] = Counter()
@@ -341,8 +351,8 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
             if _counters_equal_ledger(env, client, ports):
                 settled_at = time.time()
                 break
-        except Exception:
-            pass  # a backend still coming back: try again
+        except Exception as exc:  # a backend still coming back: try again
+            print(f"settling: {exc!r:.300}", file=sys.stderr)
         time.sleep(0.5)
     client.close()
     result.settle_s = None if settled_at is None else settled_at - fault_end
@@ -426,10 +436,13 @@ def other_rows(env: Env, heavy: bool) -> list[str]:
         p.kill()
         p.join()
     with env.redis.client() as c:
+        # The runs `quota cron` would go on making: each takes over one batch of what
+        # the killed drains left pending, until nothing is.
         settle = env.settings.model_copy(update={"drain_claim_idle_ms": 0})
         drainer = Drainer(settle, c, env.engine)
         for shard in range(env.settings.shards):
-            drainer.drain_shard(shard, max_seconds=60)
+            while drainer.drain_shard(shard, max_seconds=60).claimed:
+                pass
     with env.engine.connect() as conn:
         count, distinct = conn.execute(
             text(
