@@ -105,13 +105,12 @@ class _PeriodKeys(NamedTuple):
 
 
 class _Owed(NamedTuple):
-    """What Redis is owed for a usage event the fallback stored (Postgres or spool):
-    its count where Redis can tell whether it ran already (a commit settles its
-    reservation once; a request id is recognised), and its port marked for
-    reconciliation, which makes the counters exact in every case."""
+    """A commit the fallback stored (Postgres or spool) whose reservation Redis still
+    holds: settled there with its usage once Redis answers. (Reconciliation counts
+    every direct write in the counters too, from ledger_direct, whoever wrote it.)"""
 
     event: UsageEvent
-    ref: ReservationRef | None
+    ref: ReservationRef
 
 
 class Gate:
@@ -752,7 +751,7 @@ class Gate:
                     exc,
                     n,
                 )
-            self._owe(_Owed(event, ref))
+            self._owe(event, ref)
             return UsageResult(
                 stored=True,
                 duplicate=False,
@@ -762,7 +761,7 @@ class Gate:
             )
         if n := self._fallback_log.due():
             log.warning("Redis unavailable (%s): %d usage events written to Postgres", cause, n)
-        self._owe(_Owed(event, ref))
+        self._owe(event, ref)
         if self._spooled:
             self._replay_spool()
         return UsageResult(
@@ -819,15 +818,16 @@ class Gate:
             self._outage.ended()
             log.warning("Redis answers again: circuit closed")
 
-    def _owe(self, owed: _Owed) -> None:
+    def _owe(self, event: UsageEvent, ref: ReservationRef | None) -> None:
+        if ref is None or ref.degraded:
+            return  # no hold in Redis: reconciliation alone counts its usage
         if len(self._owed) == self._owed.maxlen and self._fallback_log.due():
             log.warning("more than %d fallback writes owed to Redis: reconcile", _OWED_LIMIT)
-        self._owed.append(owed)
+        self._owed.append(_Owed(event, ref))
 
     def _pay_owed(self) -> None:
-        """Redis answers again: release the holds of reservations the fallback settled,
-        and mark their ports for the drain job to reconcile (their counters then take
-        the usage the fallback stored, exactly once). One thread pays; the others go on."""
+        """Redis answers again: settle there the commits the fallback stored. One thread
+        pays; the others go on."""
         if not self._owed_lock.acquire(blocking=False):
             return
         try:
@@ -842,18 +842,13 @@ class Gate:
             self._owed_lock.release()
 
     def _pay(self, owed: _Owed) -> None:
-        """Mark the port first (so a failure below still gets it reconciled), then settle
-        the reservation in Redis with its usage, in one step: releasing the hold alone
-        would let the port spend again before the reconcile counts the usage. Redis
-        answers no-op if the commit had run there after all (its call timed out), and
-        'unknown' if Redis lost the reservation, which a rebuild then counted. Its stream
-        entry is dropped by the drain, as the ledger has the event."""
+        """Settle the reservation in Redis with its usage, in one step: releasing the hold
+        alone would let the port spend again before reconciliation counts the usage.
+        Redis answers no-op if the commit had run there after all (its call timed out),
+        and 'unknown' if Redis lost the reservation (a rebuild then counted the usage).
+        Its stream entry is dropped by the drain, as the ledger has the event."""
         e, ref = owed.event, owed.ref
         pk = self._keys(e.port_id)
-        with redis_errors():
-            self.redis.sadd(self.layout.dirty(pk.shard), e.port_id)
-        if ref is None or ref.degraded:
-            return
         values = event_value(
             e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
             e.input_tokens, e.output_tokens, e.request_id,
@@ -870,7 +865,7 @@ class Gate:
 
     def _replay_spool(self) -> None:
         """Move spooled events into Postgres (in a thread of its own, at most one at a
-        time and one try a second); each is then owed to Redis like a fallback write."""
+        time and one try a second), as direct rows that reconciliation then counts."""
         now = time.monotonic()
         if now < self._replay_after or not self._replay_lock.acquire(blocking=False):
             return
@@ -878,7 +873,7 @@ class Gate:
 
         def replay() -> None:
             try:
-                n = self._spool.replay(self._replayed)
+                n = self._spool.replay(lambda e: self.store.insert_event(e, self._dedupe_window))
                 self._spooled = self._spool.pending()
                 if n:
                     log.warning("replayed %d spooled usage events into Postgres", n)
@@ -888,10 +883,6 @@ class Gate:
                 self._replay_lock.release()
 
         threading.Thread(target=replay, name="quota-spool-replay", daemon=True).start()
-
-    def _replayed(self, event: UsageEvent) -> None:
-        self.store.insert_event(event, self._dedupe_window)
-        self._owe(_Owed(event, None))
 
 
 @dataclasses.dataclass

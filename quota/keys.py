@@ -86,8 +86,3 @@ class KeyLayout:
 
     def stream(self, shard: int) -> str:
         return f"{self.shard_tag(shard)}:events"
-
-    def dirty(self, shard: int) -> str:
-        """The shard's ports whose counters missed usage written while Redis could not
-        be asked: the drain job reconciles them within seconds."""
-        return f"{self.shard_tag(shard)}:dirty"

@@ -122,21 +122,40 @@ class Reconciler:
         ports = [p for p in self.active_ports(w) if shard_of(p, self.settings.shards) == shard]
         return self.run(ports=ports)
 
-    def repair_dirty(self, shard: int, limit: int = 1000) -> int:
-        """Reconcile the shard's ports that gates marked after writing their usage past
-        Redis (quota/gate.py); returns how many. On failure they stay marked."""
-        key = self.layout.dirty(shard)
-        with redis_errors():
-            ports = [str(p) for p in self.redis.spop(key, limit) or []]
-        if not ports:
+    def repair_direct(self, shard: int, limit: int = 10_000) -> int:
+        """Reconcile the shard's ports with usage written straight to Postgres (the
+        gate's fallback, a spool replay) that no reconciliation has counted yet, then
+        mark those rows counted; returns how many ports. Rows written meanwhile wait for
+        the next run: only rows read before the reconcile summed the ledger are marked."""
+        query = text(
+            "SELECT event_id, port_id FROM ledger_direct "
+            "WHERE key_prefix = :prefix AND NOT reconciled LIMIT :limit"
+        )
+        with database_errors(), self.engine.connect() as conn:
+            rows = conn.execute(query, {"prefix": self.settings.key_prefix, "limit": limit}).all()
+        mine = [(e, p) for e, p in rows if shard_of(p, self.settings.shards) == shard]
+        if not mine:
             return 0
-        try:
-            self.run(ports=ports)
-        except BaseException:
-            with redis_errors():
-                self.redis.sadd(key, *ports)
-            raise
+        ports = sorted({p for _, p in mine})
+        self.run(ports=ports)
+        with database_errors(), self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE ledger_direct SET reconciled = true WHERE event_id = ANY(:ids)"),
+                {"ids": [e for e, _ in mine]},
+            )
         return len(ports)
+
+    def prune_direct(self) -> int:
+        """Forget counted direct rows older than the idempotency window (the drain needs
+        them only that long, to drop a stream twin by request id), with a day to spare."""
+        query = text(
+            "DELETE FROM ledger_direct WHERE key_prefix = :prefix AND reconciled "
+            "AND occurred_at < now() - make_interval(secs => :secs)"
+        )
+        secs = self.settings.idempotency_seconds + 86400
+        with database_errors(), self.engine.begin() as conn:
+            deleted = conn.execute(query, {"prefix": self.settings.key_prefix, "secs": secs})
+            return int(deleted.rowcount)
 
     def _server_windows(self) -> Windows:
         with redis_errors():

@@ -101,6 +101,7 @@ ledger_direct = Table(
     Column("request_id", Text),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("key_prefix", Text, nullable=False),
+    Column("reconciled", Boolean, nullable=False),
 )
 
 #: Every table quota owns (for the demo's reset and the tests' clean slate).

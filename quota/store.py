@@ -279,6 +279,7 @@ class Store:
             write_events(driver, [staged], self.prefix)
             conn.execute(
                 insert(ledger_direct).values(
+                    reconciled=False,
                     key_prefix=self.prefix,
                     event_id=event.event_id,
                     port_id=event.port_id,

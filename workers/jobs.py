@@ -30,7 +30,7 @@ def drain(shard: int) -> dict[str, Any]:
         stats = rt.drainer.drain_shard(shard, max_seconds=DRAIN_SECONDS)
         # Ports whose usage went past Redis in a fault: counters equal the ledger again
         # within a drain cycle, not at the nightly run.
-        repaired = rt.reconciler.repair_dirty(shard)
+        repaired = rt.reconciler.repair_direct(shard)
         if stats.group_created:
             # A new group on a shard: a first run, or Redis lost the shard's data.
             repaired += rt.reconciler.reconcile_shard(shard).ports_checked
@@ -70,6 +70,7 @@ def reconcile(dry_run: bool = False) -> dict[str, Any]:
         if not dry_run:
             # Nightly is a good time to keep ledger partitions months ahead as well.
             report["partitions"] = ensure_partitions(rt.settings.database_url)
+            report["direct_rows_pruned"] = rt.reconciler.prune_direct()
         return report
     finally:
         lock.release()

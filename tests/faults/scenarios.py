@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -251,7 +253,7 @@ def _drain_cycle(env: Env, client: redis.Redis) -> None:
     reconciler = Reconciler(env.settings, client, env.engine, drainer)
     for shard in range(env.settings.shards):
         stats = drainer.drain_shard(shard, max_seconds=5)
-        reconciler.repair_dirty(shard)
+        reconciler.repair_direct(shard)
         if stats.group_created:
             reconciler.reconcile_shard(shard)
 
@@ -621,8 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = HEAVY if args.heavy else LIGHT
     label = f"{load.processes} processes x {load.threads} threads, {load.ports} ports"
-    spool = Path(f"/tmp/quota-faults-spool-{uuid.uuid4().hex[:6]}")
-    results, others = run_all(load, label, args.only, spool, args.heavy)
+    spool = Path(tempfile.mkdtemp(prefix="quota-faults-spool-"))
+    try:
+        results, others = run_all(load, label, args.only, spool, args.heavy)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (
         "| scenario | decisions | p99 during fault (ms) | past cap | lost | twice "

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 
 from quota import Gate, Settings
 from quota.drain import Drainer
+from quota.periods import Windows, from_ms
 from quota.reconcile import Reconciler
 from tests.servers import RedisServer
 
@@ -24,7 +25,7 @@ def drain(gate: Gate, server: RedisServer, pg: Engine) -> None:
         reconciler = Reconciler(gate.settings, c, pg, drainer)
         for shard in range(gate.settings.shards):
             drainer.drain_shard(shard, max_seconds=30)
-            reconciler.repair_dirty(shard)
+            reconciler.repair_direct(shard)
 
 
 def ledger(pg: Engine) -> list[tuple[str, int, str | None]]:
@@ -291,7 +292,6 @@ def test_a_shard_redis_lost_is_reconciled_by_its_next_drain(
 ) -> None:
     """No gate call needed: the drain job finds the consumer group gone, and reconciles
     the shard's ports from the ledger within its run."""
-    from quota.periods import Windows, from_ms
     from workers import jobs, runtime
 
     monkeypatch.setenv("QUOTA_REDIS_URL", server.url)
@@ -315,3 +315,28 @@ def test_a_shard_redis_lost_is_reconciled_by_its_next_drain(
         assert used == [100 + i for i in range(len(ports))]
     finally:
         runtime.reset()
+
+
+def test_usage_written_past_redis_is_counted_even_if_its_writer_died(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    """The fallback's rows wait in ledger_direct until reconciliation counts them: the
+    drain job does it whoever wrote them, so a writer that died changes nothing."""
+    with Gate(fault_settings) as gate:
+        rec(gate, 5)
+        server.kill()
+        assert rec(gate, 40).backend == "postgres"  # type: ignore[attr-defined]
+        layout = gate.layout
+    server.start()  # empty: no AOF here, and the writer is gone
+    with Gate(fault_settings) as gate:
+        drain(gate, server, pg)  # the drain job alone: no gate call rebuilds the port
+        with server.client() as c:
+            sec, _ = c.time()
+            month = Windows.at(from_ms(int(sec) * 1000)).month_id
+            used = c.hget(layout.for_port("p").usage("month", month), "t")
+        assert used == "40"  # the 5 died with Redis, undrained
+        with pg.connect() as conn:
+            pending = conn.execute(
+                text("SELECT count(*) FROM ledger_direct WHERE NOT reconciled")
+            ).scalar_one()
+        assert pending == 0
