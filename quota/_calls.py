@@ -111,6 +111,9 @@ class ScriptCaller:
         self._client = client
         self._library = library
         self.breaker = breaker
+        #: Called when the server lacks the function library: it lost its data (a
+        #: restart without persistence, a flush), or never had it.
+        self.on_missing: Callable[[], None] | None = None
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
@@ -181,8 +184,13 @@ class ScriptCaller:
                 if self._unavailable(reply):
                     breaker.failure()
                 raise reply
-            self._load()
+            self._missing()
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def _missing(self) -> None:
+        if self.on_missing is not None:
+            self.on_missing()
+        self._load()
 
     def _load(self) -> None:
         """Load the library through the calling thread's own connection: a pooled one
@@ -240,7 +248,7 @@ class ScriptCaller:
                 self.breaker.success()
                 if not missing:
                     return
-                self._load()
+                self._missing()
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")

@@ -47,6 +47,7 @@ from quota.decisions import state_of
 from quota.durability import redis_risks
 from quota.entries import event_value
 from quota.ids import uuid7
+from quota.journal import Journal
 from quota.keys import KeyLayout, PortKeys
 from quota.models import (
     Budget,
@@ -73,6 +74,7 @@ from quota.reservations import (
 from quota.scripts import library
 from quota.settings import OutagePolicy, Settings
 from quota.spool import Spool
+from quota.spool import encode as spool_line
 from quota.store import Store, make_engine
 from quota.throttle import Every
 
@@ -86,6 +88,8 @@ _LOCAL_RESERVATIONS = 100_000
 # Fallback writes whose effect Redis is still owed, at most; older ones are left to
 # reconciliation (and their holds to their leases).
 _OWED_LIMIT = 100_000
+# Events the journal keeps at the most (its seconds bound it too).
+_JOURNAL_LIMIT = 200_000
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
 # At most one fallback WARNING per this many seconds (with the count it stands for).
@@ -146,6 +150,9 @@ class Gate:
             settings.breaker_failures, settings.breaker_reset_seconds, on_change=self._breaker
         )
         self._call = ScriptCaller(self.redis, self._library, self.breaker)
+        self._journal = Journal(settings.journal_seconds, _JOURNAL_LIMIT)
+        self._journal_lock = threading.Lock()
+        self._call.on_missing = self._redis_lost
         # One spool per key prefix: a deployment never replays another one's events.
         self._spool = Spool(settings.spool_dir / settings.key_prefix)
         self._spooled = self._spool.pending()  # a dead process's spool is replayed too
@@ -248,7 +255,7 @@ class Gate:
             budget.period,
         )
         with redis_errors():
-            self._library.call(self.redis, "budget_put", [pk.budget], args)
+            self._library.call(self.redis, "budget_put", [pk.budget], args, self._redis_lost)
 
     def _load_budget(self, pk: PortKeys) -> None:
         """The port's budget copy is missing: Redis never had the port, or lost it."""
@@ -265,7 +272,7 @@ class Gate:
         keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
         if keys:
             with redis_errors():
-                raised = self._library.call(self.redis, "rebuild", keys, args)
+                raised = self._library.call(self.redis, "rebuild", keys, args, self._redis_lost)
             if raised:
                 log.warning(
                     "port %s was missing from Redis: counters rebuilt from the ledger", pk.port
@@ -494,7 +501,11 @@ class Gate:
                 event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
             )
             return metrics.count_usage("commit", self._record(pk, event))
-        return metrics.count_usage("commit", self._usage_result(pk, reply, tin + tout, event_id))
+        result = self._usage_result(pk, reply, tin + tout, event_id)
+        if not result.duplicate:
+            ms = self._now_ms()
+            self._journal.add((event_id, port, user, feature, prov, mod, tin, tout, req, ms))
+        return metrics.count_usage("commit", result)
 
     def record(
         self,
@@ -537,7 +548,13 @@ class Gate:
             )
         except RedisUnavailable as exc:
             return self._fallback(e, exc)
-        return self._usage_result(pk, reply, total, e.event_id)
+        result = self._usage_result(pk, reply, total, e.event_id)
+        if not result.duplicate:
+            self._journal.add(
+                (e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
+                 e.input_tokens, e.output_tokens, e.request_id, self._now_ms())
+            )  # fmt: skip
+        return result
 
     # ------------------------------------------------------------------- status
 
@@ -817,6 +834,34 @@ class Gate:
             self._in_outage = False
             self._outage.ended()
             log.warning("Redis answers again: circuit closed")
+
+    def _redis_lost(self) -> None:
+        """Redis lacks the function library: it lost its data (a restart without
+        persistence, a flush), and with it the usage it had not handed to the drain yet.
+        Write what this process counted lately straight to the ledger (what the drain
+        stored already is recognised by its event id), before any port is rebuilt from
+        the ledger: every thread that meets the missing library waits for it."""
+        with self._journal_lock:
+            events = self._journal.take()
+            if not events:
+                return
+            try:
+                written = self.store.insert_events(events)
+            except BackendError as exc:
+                log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
+                written = 0
+                for e in events:
+                    try:
+                        self._spool.append(e)
+                        self._spooled = True
+                    except OSError:
+                        log.error("usage event NOT STORED: %s", spool_line(e))
+            log.warning(
+                "Redis lost its data: %d of this process's last %d events were not in the "
+                "ledger and are now",
+                written,
+                len(events),
+            )
 
     def _owe(self, event: UsageEvent, ref: ReservationRef | None) -> None:
         if ref is None or ref.degraded:

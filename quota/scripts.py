@@ -15,7 +15,7 @@ the hot path).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -88,15 +88,24 @@ class Library:
         self.load(client)
         return True
 
-    def call(self, client: redis.Redis, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def call(
+        self,
+        client: redis.Redis,
+        op: str,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        on_missing: Callable[[], None] | None = None,
+    ) -> Any:
         """FCALL ``op`` (not for the hot path: see quota/_calls.py), loading the library
-        first if the server does not have it."""
+        first (after ``on_missing()``) if the server does not have it."""
         name = self.functions[op]
         try:
             return client.fcall(name, len(keys), *keys, *args)
         except redis.exceptions.ResponseError as exc:
             if not is_missing(exc):
                 raise
+        if on_missing is not None:
+            on_missing()
         self.load(client)
         return client.fcall(name, len(keys), *keys, *args)
 

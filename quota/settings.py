@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(default=5, ge=1, le=10_000)
     #: How long the breaker stays open before one call probes Redis again.
     breaker_reset_seconds: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    #: How long each gate remembers the usage Redis counted for it, to replay into the
+    #: ledger if Redis loses its data before the drain stores it (0: not at all).
+    journal_seconds: float = Field(default=60.0, ge=0, le=3600, allow_inf_nan=False)
     #: Where usage is spooled (fsync'd) when neither Redis nor Postgres takes it, in a
     #: folder per key prefix.
     spool_dir: Path = Path("~/.local/state/quota/spool")

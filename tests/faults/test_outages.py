@@ -340,3 +340,28 @@ def test_usage_written_past_redis_is_counted_even_if_its_writer_died(
                 text("SELECT count(*) FROM ledger_direct WHERE NOT reconciled")
             ).scalar_one()
         assert pending == 0
+
+
+def test_usage_redis_lost_undrained_is_replayed_from_the_journal(
+    fgate: Gate, server: RedisServer, pg: Engine
+) -> None:
+    """No persistence, and Redis dies before the drain took half the usage: the gate's
+    journal puts that half in the ledger before the port is rebuilt, so the spent cap
+    stays spent and nothing is in the ledger twice."""
+    fgate.set_budget("p", enabled=True, soft_cap_tokens=5000, hard_cap_tokens=5000, updated_by="u")
+    for i in range(5):
+        rec(fgate, 500, f"early-{i}")
+    drain(fgate, server, pg)  # these five reach the ledger
+    for i in range(5):
+        rec(fgate, 500, f"late-{i}")  # these five only Redis has
+    assert not fgate.check("p", 1).ok
+    server.restart()
+    fgate.breaker.reset()
+    d = fgate.check("p", 1)
+    assert (d.ok, d.reason, d.used_tokens) == (False, "hard-cap-exceeded", 5000)
+    rows = ledger(pg)
+    assert sorted(str(r) for _, _, r in rows) == [f"early-{i}" for i in range(5)] + [
+        f"late-{i}" for i in range(5)
+    ]
+    drain(fgate, server, pg)
+    assert len(ledger(pg)) == 10
