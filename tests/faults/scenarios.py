@@ -604,10 +604,10 @@ the VM is noisy, so read the latencies as orders of magnitude.
   on the worst port, from the workers' own tally (usage Redis lost still counts).
   `open` allows by design; under `allowance` a port's overshoot is bounded by the
   allowance times the processes (10,000 x {processes} here).
-- **lost**: commits told `stored=True` whose event is not in the ledger. Only Redis
-  without persistence loses any: exactly the events not yet drained when it died (here
-  the drain is one thread sharing the 2 cores with the load, so its backlog is larger
-  than `quota worker` processes keep); the ports then spend that usage again.
+- **lost**: commits told `stored=True` whose event is not in the ledger. Redis without
+  persistence loses the events not yet drained when it dies; the gates that counted
+  them replay them from their journals (`QUOTA_JOURNAL_SECONDS`), so only the usage of
+  a process that dies together with Redis would be lost.
 - **twice**: events in the ledger more than once.
 - **counters = ledger after**: seconds from the end of the fault until every port's
   Redis counter equals its ledger sum.
