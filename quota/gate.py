@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -90,6 +91,8 @@ _LOCAL_RESERVATIONS = 100_000
 _OWED_LIMIT = 100_000
 # Events the journal keeps at the most (its seconds bound it too).
 _JOURNAL_LIMIT = 200_000
+# How often a gate looks whether Redis lost its data (one GET).
+_EPOCH_SECONDS = 1.0
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
 # At most one fallback WARNING per this many seconds (with the count it stands for).
@@ -161,7 +164,9 @@ class Gate:
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
         self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
-        threading.Thread(target=self._log_redis_risks, name="quota-risks", daemon=True).start()
+        self._closed = threading.Event()
+        self._epoch: str | None = None
+        threading.Thread(target=self._watch, name="quota-watch", daemon=True).start()
         self._outage.refresh()  # the budgets' own outage policies, ready before an outage
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
@@ -189,6 +194,7 @@ class Gate:
         return cls(base, on_soft_cap=on_soft_cap)
 
     def close(self) -> None:
+        self._closed.set()
         self._call.close()
         self.redis.close()
         self.store.engine.dispose()
@@ -791,17 +797,36 @@ class Gate:
 
     # ------------------------------------------------------------------ outages
 
-    def _log_redis_risks(self) -> None:
-        """Say at start what `quota health` would: a setting that lets ports overspend
-        is an error, one that can lose usage a warning. Off the caller's thread."""
+    def _watch(self) -> None:
+        """Off the callers' threads: say at start what `quota health` would (a setting
+        that lets ports overspend is an error, one that can lose usage a warning), then
+        look every second whether Redis lost its data (`_check_epoch`)."""
         try:
             failures, warnings = redis_risks(self.redis.info())
+            for text in failures:
+                log.error("Redis: %s", text)
+            for text in warnings:
+                log.warning("Redis: %s", text)
         except redis.exceptions.RedisError:
-            return  # down: the breaker and the outage policy take it from here
-        for text in failures:
-            log.error("Redis: %s", text)
-        for text in warnings:
-            log.warning("Redis: %s", text)
+            pass  # down: the breaker and the outage policy take it from here
+        while not self._closed.wait(_EPOCH_SECONDS):
+            try:
+                self._check_epoch()
+            except (redis.exceptions.RedisError, BackendError):
+                continue  # Redis or Postgres down: look again in a second
+
+    def _check_epoch(self) -> None:
+        """The epoch key is gone or another value: Redis lost its data since we last
+        looked (a restart without persistence, a flush), so replay the journal. The
+        function library's absence says the same sooner, but only to the first process
+        that calls after the loss: the others learn it here, within a second."""
+        key = self.layout.epoch
+        if self.redis.get(key) is None:
+            self.redis.set(key, f"{random.getrandbits(64):016x}", nx=True)
+        value = str(self.redis.get(key))
+        if self._epoch is not None and value != self._epoch:
+            self._redis_lost()
+        self._epoch = value
 
     def _degraded(
         self,

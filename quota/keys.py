@@ -80,6 +80,12 @@ class KeyLayout:
     def shard_tag(self, shard: int) -> str:
         return f"{self.prefix}:{{q{shard}}}"
 
+    @property
+    def epoch(self) -> str:
+        """A random value the first gate writes: gone or changed means Redis lost its
+        data since (quota/gate.py replays its journal then)."""
+        return f"{self.prefix}:epoch"
+
     def for_port(self, port: str) -> PortKeys:
         shard = shard_of(port, self.shards)
         return PortKeys(port=port, shard=shard, tag=self.shard_tag(shard))

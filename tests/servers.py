@@ -167,12 +167,15 @@ class PostgresServer:
         return pids
 
     def freeze(self) -> None:
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
         for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, sig)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

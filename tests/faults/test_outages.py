@@ -365,3 +365,27 @@ def test_usage_redis_lost_undrained_is_replayed_from_the_journal(
     ]
     drain(fgate, server, pg)
     assert len(ledger(pg)) == 10
+
+
+def test_a_gate_that_did_not_reload_the_library_still_replays_its_journal(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    """Another process (the drain, here a second gate) met the missing library first
+    and reloaded it: this gate learns of the loss from the epoch key within a second."""
+    with Gate(fault_settings) as gate, Gate(fault_settings) as other:
+        gate.set_budget("p", enabled=True, soft_cap_tokens=900, hard_cap_tokens=900, updated_by="u")
+        deadline = time.monotonic() + 5
+        while gate._epoch is None and time.monotonic() < deadline:  # its first look
+            time.sleep(0.05)
+        for i in range(3):
+            rec(gate, 300, f"r-{i}")
+        server.restart()
+        other.breaker.reset()
+        other.check("q", 1)  # reloads the library
+        deadline = time.monotonic() + 5
+        while len(ledger(pg)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(str(r) for _, _, r in ledger(pg)) == ["r-0", "r-1", "r-2"]
+        gate.breaker.reset()
+        d = gate.check("p", 1)
+        assert (d.ok, d.used_tokens) == (False, 900)
