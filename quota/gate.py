@@ -93,6 +93,8 @@ _OWED_LIMIT = 100_000
 _JOURNAL_LIMIT = 200_000
 # How often a gate looks whether Redis lost its data (one GET).
 _EPOCH_SECONDS = 1.0
+# Journal events written to the ledger per transaction after Redis lost its data.
+_REPLAY_CHUNK = 1000
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
 # At most one fallback WARNING per this many seconds (with the count it stands for).
@@ -166,8 +168,6 @@ class Gate:
         self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
         self._closed = threading.Event()
         self._epoch: str | None = None
-        threading.Thread(target=self._watch, name="quota-watch", daemon=True).start()
-        self._outage.refresh()  # the budgets' own outage policies, ready before an outage
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
@@ -178,6 +178,11 @@ class Gate:
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
         self._period_cache: dict[str, _PeriodKeys] = {}
+        # Last: these threads use the gate.
+        threading.Thread(target=self._watch, name="quota-watch", daemon=True).start()
+        self._outage.refresh()  # the budgets' own outage policies, ready before an outage
+        if self._spooled:  # a spool a process left: replayed now, not at its first call
+            self._replay_spool()
 
     @classmethod
     def from_settings(
@@ -861,32 +866,37 @@ class Gate:
             log.warning("Redis answers again: circuit closed")
 
     def _redis_lost(self) -> None:
-        """Redis lacks the function library: it lost its data (a restart without
-        persistence, a flush), and with it the usage it had not handed to the drain yet.
-        Write what this process counted lately straight to the ledger (what the drain
-        stored already is recognised by its event id), before any port is rebuilt from
-        the ledger: every thread that meets the missing library waits for it."""
+        """Redis lost its data (a restart without persistence, a flush), and with it the
+        usage it had not handed to the drain yet. Write what this process counted lately
+        straight to the ledger (what the drain stored already is recognised by its event
+        id), in transactions small enough for QUOTA_DATABASE_TIMEOUT, before any port is
+        rebuilt from the ledger: every thread that meets the missing library waits for
+        it. What Postgres does not take goes to the spool."""
         with self._journal_lock:
             events = self._journal.take()
-            if not events:
-                return
+            written = 0
+            for i in range(0, len(events), _REPLAY_CHUNK):
+                try:
+                    written += self.store.insert_events(events[i : i + _REPLAY_CHUNK])
+                except BackendError as exc:
+                    log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
+                    self._spool_all(events[i:])
+                    return
+            if events:
+                log.warning(
+                    "Redis lost its data: %d of this process's last %d events were not in "
+                    "the ledger and are now",
+                    written,
+                    len(events),
+                )
+
+    def _spool_all(self, events: list[UsageEvent]) -> None:
+        for e in events:
             try:
-                written = self.store.insert_events(events)
-            except BackendError as exc:
-                log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
-                written = 0
-                for e in events:
-                    try:
-                        self._spool.append(e)
-                        self._spooled = True
-                    except OSError:
-                        log.error("usage event NOT STORED: %s", spool_line(e))
-            log.warning(
-                "Redis lost its data: %d of this process's last %d events were not in the "
-                "ledger and are now",
-                written,
-                len(events),
-            )
+                self._spool.append(e)
+                self._spooled = True
+            except OSError:
+                log.error("usage event NOT STORED: %s", spool_line(e))
 
     def _owe(self, event: UsageEvent, ref: ReservationRef | None) -> None:
         if ref is None or ref.degraded:

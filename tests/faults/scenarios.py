@@ -344,19 +344,22 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
         result.p99_fault_ms = statistics.quantiles(during, n=100)[98] * 1000
     over = [max(0, spent[p] - load.hard_cap) for p in ports]
     result.past_cap, result.worst_port = sum(over), max(over)
-    # Settle: the drain job's cycle until the counters equal the ledger.
+    # Settle: the drain job's cycle until the counters equal the ledger (and the
+    # spooled events are in it: the workers are gone, so a gate that starts on the host
+    # replays what they left, as the next process of a deployment would).
     client = env.redis.client()
     settled_at = None
     deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            _drain_cycle(env, client)
-            if _counters_equal_ledger(env, client, ports):
-                settled_at = time.time()
-                break
-        except Exception as exc:  # a backend still coming back: try again
-            print(f"settling: {exc!r:.300}", file=sys.stderr)
-        time.sleep(0.5)
+    with Gate(settings) as successor:
+        while time.time() < deadline:
+            try:
+                _drain_cycle(env, client)
+                if not successor._spooled and _counters_equal_ledger(env, client, ports):
+                    settled_at = time.time()
+                    break
+            except Exception as exc:  # a backend still coming back: try again
+                print(f"settling: {exc!r:.300}", file=sys.stderr)
+            time.sleep(0.5)
     client.close()
     result.settle_s = None if settled_at is None else settled_at - fault_end
     with env.engine.connect() as conn:
