@@ -923,12 +923,16 @@ class Gate:
 
     def _pay(self, owed: _Owed) -> None:
         """Settle the reservation in Redis with its usage, in one step: releasing the hold
-        alone would let the port spend again before reconciliation counts the usage.
+        alone would let the port spend again before reconciliation counts the usage, which
+        it then does again for this port (its direct row is marked not reconciled).
         Redis answers no-op if the commit had run there after all (its call timed out),
         and 'unknown' if Redis lost the reservation (a rebuild then counted the usage).
         Its stream entry is dropped by the drain, as the ledger has the event."""
         e, ref = owed.event, owed.ref
         pk = self._keys(e.port_id)
+        # First: reconciliation may have counted the direct row already, and counts it
+        # again after this step, so that the counters hold it once either way.
+        self.store.unreconciled(e.event_id)
         values = event_value(
             e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
             e.input_tokens, e.output_tokens, e.request_id,

@@ -263,6 +263,12 @@ class Store:
             self._write_direct(conn, [event])
         return True
 
+    def unreconciled(self, event_id: str) -> None:
+        """Have the drain job reconcile this direct row's port again."""
+        stmt = ledger_direct.update().where(ledger_direct.c.event_id == event_id)
+        with database_errors(), self.engine.begin() as conn:
+            conn.execute(stmt.values(reconciled=False))
+
     def insert_events(self, events: Sequence[UsageEvent]) -> int:
         """`insert_event` for many at once (a gate's journal after Redis lost its data),
         by event id only: one of these that the drain stored already is left out.

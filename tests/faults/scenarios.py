@@ -615,7 +615,9 @@ the VM is noisy, so read the latencies as orders of magnitude.
 - **lost**: commits told `stored=True` whose event is not in the ledger. Redis without
   persistence loses the events not yet drained when it dies; the gates that counted
   them replay them from their journals (`QUOTA_JOURNAL_SECONDS`), so only the usage of
-  a process that dies together with Redis would be lost.
+  a process that dies together with Redis would be lost. Until every gate has learnt
+  of the loss (at once for the first to call, within a second for the others) ports
+  rebuilt from the ledger can spend that usage again: the past-cap figure there.
 - **twice**: events in the ledger more than once.
 - **counters = ledger after**: seconds from the end of the fault until every port's
   Redis counter equals its ledger sum.
