@@ -113,6 +113,14 @@ class _PeriodKeys(NamedTuple):
     for_check_many: tuple[str, str, str, str, str]
 
 
+def _value_of(e: UsageEvent) -> str:
+    """The stream entry's value of ``e`` (quota/entries.py)."""
+    return event_value(
+        e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
+        e.input_tokens, e.output_tokens, e.request_id,
+    )  # fmt: skip
+
+
 class _Owed(NamedTuple):
     """A commit the fallback stored (Postgres or spool) whose reservation Redis still
     holds: settled there with its usage once Redis answers. (Reconciliation counts
@@ -549,10 +557,7 @@ class Gate:
     def _record(self, pk: PortKeys, e: UsageEvent) -> UsageResult:
         """Count ``e`` in Redis and append it to its stream, else fall back."""
         total = e.input_tokens + e.output_tokens
-        values = event_value(
-            e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
-            e.input_tokens, e.output_tokens, e.request_id,
-        )  # fmt: skip
+        values = _value_of(e)
         try:
             reply = self._usage_reply(
                 "record", pk, (pk.stream,), (e.feature, total, values), e.request_id
@@ -933,10 +938,7 @@ class Gate:
         # First: reconciliation may have counted the direct row already, and counts it
         # again after this step, so that the counters hold it once either way.
         self.store.unreconciled(e.event_id)
-        values = event_value(
-            e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
-            e.input_tokens, e.output_tokens, e.request_id,
-        )  # fmt: skip
+        values = _value_of(e)
         total = e.input_tokens + e.output_tokens
         settled = self.settings.settled_seconds
         self._usage_reply(

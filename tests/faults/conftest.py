@@ -8,7 +8,17 @@ import pytest
 from sqlalchemy import Engine
 
 from quota import Gate, Settings
-from tests.servers import RedisServer
+from quota.migrate import upgrade
+from tests.servers import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the module's own (initdb once per module), migrated."""
+    server = PostgresServer().start()
+    upgrade(server.url())
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture

@@ -12,19 +12,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from quota import DatabaseUnavailable, Gate, Settings
-from quota.migrate import upgrade
 from quota.store import make_engine
 from tests.servers import PostgresServer, RedisServer
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    upgrade(server.url())
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture

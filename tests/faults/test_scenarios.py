@@ -6,24 +6,14 @@ docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from quota.migrate import upgrade
 from tests.faults.scenarios import LIGHT, SCENARIOS, Result, Scenario, environment, run_scenario
 from tests.servers import PostgresServer
 
 SETTLE_S = 60  # the issue's bound: counters equal the ledger within a minute of the fault
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    upgrade(server.url())
-    yield server
-    server.cleanup()
 
 
 def run(scenario: Scenario, postgres: PostgresServer, spool: Path) -> Result:
