@@ -174,6 +174,7 @@ class Gate:
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
         self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
+        self._alert_log = Every(_LOG_SECONDS)
         self._closed = threading.Event()
         self._epoch: str | None = None
         self._lease_ms = int(settings.lease_seconds * 1000)
@@ -741,8 +742,10 @@ class Gate:
         )
         try:
             self.store.save_alert(alert)
-        except BackendError:
-            log.exception("soft-cap alert for %s not stored", port)
+        except BackendError as exc:
+            # One line, not a traceback per alert, while Postgres is down.
+            if n := self._alert_log.due():
+                log.error("%d soft-cap alert(s) not stored (last: %s): %s", n, port, exc)
         if self.on_soft_cap is not None:
             try:
                 self.on_soft_cap(alert)

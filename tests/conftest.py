@@ -3,6 +3,7 @@ reaches or starts; a missing service is an error, never a skip."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,14 @@ def gate(settings: Settings, pg: Engine, r: redis.Redis) -> Iterator[Gate]:
     with Gate(settings) as g:
         yield g
     forget_prefix(r, settings.key_prefix)  # none of a test's keys outlives it
+
+
+def watched(gate: Gate, r: redis.Redis) -> None:
+    """Wait until the gate's watch thread has written its epoch key (about a second after
+    the gate starts), so that no background write falls inside a before/after check."""
+    deadline = time.monotonic() + 10
+    while not r.exists(gate.layout.epoch) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from quota import Gate, InvalidInput, QuotaError, UnknownReservation
 from quota.validation import MAX_CAP_TOKENS
-from tests.conftest import pg_counts, snapshot
+from tests.conftest import pg_counts, snapshot, watched
 
 bad_ids = st.one_of(
     st.just(""),
@@ -109,8 +109,11 @@ calls = st.one_of(
 
 
 @pytest.fixture
-def primed(gate: Gate) -> tuple[Gate, str]:
-    """A port with a budget, some usage and an open reservation: state to leave untouched."""
+def primed(gate: Gate, r: redis.Redis) -> tuple[Gate, str]:
+    """A port with a budget, some usage and an open reservation: state to leave untouched.
+    (And the gate's epoch key, which its watch thread writes about a second after it
+    starts: not during an example.)"""
+    watched(gate, r)
     gate.set_budget("p", enabled=True, soft_cap_tokens=10, hard_cap_tokens=100, updated_by="u")
     gate.record(**good)
     d = gate.reserve("p", 5, "ocr")

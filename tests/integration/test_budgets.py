@@ -9,7 +9,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from quota import Budget, Gate, InvalidBudget, InvalidInput
-from tests.conftest import pg_counts, snapshot
+from tests.conftest import pg_counts, snapshot, watched
 
 
 def test_unknown_port_has_the_default_disabled_budget(gate: Gate) -> None:
@@ -65,6 +65,7 @@ def test_set_budget_refreshes_the_redis_copy_at_once(gate: Gate) -> None:
 def test_invalid_updates_write_nothing(
     gate: Gate, pg: Engine, r: redis.Redis, changes: dict[str, object], message: str
 ) -> None:
+    watched(gate, r)
     gate.set_budget("p", enabled=True, soft_cap_tokens=800, hard_cap_tokens=1000, updated_by="u")
     before_pg, before_redis = pg_counts(pg), snapshot(r, gate.settings.key_prefix)
     with pytest.raises(InvalidBudget, match=message):
