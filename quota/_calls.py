@@ -12,8 +12,9 @@ Connections are the caller's threads': each thread opens one on its first call a
 is closed when the thread ends (its wire is garbage, a finalizer closes the socket),
 when it fails, or on `close`. They are made outside redis-py's pool count (which
 only grows, so 100 threads or ~33 failed calls would exhaust it for good). A
-`Breaker` counts failed calls: while it is open, calls fail at once with
-`CircuitOpen` instead of waiting for a connect timeout.
+`Breaker` counts failed calls: while it is not closed, calls fail at once with
+`CircuitOpen` instead of waiting for a connect timeout, and a prober thread of this
+layer (not a caller) PINGs the server every ``reset_seconds`` until it answers.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ class ScriptCaller:
         self._lock = threading.Lock()
         # Every open wire, for close(); weak, so that a dead thread's wire is collected.
         self._all: weakref.WeakSet[_Wire] = weakref.WeakSet()
+        self._closed = threading.Event()
+        self._prober: threading.Thread | None = None
+        self._prober_pid = 0
 
     @property
     def open_connections(self) -> int:
@@ -153,9 +157,45 @@ class ScriptCaller:
                 self._all.discard(wire)
 
     def _gate(self) -> None:
-        """Refuse at once while the breaker is open."""
+        """Refuse at once while the breaker is not closed."""
         if not self.breaker.allow():
+            self._probing()
             raise CircuitOpen("Redis circuit open: recent calls failed")
+
+    def _probing(self) -> None:
+        """Have this process's prober running (a forked child starts its own)."""
+        prober = self._prober
+        if prober is not None and self._prober_pid == os.getpid() and prober.is_alive():
+            return
+        with self._lock:
+            prober = self._prober
+            if prober is not None and self._prober_pid == os.getpid() and prober.is_alive():
+                return
+            self._prober_pid = os.getpid()
+            self._prober = threading.Thread(target=self._probe, name="quota-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> None:
+        """Until the circuit closes: every ``reset_seconds``, PING over a new connection."""
+        breaker = self.breaker
+        while breaker.state != "closed" and not self._closed.wait(breaker.probe_in()):
+            if not breaker.probe_due():
+                continue
+            kwargs = {**self._connection_kwargs, "retry": self._no_retry}
+            conn = self._connection_class(**kwargs)
+            try:
+                conn.connect()
+                conn.send_command("PING")
+                pong = conn.read_response()
+            except redis.exceptions.RedisError:
+                breaker.failure()  # refused, timed out, or LOADING/BUSY: open again
+            else:
+                if pong in ("PONG", b"PONG", True):
+                    breaker.success()
+                else:
+                    breaker.failure()
+            finally:
+                _close(conn)
 
     def _unavailable(self, reply: redis.exceptions.ResponseError) -> bool:
         return str(reply).startswith(_UNAVAILABLE_REPLIES)
@@ -182,7 +222,7 @@ class ScriptCaller:
                 return reply
             if not is_missing(reply):
                 if self._unavailable(reply):
-                    breaker.failure()
+                    self._failure()
                 raise reply
             self._missing()
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
@@ -243,7 +283,7 @@ class ScriptCaller:
                             raise
                 if error is not None:
                     if self._unavailable(error):
-                        self.breaker.failure()
+                        self._failure()
                     raise error
                 self.breaker.success()
                 if not missing:
@@ -259,10 +299,16 @@ class ScriptCaller:
         new connection."""
         self._drop()
         if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
-            self.breaker.failure()
+            self._failure()
             raise exc
 
+    def _failure(self) -> None:
+        self.breaker.failure()
+        if not self.breaker.allow():
+            self._probing()
+
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             wires = list(self._all)
             self._all.clear()

@@ -5,9 +5,11 @@ and an asyncio one share it.
        ▲                                  ▲                               │
        └──────────(the probe succeeds)────┼───────(the probe fails)───────┘
 
-While open, `allow` answers False at once: callers decide by their outage policy in
-microseconds instead of waiting for a connect timeout. After ``reset_seconds`` one
-caller (the probe) is let through; its outcome closes or reopens the circuit.
+While the circuit is not closed, `allow` answers False at once: callers decide by their
+outage policy in microseconds instead of waiting for a connect timeout. After
+``reset_seconds`` the transport's prober (a thread or a task of its own, never a
+caller: a probe of a dead server costs milliseconds, of a hung one the whole socket
+timeout) takes `probe_due`; its outcome closes or reopens the circuit.
 """
 
 from __future__ import annotations
@@ -43,22 +45,28 @@ class Breaker:
         self._probing = False
 
     def allow(self) -> bool:
-        """May a call go to the backend now? False while open (and, while half-open, for
-        everyone but the probe)."""
-        if self.state == "closed":
-            return True
-        with self._lock:
-            return self._allow()
+        """May a caller's call go to the backend now? Only while closed."""
+        return self.state == "closed"
 
-    def _allow(self) -> bool:
-        state = self.state
-        if state == "open" and self._clock() - self._opened_at >= self.reset_seconds:
-            self._set("half-open")
-            state = "half-open"
-        if state == "half-open" and not self._probing:
+    def probe_in(self) -> float:
+        """Seconds until a probe is due (0 if due now; the reset time if closed)."""
+        with self._lock:
+            if self.state == "closed":
+                return self.reset_seconds
+            return max(0.0, self._opened_at + self.reset_seconds - self._clock())
+
+    def probe_due(self) -> bool:
+        """Take the probe if one is due: the circuit turns half-open, and the prober's
+        outcome (`success` or `failure`) closes or reopens it. One probe at a time."""
+        with self._lock:
+            if self.state == "closed" or self._probing:
+                return False
+            if self._clock() - self._opened_at < self.reset_seconds:
+                return False
             self._probing = True
+            if self.state != "half-open":
+                self._set("half-open")
             return True
-        return state == "closed"
 
     def success(self) -> None:
         if self.state == "closed" and not self.failures:

@@ -80,6 +80,38 @@ def test_closed_policy_refuses_in_microseconds_once_the_breaker_is_open(
     assert fgate.breaker.state == "closed"
 
 
+def test_the_probe_of_a_hung_redis_is_the_probers_not_a_callers(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    # A probe sent by a caller would hold that caller for the whole socket timeout.
+    settings = fault_settings.model_copy(update={"breaker_reset_seconds": 0.05})
+    with Gate(settings) as gate:
+        assert gate.check("p", 1).ok
+        server.pause()
+        try:
+            gate.check("p", 1)  # times out: the circuit opens (a timeout is not retried)
+            open_breaker(gate)
+            seen: set[str] = set()
+            slowest = 0.0
+            until = time.monotonic() + 1.5  # three socket timeouts: probes come and go
+            while time.monotonic() < until:
+                t0 = time.perf_counter()
+                d = gate.check("p", 1)
+                slowest = max(slowest, time.perf_counter() - t0)
+                assert (d.reason, d.degraded) == ("unavailable", True)
+                seen.add(gate.breaker.state)
+            assert seen == {"open", "half-open"}  # probes were out, none of them ours
+            assert gate._call.open_connections == 0  # no caller even connected
+            assert slowest < settings.redis_timeout  # no caller waited on the hung socket
+        finally:
+            server.resume()
+        deadline = time.monotonic() + 5
+        while gate.breaker.state != "closed" and time.monotonic() < deadline:
+            time.sleep(0.01)  # nobody calls: the prober closes the circuit on its own
+        assert gate.breaker.state == "closed"
+        assert gate.check("p", 1).degraded is False
+
+
 def test_open_policy_allows_and_its_commit_is_counted(
     fault_settings: Settings, server: RedisServer, pg: Engine
 ) -> None:
