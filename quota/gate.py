@@ -94,7 +94,13 @@ _JOURNAL_LIMIT = 200_000
 # How often a gate looks whether Redis lost its data (one GET).
 _EPOCH_SECONDS = 1.0
 # Journal events written to the ledger per transaction after Redis lost its data.
-_REPLAY_CHUNK = 1000
+_REPLAY_CHUNK = 250
+# After a loss: long enough for every gate to look at the epoch (each _EPOCH_SECONDS)
+# and start its replay, which then keeps the hold alive chunk by chunk.
+_HOLD_MS = 2500
+_HOLD_CHUNK_MS = 1000
+_REPLAY_JOIN_SECONDS = 30.0
+_REPLAY_TRIES = 5
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
 # At most one fallback WARNING per this many seconds (with the count it stands for).
@@ -164,8 +170,7 @@ class Gate:
         )
         self._call = ScriptCaller(self.redis, self._library, self.breaker)
         self._journal = Journal(settings.journal_seconds, _JOURNAL_LIMIT)
-        self._journal_lock = threading.Lock()
-        self._call.on_missing = self._redis_lost
+        self._call.on_missing = self._library_missing
         # One spool per key prefix: a deployment never replays another one's events.
         self._spool = Spool(settings.spool_dir / settings.key_prefix)
         self._spooled = self._spool.pending()  # a dead process's spool is replayed too
@@ -177,6 +182,8 @@ class Gate:
         self._alert_log = Every(_LOG_SECONDS)
         self._closed = threading.Event()
         self._epoch: str | None = None
+        self._hold_until = 0.0  # monotonic: until then ports are not rebuilt (a loss)
+        self._replays: list[threading.Thread] = []  # journal replays, joined by close()
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
         self._lapsed_ms = settings.settled_seconds * 1000
@@ -209,6 +216,8 @@ class Gate:
 
     def close(self) -> None:
         self._closed.set()
+        for replay in self._replays:  # usage only the journal has: not dropped at exit
+            replay.join(_REPLAY_JOIN_SECONDS)
         self._call.close()
         self.redis.close()
         self.store.engine.dispose()
@@ -275,10 +284,11 @@ class Gate:
             budget.period,
         )
         with redis_errors():
-            self._library.call(self.redis, "budget_put", [pk.budget], args, self._redis_lost)
+            self._library.call(self.redis, "budget_put", [pk.budget], args, self._library_missing)
 
     def _load_budget(self, pk: PortKeys) -> None:
         """The port's budget copy is missing: Redis never had the port, or lost it."""
+        self._check_hold()  # before Postgres is asked: a held port is decided at once
         budget, version = self.store.load_budget(pk.port)
         self._refill(pk, budget, version)
 
@@ -286,18 +296,46 @@ class Gate:
         """Raise the port's counters to the ledger's sums (never lower them), then write
         its budget copy: until the copy exists no call counts or decides for the port,
         so a port Redis lost is rebuilt before it is decided."""
+        self._check_hold()
         w = self._now_windows()
         since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
         sums = fold_days(self.store.usage_by_day(pk.port, since), w)
         keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
         if keys:
             with redis_errors():
-                raised = self._library.call(self.redis, "rebuild", keys, args, self._redis_lost)
+                raised = self._library.call(
+                    self.redis, "rebuild", keys, args, self._library_missing
+                )
             if raised:
                 log.warning(
                     "port %s was missing from Redis: counters rebuilt from the ledger", pk.port
                 )
         self._cache_budget(pk, budget, version)
+
+    def _check_hold(self) -> None:
+        """Raise `RedisUnavailable` while a loss's hold lasts: the ledger may still lack
+        usage that only another gate's journal has, and a port rebuilt from it now would
+        spend that usage again. The callers decide by the outage policy meanwhile."""
+        now = time.monotonic()
+        if now >= self._hold_until:
+            with redis_errors():
+                ms = int(self.redis.pttl(self.layout.recovering))
+            if ms <= 0:  # -2: no hold
+                return
+            self._hold_until = now + ms / 1000
+        raise RedisUnavailable(
+            "Redis lost its data: ports are rebuilt once every gate has replayed its journal"
+        )
+
+    def _hold(self, ms: int, *, start: bool) -> None:
+        """Start the hold of a loss (if no gate has) or keep it alive ``ms`` more."""
+        key = self.layout.recovering
+        try:
+            if start:
+                self.redis.set(key, "1", nx=True, px=ms)
+            self.redis.pexpire(key, ms, gt=True)
+        except redis.exceptions.RedisError as exc:  # gone again: an outage, by policy
+            log.warning("Redis lost its data, and the hold of its ports failed: %s", exc)
 
     # ---------------------------------------------------------------- decisions
 
@@ -873,30 +911,59 @@ class Gate:
             self._outage.ended()
             log.warning("Redis answers again: circuit closed")
 
+    def _library_missing(self) -> None:
+        """The server lacks the function library: it lost its data, or only the library
+        (FUNCTION FLUSH). The epoch key we saw last still there says the latter."""
+        try:
+            same = self._epoch is not None and self.redis.get(self.layout.epoch) == self._epoch
+        except redis.exceptions.RedisError:
+            same = False
+        if not same:
+            self._redis_lost()
+
     def _redis_lost(self) -> None:
         """Redis lost its data (a restart without persistence, a flush), and with it the
-        usage it had not handed to the drain yet. Write what this process counted lately
-        straight to the ledger (what the drain stored already is recognised by its event
-        id), in transactions small enough for QUOTA_DATABASE_TIMEOUT, before any port is
-        rebuilt from the ledger: every thread that meets the missing library waits for
-        it. What Postgres does not take goes to the spool."""
-        with self._journal_lock:
-            events = self._journal.take()
-            written = 0
-            for i in range(0, len(events), _REPLAY_CHUNK):
+        usage it had not handed to the drain yet. Hold its ports (`_check_hold`): every
+        gate learns of the loss within a second (the epoch) and writes what it counted
+        lately to the ledger, on a thread of its own, keeping the hold alive while it
+        does; only then are ports rebuilt from the ledger. Callers do not wait: held
+        ports are decided by the outage policy."""
+        events = self._journal.take()
+        if events or self._epoch is not None:  # a loss, not a first deployment
+            self._hold(_HOLD_MS, start=True)
+        if events:
+            replay = threading.Thread(
+                target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
+            )
+            self._replays = [t for t in self._replays if t.is_alive()] + [replay]
+            replay.start()
+
+    def _replay_journal(self, events: list[UsageEvent]) -> None:
+        """The journal into the ledger (what the drain stored already is recognised by
+        its event id), in transactions small enough for QUOTA_DATABASE_TIMEOUT. What
+        Postgres does not take goes to the spool."""
+        written = 0
+        chunk_ms = max(_HOLD_CHUNK_MS, int(2000 * self.settings.database_timeout))
+        for i in range(0, len(events), _REPLAY_CHUNK):
+            for attempt in range(_REPLAY_TRIES):
+                self._hold(chunk_ms, start=False)
                 try:
                     written += self.store.insert_events(events[i : i + _REPLAY_CHUNK])
+                    break
                 except BackendError as exc:
-                    log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
-                    self._spool_all(events[i:])
-                    return
-            if events:
-                log.warning(
-                    "Redis lost its data: %d of this process's last %d events were not in "
-                    "the ledger and are now",
-                    written,
-                    len(events),
-                )
+                    # Every gate replays at once: a timeout may be their lock, not an
+                    # outage, and a spooled event is missing when ports are rebuilt.
+                    if attempt + 1 == _REPLAY_TRIES:
+                        log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
+                        self._spool_all(events[i:])
+                        return
+                    time.sleep(0.1 * 2**attempt)
+        log.warning(
+            "Redis lost its data: %d of this process's last %d events were not in "
+            "the ledger and are now",
+            written,
+            len(events),
+        )
 
     def _spool_all(self, events: list[UsageEvent]) -> None:
         for e in events:

@@ -86,6 +86,12 @@ class KeyLayout:
         data since (quota/gate.py replays its journal then)."""
         return f"{self.prefix}:epoch"
 
+    @property
+    def recovering(self) -> str:
+        """Set (with a TTL) by the gates that learn Redis lost their data: while it lives
+        no port is rebuilt from the ledger, which still lacks some gates' journals."""
+        return f"{self.prefix}:recovering"
+
     def for_port(self, port: str) -> PortKeys:
         shard = shard_of(port, self.shards)
         return PortKeys(port=port, shard=shard, tag=self.shard_tag(shard))

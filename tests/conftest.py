@@ -75,7 +75,7 @@ def watched(gate: Gate, r: redis.Redis) -> None:
     """Wait until the gate's watch thread has written its epoch key (about a second after
     the gate starts), so that no background write falls inside a before/after check."""
     deadline = time.monotonic() + 10
-    while not r.exists(gate.layout.epoch) and time.monotonic() < deadline:
+    while (gate._epoch is None or not r.exists(gate.layout.epoch)) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -610,9 +610,9 @@ the VM is noisy, so read the latencies as orders of magnitude.
 
 - **decisions**: reserve outcomes; `*` marks a degraded decision (by outage policy).
 - **p99 during fault**: of the decisions that started while the fault lasted, ms.
-  Under `open` and `allowance` the same processes also write the admitted calls'
-  usage straight to Postgres, and those threads' Python holds the GIL that the
-  decisions wait for.
+  With the breaker open no caller sends anything to Redis (the gate's prober thread
+  PINGs it); after a restart without persistence the first decision of each port
+  after the hold rebuilds it from Postgres, and the journal replays share the GIL.
 - **past cap (worst port)**: tokens committed beyond the ports' hard caps, in all and
   on the worst port, from the workers' own tally (usage Redis lost still counts).
   `open` allows by design; under `allowance` a port's overshoot is bounded by the
@@ -620,9 +620,10 @@ the VM is noisy, so read the latencies as orders of magnitude.
 - **lost**: commits told `stored=True` whose event is not in the ledger. Redis without
   persistence loses the events not yet drained when it dies; the gates that counted
   them replay them from their journals (`QUOTA_JOURNAL_SECONDS`), so only the usage of
-  a process that dies together with Redis would be lost. Until every gate has learnt
-  of the loss (at once for the first to call, within a second for the others) ports
-  rebuilt from the ledger can spend that usage again: the past-cap figure there.
+  a process that dies together with Redis would be lost. Every gate learns of the
+  loss within a second (at once for the first to call); until all have had that
+  second and finished their replays, ports are held (`unavailable*`: decided by the
+  outage policy) rather than rebuilt from a ledger that still lacks usage.
 - **twice**: events in the ledger more than once.
 - **counters = ledger after**: seconds from the end of the fault until every port's
   Redis counter equals its ledger sum.
