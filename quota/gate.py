@@ -21,9 +21,9 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, cast
 
 import redis
@@ -42,55 +42,39 @@ from quota._exceptions import (
     RedisUnavailable,
     UnknownReservation,
 )
-from quota.breaker import Breaker, State
+from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
 from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
 from quota.durability import redis_risks
 from quota.entries import event_value
 from quota.ids import uuid7
-from quota.journal import Journal
-from quota.keys import KeyLayout, PortKeys
+from quota.keys import PortKeys
 from quota.models import (
     Budget,
     BudgetChange,
     DailyUsage,
     Decision,
     FeatureUsage,
-    Reason,
     SoftCapAlert,
     Status,
     UsageEvent,
     UsageResult,
 )
-from quota.outage import Outage
-from quota.periods import Period, Windows, from_ms, period_end, period_start
-from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies
+from quota.periods import Period, from_ms, period_end, period_start
+from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import (
-    RecentReservations,
     ReservationRef,
-    new_hex_id,
     parse_reservation_id,
-    reservation_id,
 )
-from quota.scripts import library
 from quota.settings import OutagePolicy, Settings
-from quota.spool import Spool
 from quota.spool import encode as spool_line
 from quota.store import Store, make_engine
-from quota.throttle import Every
 
 log = logging.getLogger("quota")
 
-# A budget miss and a clock correction each need one retry; more means trouble.
-_ATTEMPTS = 4
-# Reservations this process made, remembered so that a commit Redis calls unknown
-# (Redis lost it) is still counted.
-_LOCAL_RESERVATIONS = 100_000
 # Fallback writes whose effect Redis is still owed, at most; older ones are left to
 # reconciliation (and their holds to their leases).
 _OWED_LIMIT = 100_000
-# Events the journal keeps at the most (its seconds bound it too).
-_JOURNAL_LIMIT = 200_000
 # How often a gate looks whether Redis lost its data (one GET).
 _EPOCH_SECONDS = 1.0
 # Journal events written to the ledger per transaction after Redis lost its data.
@@ -103,28 +87,6 @@ _REPLAY_JOIN_SECONDS = 30.0
 _REPLAY_TRIES = 5
 # A failed spool replay is not tried again sooner than this.
 _REPLAY_SECONDS = 1.0
-# At most one fallback WARNING per this many seconds (with the count it stands for).
-_LOG_SECONDS = 10.0
-
-SoftCapCallback = Callable[[SoftCapAlert], None]
-
-
-class _PeriodKeys(NamedTuple):
-    """A port's keys for one day: those every period-keyed function starts with (the
-    port hash, then its day/week/month counters), and check_many's (those, then the
-    open set)."""
-
-    windows: Windows
-    leading: tuple[str, str, str, str]
-    for_check_many: tuple[str, str, str, str, str]
-
-
-def _value_of(e: UsageEvent) -> str:
-    """The stream entry's value of ``e`` (quota/entries.py)."""
-    return event_value(
-        e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
-        e.input_tokens, e.output_tokens, e.request_id,
-    )  # fmt: skip
 
 
 class _Owed(NamedTuple):
@@ -136,11 +98,10 @@ class _Owed(NamedTuple):
     ref: ReservationRef
 
 
-class Gate:
+class Gate(GateCore):
     """Per-port token budgets, enforced atomically in Redis. Thread-safe; make one per process."""
 
     def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
-        self.settings = settings
         self.on_soft_cap = on_soft_cap
         # Retry only connection errors: a timed-out script may have run, and running
         # a non-idempotent record twice would count it twice. (The hot path goes through
@@ -159,41 +120,15 @@ class Gate:
         self.store = Store(
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
-        self.layout = KeyLayout(settings.key_prefix, settings.shards)
-        self._library = library()
-        self._outage = Outage(
-            settings.outage_policy, settings.outage_allowance_tokens, self.store.outage_policies
-        )
-        self._in_outage = False
-        self.breaker = Breaker(
-            settings.breaker_failures, settings.breaker_reset_seconds, on_change=self._breaker
-        )
+        GateCore.__init__(self, settings, self.store.outage_policies)
         self._call = ScriptCaller(self.redis, self._library, self.breaker)
-        self._journal = Journal(settings.journal_seconds, _JOURNAL_LIMIT)
         self._call.on_missing = self._library_missing
-        # One spool per key prefix: a deployment never replays another one's events.
-        self._spool = Spool(settings.spool_dir / settings.key_prefix)
-        self._spooled = self._spool.pending()  # a dead process's spool is replayed too
         self._replay_after = 0.0
         self._replay_lock = threading.Lock()
         self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
         self._owed_lock = threading.Lock()
-        self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
-        self._alert_log = Every(_LOG_SECONDS)
         self._closed = threading.Event()
-        self._epoch: str | None = None
-        self._hold_until = 0.0  # monotonic: until then ports are not rebuilt (a loss)
         self._replays: list[threading.Thread] = []  # journal replays, joined by close()
-        self._lease_ms = int(settings.lease_seconds * 1000)
-        # A reservation whose lease ended is remembered as long as a settled one.
-        self._lapsed_ms = settings.settled_seconds * 1000
-        self._replies = Replies()
-        self._dedupe_window = timedelta(seconds=settings.idempotency_seconds)
-        self._skew_ms = 0  # server clock minus ours, learnt from the scripts
-        self._windows = Windows.at(datetime.now(UTC))
-        self._recent = RecentReservations(_LOCAL_RESERVATIONS)
-        self._port_keys: dict[str, PortKeys] = {}
-        self._period_cache: dict[str, _PeriodKeys] = {}
         # Last: these threads use the gate.
         threading.Thread(target=self._watch, name="quota-watch", daemon=True).start()
         self._outage.refresh()  # the budgets' own outage policies, ready before an outage
@@ -361,12 +296,12 @@ class Gate:
         for i, (pk, _) in enumerate(items):
             pending.setdefault(pk.shard, []).append(i)
         try:
-            for _ in range(_ATTEMPTS):
+            for _ in range(ATTEMPTS):
                 if not pending:
                     break
                 pending = self._check_many_round(items, pending, results)
             if pending:
-                raise RedisUnavailable(f"check_many did not settle after {_ATTEMPTS} attempts")
+                raise RedisUnavailable(f"check_many did not settle after {ATTEMPTS} attempts")
         except BackendError as exc:
             for i, decided in enumerate(results):
                 if decided is None:
@@ -440,25 +375,16 @@ class Gate:
         pk = self._port(port_id)
         estimate = v.tokens("estimated_tokens", estimated_tokens)
         feat, user = v.feature(feature), v.user_id(user_id)
-        hex_id = new_hex_id(estimate, feat, user, pk.port)
+        hex_id, keys, args = self._reserve_parts(pk, estimate, feat, user)
         try:
-            reply = self._run(
-                "reserve",
-                pk,
-                (pk.open, pk.lapsed),
-                # Its open-set member, joined here: Lua's concat costs more.
-                (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms),
-            )
+            reply = self._run("reserve", pk, keys, args)
         except BackendError as exc:
             decision = self._degraded(pk.port, estimate, exc, feature=feat, user=user)
             return metrics.count_decision("reserve", decision)
         if not reply.startswith(OK):
             return metrics.count_decision("reserve", self._replies.decision(reply))
-        ref = ReservationRef(hex_id, estimate, feat, user, pk.port)
-        rid = reservation_id(*ref)
-        self._recent.add(rid, ref)
-        # The reply's reserved tokens leave this hold out (lib.lua formats no number).
-        return metrics.count_decision("reserve", self._replies.decision(reply, estimate, rid))
+        decision = self._reserved(pk, reply, hex_id, estimate, feat, user)
+        return metrics.count_decision("reserve", decision)
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
@@ -605,10 +531,7 @@ class Gate:
             return self._fallback(e, exc)
         result = self._usage_result(pk, reply, total, e.event_id)
         if not result.duplicate:
-            self._journal.add(
-                (e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,
-                 e.input_tokens, e.output_tokens, e.request_id, self._now_ms())
-            )  # fmt: skip
+            self._journal_event(e)
         return result
 
     # ------------------------------------------------------------------- status
@@ -660,55 +583,6 @@ class Gate:
         """The soft-cap alerts stored for the port, oldest first."""
         return self.store.alerts(v.port_id(port_id))
 
-    # ---------------------------------------------------------------- internals
-
-    def _port(self, port_id: object) -> PortKeys:
-        """The keys of a caller's port id. One keyed here before was checked then (`_keys`
-        only gets checked ids), so it is found by one lookup instead of a check and a
-        lookup: 6-10 % of check_many's own work per port."""
-        pk = self._port_keys.get(port_id) if type(port_id) is str else None
-        return pk or self._keys(v.port_id(port_id))
-
-    def _keys(self, port: str) -> PortKeys:
-        """The keys of a checked port id."""
-        pk = self._port_keys.get(port)
-        if pk is None:
-            if len(self._port_keys) > 100_000:
-                self._port_keys.clear()  # a bound, not an LRU: rebuilding a PortKeys is cheap
-            pk = self._port_keys[port] = self.layout.for_port(port)
-        return pk
-
-    def _period_keys(self, pk: PortKeys, w: Windows) -> _PeriodKeys:
-        """The port's keys for the day of ``w``, built once per day."""
-        cached = self._period_cache.get(pk.port)
-        if cached is not None and cached.windows is w:
-            return cached
-        if len(self._period_cache) > 100_000:
-            self._period_cache.clear()  # a bound, not an LRU: rebuilding is cheap
-        leading = (pk.budget, *pk.usage_all(w))
-        cached = self._period_cache[pk.port] = _PeriodKeys(w, leading, (*leading, pk.open))
-        return cached
-
-    def _now_ms(self) -> int:
-        """Our clock, corrected by what the functions taught us of the server's."""
-        return time.time_ns() // 1_000_000 + self._skew_ms
-
-    def _now(self) -> datetime:
-        return from_ms(self._now_ms())
-
-    def _adopt_server_clock(self, server_ms: int) -> None:
-        """A function said our clock disagrees with the server's about the day: from now
-        on, name periods by the server's time."""
-        self._skew_ms = server_ms - time.time_ns() // 1_000_000
-        self._windows = Windows.at(from_ms(server_ms))
-
-    def _now_windows(self) -> Windows:
-        now_ms = self._now_ms()
-        w = self._windows
-        if not w.day_start_ms <= now_ms < w.day_end_ms:
-            w = self._windows = Windows.at(from_ms(now_ms))
-        return w
-
     def _run(
         self,
         op: str,
@@ -723,7 +597,7 @@ class Gate:
         Loads the budget copy or fixes the clock as asked. Returns its reply, which may
         be `NO_BUDGET` only if not ``load_budget``."""
         timer = metrics.TIMERS[op]
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             w = self._now_windows()
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
@@ -741,7 +615,7 @@ class Gate:
                 self._load_budget(pk)
             else:
                 return reply
-        raise RedisUnavailable(f"script did not settle after {_ATTEMPTS} attempts")
+        raise RedisUnavailable(f"script did not settle after {ATTEMPTS} attempts")
 
     def _check(self, pk: PortKeys, estimate: int, feature: str) -> str:
         return self._run("check", pk, (pk.open,), (estimate, feature))
@@ -753,9 +627,7 @@ class Gate:
         marker; ARGV with ``args``, the count-without-budget flag and, with a request id,
         the marker's TTL (each FCALL argument costs Redis, so none without one). If the
         budget cannot be loaded, count without it."""
-        ttl: tuple[int, ...] = ()
-        if req:
-            keys, ttl = (*keys, pk.idempotency(req)), (self.settings.idempotency_seconds,)
+        keys, args, ttl = self._usage_parts(pk, keys, args, req)
         try:
             reply = self._run(op, pk, keys, (*args, "0", *ttl))
         except DatabaseUnavailable:
@@ -878,38 +750,6 @@ class Gate:
         if self._epoch is not None and value != self._epoch:
             self._redis_lost()
         self._epoch = value
-
-    def _degraded(
-        self,
-        port: str,
-        estimate: int,
-        cause: BaseException,
-        *,
-        feature: str | None = None,
-        user: str | None = None,
-    ) -> Decision:
-        """The decision of the port's outage policy; a reserve's (``feature`` given) gets
-        a reservation id that commit settles through the fallback."""
-        ok, policy = self._outage.admit(port, estimate)
-        log.debug("Redis unavailable (%s): %s decides for %s", cause, policy, port)
-        rid = None
-        if ok and feature is not None:
-            hex_id = new_hex_id(estimate, feature, user, port, degraded=True)
-            rid = reservation_id(hex_id, estimate, feature, user, port)
-            self._recent.add(rid, ReservationRef(hex_id, estimate, feature, user, port, True))
-        reason: Reason | None = None if ok else "unavailable"
-        return Decision(ok, reason, 0, None, 0, False, 0, False, "month", rid, True)
-
-    def _breaker(self, state: State) -> None:
-        metrics.BREAKER_STATE.set({"closed": 0, "half-open": 1, "open": 2}[state])
-        if state == "open" and not self._in_outage:
-            # Once per outage, not at every failed probe.
-            self._in_outage = True
-            log.error("Redis circuit open: decisions follow the outage policy")
-        elif state == "closed":
-            self._in_outage = False
-            self._outage.ended()
-            log.warning("Redis answers again: circuit closed")
 
     def _library_missing(self) -> None:
         """The server lacks the function library: it lost its data, or only the library

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-import quota.gate
+import quota.core
 from quota import BudgetExceeded, Gate, UnknownReservation
 from quota.reservations import new_hex_id
 from quota.scripts import library
@@ -116,7 +116,7 @@ def test_a_resent_reserve_holds_once(capped: Gate, monkeypatch: pytest.MonkeyPat
     second answer reports the same reserved tokens as the first."""
     capped.reserve("p", 50, "ocr")  # someone else's hold
     fixed = new_hex_id(100, "ocr", None, "p")  # the resend carries the first one's id
-    monkeypatch.setattr(quota.gate, "new_hex_id", lambda *args, **kwargs: fixed)
+    monkeypatch.setattr(quota.core, "new_hex_id", lambda *args, **kwargs: fixed)
     first = capped.reserve("p", 100, "ocr")
     again = capped.reserve("p", 100, "ocr")
     assert first.reservation_id == again.reservation_id
