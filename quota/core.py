@@ -20,8 +20,8 @@ from quota.journal import Journal
 from quota.keys import KeyLayout, PortKeys
 from quota.models import Decision, Reason, SoftCapAlert, UsageEvent
 from quota.outage import Loader, Outage
-from quota.periods import Windows, from_ms
-from quota.replies import CLOCK, NO_BUDGET, Replies
+from quota.periods import Windows, from_ms, period_start
+from quota.replies import CLOCK, NO_BUDGET, Replies, Terms
 from quota.reservations import RecentReservations, ReservationRef, new_hex_id, reservation_id
 from quota.scripts import library
 from quota.settings import Settings
@@ -192,6 +192,11 @@ class GateCore:
         if req:
             return (*keys, pk.idempotency(req)), args, (self.settings.idempotency_seconds,)
         return keys, args, ()
+
+    def _alert(self, port: str, used: int, terms: Terms) -> SoftCapAlert:
+        """The soft-cap alert a usage reply raised."""
+        start = period_start(terms.period, self._now())
+        return SoftCapAlert(port, terms.period, start, used, terms.soft_cap)
 
     def _journal_event(self, e: UsageEvent) -> None:
         self._journal.add(

@@ -15,16 +15,14 @@ that reaches Redis again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -47,6 +45,7 @@ from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
 from quota.durability import redis_risks
 from quota.entries import event_value
+from quota.fallback import Fallback, Owed
 from quota.ids import uuid7
 from quota.keys import PortKeys
 from quota.models import (
@@ -63,42 +62,22 @@ from quota.models import (
 from quota.periods import Period, from_ms, period_end, period_start
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import (
-    ReservationRef,
     parse_reservation_id,
 )
 from quota.settings import OutagePolicy, Settings
-from quota.spool import encode as spool_line
 from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
 
-# Fallback writes whose effect Redis is still owed, at most; older ones are left to
-# reconciliation (and their holds to their leases).
-_OWED_LIMIT = 100_000
 # How often a gate looks whether Redis lost its data (one GET).
 _EPOCH_SECONDS = 1.0
-# Journal events written to the ledger per transaction after Redis lost its data.
-_REPLAY_CHUNK = 250
 # After a loss: long enough for every gate to look at the epoch (each _EPOCH_SECONDS)
 # and start its replay, which then keeps the hold alive chunk by chunk.
 _HOLD_MS = 2500
-_HOLD_CHUNK_MS = 1000
 _REPLAY_JOIN_SECONDS = 30.0
-_REPLAY_TRIES = 5
-# A failed spool replay is not tried again sooner than this.
-_REPLAY_SECONDS = 1.0
 
 
-class _Owed(NamedTuple):
-    """A commit the fallback stored (Postgres or spool) whose reservation Redis still
-    holds: settled there with its usage once Redis answers. (Reconciliation counts
-    every direct write in the counters too, from ledger_direct, whoever wrote it.)"""
-
-    event: UsageEvent
-    ref: ReservationRef
-
-
-class Gate(GateCore):
+class Gate(GateCore, Fallback):
     """Per-port token budgets, enforced atomically in Redis. Thread-safe; make one per process."""
 
     def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
@@ -123,9 +102,7 @@ class Gate(GateCore):
         GateCore.__init__(self, settings, self.store.outage_policies)
         self._call = ScriptCaller(self.redis, self._library, self.breaker)
         self._call.on_missing = self._library_missing
-        self._replay_after = 0.0
-        self._replay_lock = threading.Lock()
-        self._owed: deque[_Owed] = deque(maxlen=_OWED_LIMIT)
+        self._init_fallback()
         self._owed_lock = threading.Lock()
         self._closed = threading.Event()
         self._replays: list[threading.Thread] = []  # journal replays, joined by close()
@@ -261,6 +238,9 @@ class Gate(GateCore):
         raise RedisUnavailable(
             "Redis lost its data: ports are rebuilt once every gate has replayed its journal"
         )
+
+    def _keep_hold(self, ms: int) -> None:
+        self._hold(ms, start=False)
 
     def _hold(self, ms: int, *, start: bool) -> None:
         """Start the hold of a loss (if no gate has) or keep it alive ``ms`` more."""
@@ -642,81 +622,8 @@ class Gate(GateCore):
             self._replay_spool()
         result, alert = self._replies.usage(reply, total, event_id)
         if alert is not None and result.used_tokens is not None:
-            self._emit_soft_alert(pk.port, result.used_tokens, alert.soft_cap, alert.period)
+            self._store_alert(self._alert(pk.port, result.used_tokens, alert))
         return result
-
-    def _emit_soft_alert(self, port: str, used: int, soft: int, period: Period) -> None:
-        alert = SoftCapAlert(port, period, period_start(period, self._now()), used, soft)
-        log.warning(
-            "port %s is above its soft cap: %d of %d tokens this %s", port, used, soft, period
-        )
-        try:
-            self.store.save_alert(alert)
-        except BackendError as exc:
-            # One line, not a traceback per alert, while Postgres is down.
-            if n := self._alert_log.due():
-                log.error("%d soft-cap alert(s) not stored (last: %s): %s", n, port, exc)
-        if self.on_soft_cap is not None:
-            try:
-                self.on_soft_cap(alert)
-            except Exception:
-                # The caller's hook must not fail the usage report that triggered it.
-                log.exception("on_soft_cap callback failed for %s", port)
-
-    def _fallback(
-        self, event: UsageEvent, cause: BaseException, ref: ReservationRef | None = None
-    ) -> UsageResult:
-        """Redis could not be asked: write the event straight to the ledger, else to the
-        spool, else log it in full. What it wrote is owed to Redis."""
-        total = event.total_tokens
-        try:
-            fresh = self.store.insert_event(event, self._dedupe_window)
-        except DatabaseUnavailable as exc:
-            try:
-                self._spool.append(event)
-            except OSError as err:
-                payload = {
-                    **dataclasses.asdict(event),
-                    "occurred_at": event.occurred_at.isoformat(),
-                }
-                log.error(
-                    "usage event NOT STORED (Redis: %s; Postgres: %s; spool: %s): %s",
-                    cause,
-                    exc,
-                    err,
-                    json.dumps(payload, sort_keys=True),
-                )
-                return UsageResult(
-                    stored=False, duplicate=False, backend="none", total_tokens=total
-                )
-            self._spooled = True
-            if n := self._spool_log.due():
-                log.warning(
-                    "Redis (%s) and Postgres (%s) unavailable: %d usage events spooled",
-                    cause,
-                    exc,
-                    n,
-                )
-            self._owe(event, ref)
-            return UsageResult(
-                stored=True,
-                duplicate=False,
-                backend="spool",
-                total_tokens=total,
-                event_id=event.event_id,
-            )
-        if n := self._fallback_log.due():
-            log.warning("Redis unavailable (%s): %d usage events written to Postgres", cause, n)
-        self._owe(event, ref)
-        if self._spooled:
-            self._replay_spool()
-        return UsageResult(
-            stored=True,
-            duplicate=not fresh,
-            backend="postgres",
-            total_tokens=total,
-            event_id=event.event_id if fresh else None,
-        )
 
     # ------------------------------------------------------------------ outages
 
@@ -778,48 +685,6 @@ class Gate(GateCore):
             self._replays = [t for t in self._replays if t.is_alive()] + [replay]
             replay.start()
 
-    def _replay_journal(self, events: list[UsageEvent]) -> None:
-        """The journal into the ledger (what the drain stored already is recognised by
-        its event id), in transactions small enough for QUOTA_DATABASE_TIMEOUT. What
-        Postgres does not take goes to the spool."""
-        written = 0
-        chunk_ms = max(_HOLD_CHUNK_MS, int(2000 * self.settings.database_timeout))
-        for i in range(0, len(events), _REPLAY_CHUNK):
-            for attempt in range(_REPLAY_TRIES):
-                self._hold(chunk_ms, start=False)
-                try:
-                    written += self.store.insert_events(events[i : i + _REPLAY_CHUNK])
-                    break
-                except BackendError as exc:
-                    # Every gate replays at once: a timeout may be their lock, not an
-                    # outage, and a spooled event is missing when ports are rebuilt.
-                    if attempt + 1 == _REPLAY_TRIES:
-                        log.error("Redis lost its data and Postgres failed (%s): spooling", exc)
-                        self._spool_all(events[i:])
-                        return
-                    time.sleep(0.1 * 2**attempt)
-        log.warning(
-            "Redis lost its data: %d of this process's last %d events were not in "
-            "the ledger and are now",
-            written,
-            len(events),
-        )
-
-    def _spool_all(self, events: list[UsageEvent]) -> None:
-        for e in events:
-            try:
-                self._spool.append(e)
-                self._spooled = True
-            except OSError:
-                log.error("usage event NOT STORED: %s", spool_line(e))
-
-    def _owe(self, event: UsageEvent, ref: ReservationRef | None) -> None:
-        if ref is None or ref.degraded:
-            return  # no hold in Redis: reconciliation alone counts its usage
-        if len(self._owed) == self._owed.maxlen and self._fallback_log.due():
-            log.warning("more than %d fallback writes owed to Redis: reconcile", _OWED_LIMIT)
-        self._owed.append(_Owed(event, ref))
-
     def _pay_owed(self) -> None:
         """Redis answers again: settle there the commits the fallback stored. One thread
         pays; the others go on."""
@@ -836,7 +701,7 @@ class Gate(GateCore):
         finally:
             self._owed_lock.release()
 
-    def _pay(self, owed: _Owed) -> None:
+    def _pay(self, owed: Owed) -> None:
         """Settle the reservation in Redis with its usage, in one step: releasing the hold
         alone would let the port spend again before reconciliation counts the usage, which
         it then does again for this port (its direct row is marked not reconciled).
@@ -858,27 +723,6 @@ class Gate(GateCore):
             (ref.member, total, e.feature, values, settled),
             e.request_id,
         )
-
-    def _replay_spool(self) -> None:
-        """Move spooled events into Postgres (in a thread of its own, at most one at a
-        time and one try a second), as direct rows that reconciliation then counts."""
-        now = time.monotonic()
-        if now < self._replay_after or not self._replay_lock.acquire(blocking=False):
-            return
-        self._replay_after = now + _REPLAY_SECONDS
-
-        def replay() -> None:
-            try:
-                n = self._spool.replay(lambda e: self.store.insert_event(e, self._dedupe_window))
-                self._spooled = self._spool.pending()
-                if n:
-                    log.warning("replayed %d spooled usage events into Postgres", n)
-            except BackendError as exc:
-                log.warning("spool not replayed yet: %s", exc)
-            finally:
-                self._replay_lock.release()
-
-        threading.Thread(target=replay, name="quota-spool-replay", daemon=True).start()
 
 
 @dataclasses.dataclass
