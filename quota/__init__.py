@@ -10,9 +10,11 @@ from quota._exceptions import (
     RedisUnavailable,
     UnknownReservation,
 )
+from quota.async_gate import AsyncGate, AsyncReservation
 from quota.gate import Gate, Reservation
 from quota.models import (
     Budget,
+    BudgetChange,
     DailyUsage,
     Decision,
     FeatureUsage,
@@ -25,8 +27,11 @@ from quota.periods import period_end, period_start
 from quota.settings import Settings
 
 __all__ = [
+    "AsyncGate",
+    "AsyncReservation",
     "BackendError",
     "Budget",
+    "BudgetChange",
     "BudgetExceeded",
     "DailyUsage",
     "DatabaseUnavailable",

@@ -1,19 +1,73 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import pytest
 
 import quota
-from quota import Gate, Settings
+from quota import AsyncGate, Gate, Settings
 
 
-def test_all_is_curated_and_importable() -> None:
-    assert sorted(quota.__all__) == quota.__all__
+def test_all_is_pinned_and_importable() -> None:
+    assert quota.__all__ == [
+        "AsyncGate",
+        "AsyncReservation",
+        "BackendError",
+        "Budget",
+        "BudgetChange",
+        "BudgetExceeded",
+        "DailyUsage",
+        "DatabaseUnavailable",
+        "Decision",
+        "FeatureUsage",
+        "Gate",
+        "InvalidBudget",
+        "InvalidInput",
+        "QuotaError",
+        "RedisUnavailable",
+        "Reservation",
+        "Settings",
+        "SoftCapAlert",
+        "Status",
+        "UnknownReservation",
+        "UsageEvent",
+        "UsageResult",
+        "period_end",
+        "period_start",
+    ]
     for name in quota.__all__:
         assert getattr(quota, name) is not None
-    for pinned in ("Gate", "Budget", "Decision", "QuotaError"):
-        assert pinned in quota.__all__
+
+
+def _public(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        n: inspect.signature(f)
+        for n, f in inspect.getmembers(cls, inspect.isfunction)
+        if not n.startswith("_")
+    }
+
+
+def test_every_type_a_public_method_returns_is_exported() -> None:
+    exported = {getattr(quota, n) for n in quota.__all__}
+    for cls in (Gate, AsyncGate):
+        hints = {n: typing.get_type_hints(getattr(cls, n)) for n in _public(cls)}
+        for name, h in hints.items():
+            ret = h.get("return")
+            for t in (ret, *typing.get_args(ret)):
+                if inspect.isclass(t) and t.__module__.startswith("quota"):
+                    assert t in exported, f"{cls.__name__}.{name} returns {t.__name__}"
+
+
+def test_async_gate_has_the_gates_methods_with_the_same_arguments() -> None:
+    sync, aio = _public(Gate), _public(AsyncGate)
+    renamed = {"close": "aclose"}
+    for name, sig in sync.items():
+        twin = renamed.get(name, name)
+        assert twin in aio, f"AsyncGate lacks {twin}"
+        assert list(aio[twin].parameters) == list(sig.parameters), name
+        if name not in ("reservation", "from_settings"):
+            assert inspect.iscoroutinefunction(getattr(AsyncGate, twin)), twin
 
 
 def test_every_exception_has_the_one_root() -> None:

@@ -1,0 +1,267 @@
+"""The asyncio twin of _calls.py: an `AsyncGate`'s calls to Redis, over one pipelined
+connection.
+
+Calls that tasks issue in the same loop iteration are written together (one write,
+scheduled with ``call_soon``: no timer, so a lone call waits for nothing) and one
+reader task hands the replies to them in order. A task cancelled while its call is in
+flight leaves a cancelled future behind; the reader still consumes that reply and
+drops it, so the connection never goes out of step (the call itself may have run: a
+reserve's hold then ends with its lease). A timeout or a broken connection fails every
+call on it and closes it; calls already written fail as timeouts (they may have run,
+and are never retried), calls not yet written as connection errors (retried on a new
+connection). The same `Breaker` as the sync transport counts failures; a prober task,
+never a caller, PINGs Redis while the circuit is not closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import hiredis
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from quota._calls import CircuitOpen
+from quota._exceptions import QuotaError
+from quota.breaker import Breaker
+from quota.scripts import Library, is_missing
+
+_READ_SIZE = 65536
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+
+
+class WrongEventLoop(QuotaError):
+    """An AsyncGate was used from an event loop other than the one it runs on."""
+
+
+class _Wire:
+    """One connection: redis-py's, for the handshake; its streams, for the calls."""
+
+    def __init__(self, conn: redis.asyncio.Connection, decode: bool) -> None:
+        self.conn = conn
+        self.loop = asyncio.get_running_loop()
+        self.pid = os.getpid()
+        self.reader: asyncio.StreamReader = conn._reader  # type: ignore[assignment]
+        self.writer: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
+        self.parser = hiredis.Reader(
+            encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
+        )
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.outbox: list[bytes] = []
+        self.error: BaseException | None = None
+        self.task = self.loop.create_task(self._read(), name="quota-redis-reader")
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one command; its reply arrives in the future."""
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.pending.append(fut)
+        if not self.outbox:
+            self.loop.call_soon(self._flush)  # after the tasks that are ready now
+        self.outbox.append(packed)
+        return fut
+
+    def _flush(self) -> None:
+        if self.outbox and self.error is None:
+            self.writer.write(b"".join(self.outbox))
+        self.outbox.clear()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(_READ_SIZE)
+                if not data:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection")
+                self.parser.feed(data)
+                while (reply := self.parser.gets()) is not False:
+                    fut = self.pending.popleft()
+                    if not fut.done():  # a cancelled caller's reply is dropped here
+                        fut.set_result(reply)
+        except asyncio.CancelledError:
+            self.fail(redis.exceptions.ConnectionError("connection closed"))
+            raise
+        except Exception as exc:  # every failure ends this connection
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the connection: what was written may have run (a timeout for its caller),
+        what was not can go again (a connection error)."""
+        if self.error is None:
+            self.error = exc
+        unsent = len(self.outbox)
+        self.outbox.clear()
+        written = len(self.pending) - unsent
+        for i, fut in enumerate(self.pending):
+            if not fut.done():
+                cls = (
+                    redis.exceptions.TimeoutError
+                    if i < written
+                    else redis.exceptions.ConnectionError
+                )
+                fut.set_exception(cls(f"Redis connection lost: {exc}"))
+        self.pending.clear()
+        self.writer.close()
+        if asyncio.current_task() is not self.task:
+            self.task.cancel()
+
+
+class AsyncScriptCaller:
+    """FCALLs and plain commands for one AsyncGate, on one event loop."""
+
+    def __init__(self, client: redis.asyncio.Redis, library: Library, breaker: Breaker) -> None:
+        self._library = library
+        self.breaker = breaker
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        self._decode = bool(self._kwargs.get("decode_responses"))
+        self._timeout: float | None = self._kwargs.get("socket_timeout")
+        #: Awaited when the server lacks the function library.
+        self.on_missing: Callable[[], Awaitable[None]] | None = None
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._connecting_loop: asyncio.AbstractEventLoop | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _get_wire(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        wire, pid = self._wire, os.getpid()
+        if wire is not None and wire.pid == pid and wire.loop is not loop:
+            if not wire.loop.is_closed():
+                raise WrongEventLoop(
+                    "this AsyncGate runs on another event loop: make one AsyncGate per loop"
+                )
+            wire = self._wire = None  # its loop is gone, and its socket with it
+        if wire is not None and wire.pid != pid:
+            wire = self._wire = None  # a forked child: the parent's socket stays the parent's
+        if wire is not None and wire.error is None:
+            return wire
+        lock = self._connecting
+        if lock is None or self._connecting_loop is not loop:
+            lock = self._connecting = asyncio.Lock()
+            self._connecting_loop = loop
+        async with lock:  # one connect at a time, however many tasks call
+            wire = self._wire
+            if wire is not None and wire.error is None and wire.loop is loop and wire.pid == pid:
+                return wire
+            conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs))
+            await conn.connect()  # type: ignore[no-untyped-call]
+            self._wire = wire = _Wire(conn, self._decode)
+            return wire
+
+    async def command(self, *args: Any) -> Any:
+        """One command (not through the breaker: for the gate's own housekeeping)."""
+        wire = await self._get_wire()
+        reply = await self._await(wire, wire.send(hiredis.pack_command(args)))
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return reply
+
+    async def _await(self, wire: _Wire, fut: asyncio.Future[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await fut
+        except TimeoutError:
+            wire.fail(redis.exceptions.TimeoutError("Timeout reading from Redis"))
+            raise redis.exceptions.TimeoutError("Timeout reading from Redis") from None
+
+    def _gate(self) -> None:
+        if not self.breaker.allow():
+            self._probing()
+            raise CircuitOpen("Redis circuit open: recent calls failed")
+
+    async def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        replies = await self.call_many(op, [(keys, args)])
+        reply = replies[0]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return reply
+
+    async def call_many(
+        self, op: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """FCALL ``op`` once per ``(keys, args)``, written together; the replies in
+        order (error replies as values). A missing library is loaded and the calls sent
+        again; a connection error is retried on a new connection, twice; a timeout is
+        never retried."""
+        if self.breaker.state != "closed":
+            self._gate()
+        name = self._library.functions[op]
+        packed = [hiredis.pack_command(("FCALL", name, len(k), *k, *a)) for k, a in calls]
+        for attempt in range(3):
+            try:
+                wire = await self._get_wire()
+                futures = [wire.send(p) for p in packed]
+                replies = [await self._await(wire, f) for f in futures]
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                OSError,
+            ) as exc:
+                if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
+                    self._failure()
+                    if isinstance(exc, OSError):
+                        raise redis.exceptions.ConnectionError(str(exc)) from exc
+                    raise
+                continue
+            errors = [r for r in replies if isinstance(r, redis.exceptions.ResponseError)]
+            if any(is_missing(e) for e in errors):
+                if self.on_missing is not None:
+                    await self.on_missing()
+                await self.command("FUNCTION", "LOAD", "REPLACE", self._library.source)
+                continue
+            if any(str(e).startswith(_UNAVAILABLE_REPLIES) for e in errors):
+                self._failure()
+            elif self.breaker.failures or self.breaker.state != "closed":
+                self.breaker.success()
+            return replies
+        raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def _failure(self) -> None:
+        self.breaker.failure()
+        if not self.breaker.allow():
+            self._probing()
+
+    def _probing(self) -> None:
+        prober, loop = self._prober, asyncio.get_running_loop()
+        if prober is not None and not prober.done() and prober.get_loop() is loop:
+            return
+        self._prober = loop.create_task(self._probe(), name="quota-probe")
+
+    async def _probe(self) -> None:
+        """Until the circuit closes: every ``reset_seconds``, PING over a new connection."""
+        breaker = self.breaker
+        while breaker.state != "closed" and not self._closed:
+            await asyncio.sleep(breaker.probe_in())
+            if not breaker.probe_due():
+                continue
+            conn = self._connection_class(**self._kwargs)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await conn.send_command("PING")
+                    pong = await conn.read_response()
+            except (redis.exceptions.RedisError, OSError, TimeoutError):
+                breaker.failure()
+            else:
+                if pong in ("PONG", b"PONG", True):
+                    breaker.success()
+                else:
+                    breaker.failure()
+            finally:
+                await conn.disconnect()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._prober is not None and not self._prober.done():
+            self._prober.cancel()
+        wire, self._wire = self._wire, None
+        if wire is not None and wire.pid == os.getpid() and not wire.loop.is_closed():
+            wire.fail(redis.exceptions.ConnectionError("closed"))
+            await wire.conn.disconnect()

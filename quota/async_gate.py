@@ -1,0 +1,649 @@
+"""`AsyncGate`: the gate for asyncio services, a shell over the same core as `Gate`.
+
+Same arguments, return types, errors, outage policy and breaker as `Gate`. Redis is
+asked over one pipelined connection per gate (quota/_acalls.py): the calls of
+concurrent tasks go out in one write. Postgres, which the gate touches only off the
+hot path (a budget-copy miss, budgets, reports, the fallback), is asked in a worker
+thread with the same statements as `Gate`'s. One `AsyncGate` per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from typing import Any, cast
+
+import redis
+import redis.asyncio
+
+from quota import metrics
+from quota import validation as v
+from quota._acalls import AsyncScriptCaller
+from quota._exceptions import (
+    BackendError,
+    BudgetExceeded,
+    DatabaseUnavailable,
+    InvalidInput,
+    RedisUnavailable,
+    UnknownReservation,
+)
+from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
+from quota.counters import counter_writes, fold_days
+from quota.decisions import state_of
+from quota.entries import event_value
+from quota.fallback import Fallback, Owed
+from quota.ids import uuid7
+from quota.keys import PortKeys
+from quota.models import (
+    Budget,
+    BudgetChange,
+    DailyUsage,
+    Decision,
+    FeatureUsage,
+    SoftCapAlert,
+    Status,
+    UsageEvent,
+    UsageResult,
+)
+from quota.periods import Period, from_ms, period_end, period_start
+from quota.replies import NO_BUDGET, OK, UNKNOWN
+from quota.reservations import parse_reservation_id
+from quota.settings import OutagePolicy, Settings
+from quota.store import Store, make_engine
+
+log = logging.getLogger("quota")
+
+# The same rhythm as Gate's (quota/gate.py): the epoch looked at every second, and
+# after a loss ports held 2.5 s at least.
+_EPOCH_SECONDS = 1.0
+_HOLD_MS = 2500
+
+
+class AsyncGate(GateCore, Fallback):
+    """Per-port token budgets for asyncio: `Gate`'s methods, awaited. Make one per loop."""
+
+    def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
+        self.on_soft_cap = on_soft_cap
+        # Never connects by itself: it only lends its connection settings to the caller.
+        self.redis = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            decode_responses=True,
+        )
+        self.store = Store(
+            make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
+        )
+        GateCore.__init__(self, settings, self.store.outage_policies)
+        self._init_fallback()
+        self._call = AsyncScriptCaller(self.redis, self._library, self.breaker)
+        self._call.on_missing = self._library_missing
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        on_soft_cap: SoftCapCallback | None = None,
+        **overrides: Any,
+    ) -> AsyncGate:
+        """A gate configured from ``QUOTA_*`` variables, with keyword ``overrides``."""
+        base = settings or Settings()
+        if overrides:
+            base = base.model_copy(update=overrides)
+        return cls(base, on_soft_cap=on_soft_cap)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await self._call.aclose()
+        await self.redis.aclose()
+        await asyncio.to_thread(self.store.engine.dispose)
+
+    async def __aenter__(self) -> AsyncGate:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _started(self) -> None:
+        """On the first call in a loop: the epoch watch, the outage overrides, a spool."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._spawn(self._watch())
+        self._outage.refresh()
+        if self._spooled:
+            self._replay_spool()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pg(self, fn: Any, *args: Any) -> Any:
+        """A Store call, in a worker thread: Postgres never blocks the loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    # ------------------------------------------------------------------ budgets
+
+    async def get_budget(self, port_id: str) -> Budget:
+        """The port's budget from Postgres (the truth); the default if none is stored."""
+        budget, _ = await self._pg(self.store.load_budget, v.port_id(port_id))
+        return cast(Budget, budget)
+
+    async def set_budget(
+        self,
+        port_id: str,
+        *,
+        updated_by: str,
+        enabled: bool | None = None,
+        soft_cap_tokens: int | None = None,
+        hard_cap_tokens: int | None = None,
+        period: Period | None = None,
+        outage_policy: OutagePolicy | None = None,
+    ) -> Budget:
+        """Merge a partial update into the port's budget; validate; store; refresh the cache.
+
+        Raises `InvalidBudget` (nothing written) on bad input.
+        """
+        port = v.port_id(port_id)
+        who = v.label("updated_by", updated_by)
+        changes = {
+            "enabled": enabled,
+            "soft_cap_tokens": soft_cap_tokens,
+            "hard_cap_tokens": hard_cap_tokens,
+            "period": period,
+            "outage_policy": outage_policy,
+        }
+        Budget.check_fields(changes)  # type, range and enum errors before any I/O
+        budget, version = await self._pg(self.store.save_budget, port, changes, who)
+        self._outage.note(port, budget.outage_policy)
+        try:
+            await self._refill(self._keys(port), budget, version)
+        except BackendError:
+            log.warning(
+                "budget of %s saved in Postgres; its Redis copy is stale until the "
+                "next reconcile or set_budget",
+                port,
+            )
+        return cast(Budget, budget)
+
+    async def budget_history(self, port_id: str) -> list[BudgetChange]:
+        return cast(
+            list[BudgetChange], await self._pg(self.store.budget_history, v.port_id(port_id))
+        )
+
+    async def _fcall(self, op: str, keys: Any, args: Any) -> Any:
+        self._started()
+        try:
+            return await self._call(op, keys, args)
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(f"Redis failed: {exc}") from exc
+
+    async def _load_budget(self, pk: PortKeys) -> None:
+        await self._check_hold()
+        budget, version = await self._pg(self.store.load_budget, pk.port)
+        await self._refill(pk, budget, version)
+
+    async def _refill(self, pk: PortKeys, budget: Budget, version: int) -> None:
+        """As `Gate._refill`: counters raised to the ledger's sums, then the budget copy."""
+        await self._check_hold()
+        w = self._now_windows()
+        since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
+        sums = fold_days(await self._pg(self.store.usage_by_day, pk.port, since), w)
+        keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
+        if keys and await self._fcall("rebuild", keys, args):
+            log.warning("port %s was missing from Redis: counters rebuilt from the ledger", pk.port)
+        terms = (version, int(budget.enabled), budget.soft_cap_tokens, budget.hard_cap_tokens)
+        await self._fcall("budget_put", [pk.budget], (*terms, budget.period))
+
+    async def _check_hold(self) -> None:
+        """As `Gate._check_hold`: RedisUnavailable while a loss's hold lasts."""
+        now = time.monotonic()
+        if now >= self._hold_until:
+            try:
+                ms = int(await self._call.command("PTTL", self.layout.recovering))
+            except redis.exceptions.RedisError as exc:
+                raise RedisUnavailable(f"Redis failed: {exc}") from exc
+            if ms <= 0:
+                return
+            self._hold_until = now + ms / 1000
+        raise RedisUnavailable(
+            "Redis lost its data: ports are rebuilt once every gate has replayed its journal"
+        )
+
+    async def _hold(self, ms: int, *, start: bool) -> None:
+        key = self.layout.recovering
+        try:
+            if start:
+                await self._call.command("SET", key, "1", "NX", "PX", ms)
+            await self._call.command("PEXPIRE", key, ms, "GT")
+        except redis.exceptions.RedisError as exc:
+            log.warning("Redis lost its data, and the hold of its ports failed: %s", exc)
+
+    def _keep_hold(self, ms: int) -> None:
+        """From the replay's worker thread: the hold, on the gate's loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._hold(ms, start=False), loop).result()
+
+    # ---------------------------------------------------------------- decisions
+
+    async def _run(
+        self,
+        op: str,
+        pk: PortKeys,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        *,
+        load_budget: bool = True,
+    ) -> str:
+        """As `Gate._run`: a period-keyed function, the budget copy loaded or the clock
+        fixed as its reply asks."""
+        timer = metrics.TIMERS[op]
+        for _ in range(ATTEMPTS):
+            call_keys, call_args = self._period_call(pk, keys, args)
+            started = time.perf_counter()
+            reply = cast(str, await self._fcall(op, call_keys, call_args))
+            timer.observe(time.perf_counter() - started)
+            if self._owed:
+                self._spawn(self._pay_owed())
+            step = self._next(reply)
+            if step == "budget" and load_budget:
+                await self._load_budget(pk)
+            elif step != "retry":
+                return reply
+        raise RedisUnavailable(f"script did not settle after {ATTEMPTS} attempts")
+
+    async def check(self, port_id: str, estimated_tokens: int) -> Decision:
+        """The seed's decision for spending ``estimated_tokens``; changes nothing."""
+        pk = self._port(port_id)
+        estimate = v.tokens("estimated_tokens", estimated_tokens)
+        try:
+            reply = await self._run("check", pk, (pk.open,), (estimate, ""))
+        except BackendError as exc:
+            return metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
+        return metrics.count_decision("check", self._replies.decision(reply))
+
+    async def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
+        """`check` for many ``(port_id, estimated_tokens)`` pairs, in their order: one
+        call per shard, all written at once."""
+        items = [(self._port(p), v.tokens("estimated_tokens", e)) for p, e in requests]
+        results: list[Decision | None] = [None] * len(items)
+        pending: dict[int, list[int]] = {}
+        for i, (pk, _) in enumerate(items):
+            pending.setdefault(pk.shard, []).append(i)
+        try:
+            for _ in range(ATTEMPTS):
+                if not pending:
+                    break
+                pending = await self._check_many_round(items, pending, results)
+            if pending:
+                raise RedisUnavailable(f"check_many did not settle after {ATTEMPTS} attempts")
+        except BackendError as exc:
+            for i, decided in enumerate(results):
+                if decided is None:
+                    pk, estimate = items[i]
+                    results[i] = metrics.count_decision(
+                        "check", self._degraded(pk.port, estimate, exc)
+                    )
+        return cast(list[Decision], results)
+
+    async def _check_many_round(
+        self,
+        items: list[tuple[PortKeys, int]],
+        pending: dict[int, list[int]],
+        results: list[Decision | None],
+    ) -> dict[int, list[int]]:
+        w = self._now_windows()
+        order = list(pending.items())
+        calls = []
+        for _, idxs in order:
+            keys: list[str] = []
+            for i in idxs:
+                keys += self._period_keys(items[i][0], w).for_check_many
+            calls.append((keys, (w.day, *(items[i][1] for i in idxs))))
+        self._started()
+        started = time.perf_counter()
+        try:
+            replies = await self._call.call_many("check_many", calls)
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(f"Redis failed: {exc}") from exc
+        metrics.TIMERS["check"].observe(time.perf_counter() - started)
+        retry: dict[int, list[int]] = {}
+        missing: list[int] = []
+        for (shard, idxs), reply in zip(order, replies, strict=True):
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise RedisUnavailable(f"Redis failed: {reply}")
+            if isinstance(reply, str):  # "-2|<ms>": the clock
+                self._adopt_server_clock(int(reply[3:]))
+                retry[shard] = idxs
+                continue
+            for i, one in zip(idxs, reply, strict=True):
+                if one == NO_BUDGET:
+                    retry.setdefault(shard, []).append(i)
+                    missing.append(i)
+                else:
+                    results[i] = metrics.count_decision("check", self._replies.decision(one))
+        for i in missing:
+            try:
+                await self._load_budget(items[i][0])
+            except BackendError as exc:
+                pk, estimate = items[i]
+                results[i] = metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
+                retry[pk.shard].remove(i)
+        return retry
+
+    async def reserve(
+        self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
+    ) -> Decision:
+        """As `Gate.reserve`: decide, and on success hold the tokens under a lease."""
+        pk = self._port(port_id)
+        estimate = v.tokens("estimated_tokens", estimated_tokens)
+        feat, user = v.feature(feature), v.user_id(user_id)
+        hex_id, keys, args = self._reserve_parts(pk, estimate, feat, user)
+        try:
+            reply = await self._run("reserve", pk, keys, args)
+        except BackendError as exc:
+            decision = self._degraded(pk.port, estimate, exc, feature=feat, user=user)
+            return metrics.count_decision("reserve", decision)
+        if not reply.startswith(OK):
+            return metrics.count_decision("reserve", self._replies.decision(reply))
+        decision = self._reserved(pk, reply, hex_id, estimate, feat, user)
+        return metrics.count_decision("reserve", decision)
+
+    async def release(self, reservation_id: str) -> bool:
+        """Return a reservation's hold. True if released now, False if already settled."""
+        ref = parse_reservation_id(reservation_id)
+        if ref.degraded:
+            return self._recent.pop(reservation_id) is not None
+        pk = self._keys(ref.port)
+        started = time.perf_counter()
+        code = await self._fcall(
+            "release",
+            (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+            (ref.member, self.settings.settled_seconds),
+        )
+        metrics.TIMERS["release"].observe(time.perf_counter() - started)
+        if code == UNKNOWN:
+            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+        self._recent.pop(reservation_id)
+        metrics.OUTCOMES["release", "released" if code == OK else "noop"].inc()
+        return bool(code == OK)
+
+    @asynccontextmanager
+    async def reservation(
+        self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
+    ) -> AsyncIterator[AsyncReservation]:
+        """``async with gate.reservation(...) as r: ...; await r.commit(...)``.
+
+        Raises `BudgetExceeded` if refused; releases the hold if the block raises (or is
+        cancelled) or ends without committing.
+        """
+        decision = await self.reserve(port_id, estimated_tokens, feature, user_id)
+        if not decision.ok or decision.reservation_id is None:
+            raise BudgetExceeded(decision)
+        held = AsyncReservation(self, decision)
+        try:
+            yield held
+        finally:
+            if held.result is None:
+                await self.release(decision.reservation_id)
+
+    # -------------------------------------------------------------------- usage
+
+    async def commit(
+        self,
+        reservation_id: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str,
+        model: str,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        """As `Gate.commit`: settle a reservation with the actual usage, idempotently."""
+        tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
+        prov, mod = v.label("provider", provider), v.label("model", model)
+        req = v.request_id(request_id)
+        mine = self._recent.pop(reservation_id) if isinstance(reservation_id, str) else None
+        ref = mine or parse_reservation_id(reservation_id)
+        port, feature, user = ref.port, ref.feature, ref.user_id
+        pk = self._keys(port)
+        event = UsageEvent(
+            ref.event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
+        )
+        if ref.degraded:  # reserved during an outage: Redis holds nothing to settle
+            return metrics.count_usage("commit", await self._record(pk, event))
+        values = event_value(ref.event_id, port, user, feature, prov, mod, tin, tout, req)
+        try:
+            reply = await self._usage_reply(
+                "commit",
+                pk,
+                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+                (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
+                req,
+            )
+        except RedisUnavailable as exc:
+            result = await asyncio.to_thread(self._fallback, event, exc, ref)
+            return metrics.count_usage("commit", result)
+        if reply == UNKNOWN:
+            if mine is None:
+                raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+            log.warning(
+                "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
+            )
+            return metrics.count_usage("commit", await self._record(pk, event))
+        result = await self._usage_result(pk, reply, tin + tout, ref.event_id)
+        if not result.duplicate:
+            self._journal_event(event)
+        return metrics.count_usage("commit", result)
+
+    async def record(
+        self,
+        *,
+        port_id: str,
+        feature: str,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        user_id: str | None = None,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        """As `Gate.record`: count usage that had no reservation. Idempotent by request_id."""
+        pk = self._port(port_id)
+        feat, user = v.feature(feature), v.user_id(user_id)
+        prov, mod = v.label("provider", provider), v.label("model", model)
+        tin, tout = v.tokens("input_tokens", input_tokens), v.tokens("output_tokens", output_tokens)
+        req = v.request_id(request_id)
+        event = UsageEvent(uuid7(), pk.port, user, feat, prov, mod, tin, tout, req, self._now())
+        return metrics.count_usage("record", await self._record(pk, event))
+
+    async def _record(self, pk: PortKeys, e: UsageEvent) -> UsageResult:
+        total = e.input_tokens + e.output_tokens
+        try:
+            reply = await self._usage_reply(
+                "record", pk, (pk.stream,), (e.feature, total, _value_of(e)), e.request_id
+            )
+        except RedisUnavailable as exc:
+            return await asyncio.to_thread(self._fallback, e, exc)
+        result = await self._usage_result(pk, reply, total, e.event_id)
+        if not result.duplicate:
+            self._journal_event(e)
+        return result
+
+    async def _usage_reply(
+        self, op: str, pk: PortKeys, keys: tuple[str, ...], args: tuple[Any, ...], req: str | None
+    ) -> str:
+        keys, args, ttl = self._usage_parts(pk, keys, args, req)
+        try:
+            reply = await self._run(op, pk, keys, (*args, "0", *ttl))
+        except DatabaseUnavailable:
+            reply = NO_BUDGET
+        if reply == NO_BUDGET:
+            log.warning("budget copy missing and Postgres down: counting without a budget")
+            reply = await self._run(op, pk, keys, (*args, "1", *ttl), load_budget=False)
+        return reply
+
+    async def _usage_result(
+        self, pk: PortKeys, reply: str, total: int, event_id: str
+    ) -> UsageResult:
+        if self._spooled:
+            self._replay_spool()
+        result, alert = self._replies.usage(reply, total, event_id)
+        if alert is not None and result.used_tokens is not None:
+            await asyncio.to_thread(
+                self._store_alert, self._alert(pk.port, result.used_tokens, alert)
+            )
+        return result
+
+    async def _pay_owed(self) -> None:
+        """As `Gate._pay_owed`: settle in Redis the commits the fallback stored."""
+        while self._owed:
+            owed = self._owed.popleft()
+            try:
+                await self._pay(owed)
+            except BackendError:
+                self._owed.appendleft(owed)
+                return
+
+    async def _pay(self, owed: Owed) -> None:
+        e, ref = owed.event, owed.ref
+        pk = self._keys(e.port_id)
+        await self._pg(self.store.unreconciled, e.event_id)
+        total = e.input_tokens + e.output_tokens
+        await self._usage_reply(
+            "commit",
+            pk,
+            (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
+            (ref.member, total, e.feature, _value_of(e), self.settings.settled_seconds),
+            e.request_id,
+        )
+
+    # ------------------------------------------------------------------- status
+
+    async def current_period_tokens(self, port_id: str, feature: str | None = None) -> int:
+        """Tokens used in the port's current budget period (O(1), from Redis)."""
+        feat = "" if feature is None else v.feature(feature)
+        pk = self._port(port_id)
+        st = self._replies.standing(await self._run("check", pk, (pk.open,), (0, feat)))
+        return st.used if st.feature_used is None else st.feature_used
+
+    async def status(self, port_id: str) -> Status:
+        """Usage against the caps in the port's current period: what a banner needs."""
+        pk = self._port(port_id)
+        reply = await self._run("check", pk, (pk.open,), (0, ""))
+        used, reserved, _, (enabled, soft, hard, period) = self._replies.standing(reply)
+        budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
+        now = self._now()
+        return Status(
+            port_id=pk.port,
+            enabled=budget.enabled,
+            period=budget.period,
+            used_tokens=used,
+            reserved_tokens=reserved,
+            soft_cap_tokens=soft,
+            hard_cap_tokens=hard,
+            period_start=period_start(budget.period, now),
+            resets_at=period_end(budget.period, now),
+            state=state_of(budget, used),
+        )
+
+    async def breakdown(self, port_id: str) -> list[FeatureUsage]:
+        """Per-feature tokens and calls in the port's current period, from Postgres."""
+        port = v.port_id(port_id)
+        budget = await self.get_budget(port)
+        since = period_start(budget.period, datetime.now(UTC)).date()
+        return cast(list[FeatureUsage], await self._pg(self.store.breakdown, port, since))
+
+    async def daily_usage(self, port_id: str, start: date, end: date) -> list[DailyUsage]:
+        """Per-day, per-feature tokens and calls for ``start`` ≤ day ≤ ``end`` (UTC days)."""
+        if not isinstance(start, date) or not isinstance(end, date) or start > end:
+            raise InvalidInput(f"need two dates with start <= end, got {start!r} and {end!r}")
+        port = v.port_id(port_id)
+        return cast(list[DailyUsage], await self._pg(self.store.daily, port, start, end))
+
+    async def alerts(self, port_id: str) -> list[SoftCapAlert]:
+        """The soft-cap alerts stored for the port, oldest first."""
+        return cast(list[SoftCapAlert], await self._pg(self.store.alerts, v.port_id(port_id)))
+
+    # ------------------------------------------------------------------ outages
+
+    async def _watch(self) -> None:
+        """As `Gate._watch`: every second, has Redis lost its data?"""
+        while not self._closed:
+            await asyncio.sleep(_EPOCH_SECONDS)
+            try:
+                await self._check_epoch()
+            except (redis.exceptions.RedisError, BackendError):
+                continue
+
+    async def _check_epoch(self) -> None:
+        key = self.layout.epoch
+        if await self._call.command("GET", key) is None:
+            await self._call.command("SET", key, f"{random.getrandbits(64):016x}", "NX")
+        value = str(await self._call.command("GET", key))
+        if self._epoch is not None and value != self._epoch:
+            await self._redis_lost()
+        self._epoch = value
+
+    async def _library_missing(self) -> None:
+        try:
+            seen = await self._call.command("GET", self.layout.epoch)
+        except redis.exceptions.RedisError:
+            seen = None
+        if self._epoch is None or seen != self._epoch:
+            await self._redis_lost()
+
+    async def _redis_lost(self) -> None:
+        """As `Gate._redis_lost`: hold the ports, replay the journal in a thread."""
+        events = self._journal.take()
+        if events or self._epoch is not None:
+            await self._hold(_HOLD_MS, start=True)
+        if events:
+            self._spawn(asyncio.to_thread(self._replay_journal, events))
+
+
+class AsyncReservation:
+    """A held reservation inside `AsyncGate.reservation`; await `commit` once done."""
+
+    def __init__(self, gate: AsyncGate, decision: Decision) -> None:
+        self.gate = gate
+        self.decision = decision
+        self.result: UsageResult | None = None
+
+    @property
+    def reservation_id(self) -> str:
+        assert self.decision.reservation_id is not None  # set for every ok reserve
+        return self.decision.reservation_id
+
+    async def commit(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str,
+        model: str,
+        request_id: str | None = None,
+    ) -> UsageResult:
+        self.result = await self.gate.commit(
+            self.reservation_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            provider=provider,
+            model=model,
+            request_id=request_id,
+        )
+        return self.result
