@@ -9,6 +9,7 @@ from quota._exceptions import (
     QuotaError,
     RedisUnavailable,
     UnknownReservation,
+    WrongEventLoop,
 )
 from quota.async_gate import AsyncGate, AsyncReservation
 from quota.gate import Gate, Reservation
@@ -49,6 +50,7 @@ __all__ = [
     "UnknownReservation",
     "UsageEvent",
     "UsageResult",
+    "WrongEventLoop",
     "period_end",
     "period_start",
 ]

@@ -28,16 +28,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quota._calls import CircuitOpen
-from quota._exceptions import QuotaError
+from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing
 
 _READ_SIZE = 65536
 _UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
-
-
-class WrongEventLoop(QuotaError):
-    """An AsyncGate was used from an event loop other than the one it runs on."""
 
 
 class _Wire:
@@ -118,9 +114,10 @@ class AsyncScriptCaller:
         self.breaker = breaker
         pool = client.connection_pool
         self._connection_class = pool.connection_class
-        self._kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-        self._decode = bool(self._kwargs.get("decode_responses"))
-        self._timeout: float | None = self._kwargs.get("socket_timeout")
+        self._pool_kwargs = pool.connection_kwargs  # read at each connect, as redis-py does
+        self._no_retry = Retry(NoBackoff(), 0)
+        self._decode = bool(self._pool_kwargs.get("decode_responses"))
+        self._timeout: float | None = self._pool_kwargs.get("socket_timeout")
         #: Awaited when the server lacks the function library.
         self.on_missing: Callable[[], Awaitable[None]] | None = None
         self._wire: _Wire | None = None
@@ -128,6 +125,10 @@ class AsyncScriptCaller:
         self._connecting_loop: asyncio.AbstractEventLoop | None = None
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
+
+    def _kwargs(self) -> dict[str, Any]:
+        # No redis-py retry (with its backoff) inside a connect: this layer retries.
+        return {**self._pool_kwargs, "retry": self._no_retry}
 
     async def _get_wire(self) -> _Wire:
         loop = asyncio.get_running_loop()
@@ -150,7 +151,7 @@ class AsyncScriptCaller:
             wire = self._wire
             if wire is not None and wire.error is None and wire.loop is loop and wire.pid == pid:
                 return wire
-            conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs))
+            conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs()))
             await conn.connect()  # type: ignore[no-untyped-call]
             self._wire = wire = _Wire(conn, self._decode)
             return wire
@@ -241,7 +242,7 @@ class AsyncScriptCaller:
             await asyncio.sleep(breaker.probe_in())
             if not breaker.probe_due():
                 continue
-            conn = self._connection_class(**self._kwargs)
+            conn = self._connection_class(**self._kwargs())
             try:
                 async with asyncio.timeout(self._timeout):
                     await conn.connect()  # type: ignore[no-untyped-call]

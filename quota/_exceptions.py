@@ -51,3 +51,8 @@ class BudgetExceeded(QuotaError):
         reason = getattr(decision, "reason", None)
         super().__init__(f"reservation refused: {reason}")
         self.decision = decision
+
+
+class WrongEventLoop(QuotaError):
+    """An `AsyncGate` was used from an event loop other than the one it runs on (make
+    one per loop)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -31,6 +32,7 @@ from quota._exceptions import (
     InvalidInput,
     RedisUnavailable,
     UnknownReservation,
+    WrongEventLoop,
 )
 from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
 from quota.counters import counter_writes, fold_days
@@ -84,8 +86,14 @@ class AsyncGate(GateCore, Fallback):
         self._call = AsyncScriptCaller(self.redis, self._library, self.breaker)
         self._call.on_missing = self._library_missing
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # made outside a loop: started by its first call
+        self._started()
 
     @classmethod
     def from_settings(
@@ -104,7 +112,8 @@ class AsyncGate(GateCore, Fallback):
     async def aclose(self) -> None:
         self._closed = True
         for task in list(self._tasks):
-            task.cancel()
+            if not task.get_loop().is_closed():
+                task.cancel()
         await self._call.aclose()
         await self.redis.aclose()
         await asyncio.to_thread(self.store.engine.dispose)
@@ -116,11 +125,17 @@ class AsyncGate(GateCore, Fallback):
         await self.aclose()
 
     def _started(self) -> None:
-        """On the first call in a loop: the epoch watch, the outage overrides, a spool."""
+        """On the first call in a loop: the epoch watch, the outage overrides, a spool.
+        Another loop, while the first one lives in this process, is an error."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop:
+        if self._loop is loop and self._pid == os.getpid():
             return
-        self._loop = loop
+        if self._loop is not None and self._pid == os.getpid() and not self._loop.is_closed():
+            raise WrongEventLoop(
+                "this AsyncGate runs on another event loop: make one AsyncGate per loop"
+            )
+        self._loop, self._pid = loop, os.getpid()
+        self._tasks = set()  # a closed loop's, or the parent process's: gone
         self._spawn(self._watch())
         self._outage.refresh()
         if self._spooled:
@@ -205,6 +220,9 @@ class AsyncGate(GateCore, Fallback):
         keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
         if keys and await self._fcall("rebuild", keys, args):
             log.warning("port %s was missing from Redis: counters rebuilt from the ledger", pk.port)
+        await self._cache_budget(pk, budget, version)
+
+    async def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
         terms = (version, int(budget.enabled), budget.soft_cap_tokens, budget.hard_cap_tokens)
         await self._fcall("budget_put", [pk.budget], (*terms, budget.period))
 

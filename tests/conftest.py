@@ -18,6 +18,7 @@ from quota.entries import FIELDS, unpack
 from quota.housekeeping import forget_prefix
 from quota.schema import TABLES
 from quota.store import make_engine
+from tests.gates import BlockingAsyncGate
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +65,24 @@ def r(base_settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(params=["sync", "async"])
+def gate(
+    request: pytest.FixtureRequest, settings: Settings, pg: Engine, r: redis.Redis
+) -> Iterator[Gate]:
+    """Each test that takes it runs against `Gate` and against `AsyncGate` (driven
+    through tests/gates.py): one behavioural suite for both."""
+    made = Gate(settings) if request.param == "sync" else BlockingAsyncGate(settings)
+    with made as g:
+        yield cast(Gate, g)
+    forget_prefix(r, settings.key_prefix)  # none of a test's keys outlives it
+
+
 @pytest.fixture
-def gate(settings: Settings, pg: Engine, r: redis.Redis) -> Iterator[Gate]:
+def sync_gate(settings: Settings, pg: Engine, r: redis.Redis) -> Iterator[Gate]:
+    """`Gate` alone: for tests of its own thread and connection handling."""
     with Gate(settings) as g:
         yield g
-    forget_prefix(r, settings.key_prefix)  # none of a test's keys outlives it
+    forget_prefix(r, settings.key_prefix)
 
 
 def watched(gate: Gate, r: redis.Redis) -> None:

@@ -13,6 +13,12 @@ import redis
 from quota import Gate, RedisUnavailable
 
 
+@pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """These tests are of the sync gate's own connections (AsyncGate's: test_async.py)."""
+    return sync_gate
+
+
 def test_dropped_connections_are_reopened_silently(gate: Gate, r: redis.Redis) -> None:
     gate.set_budget("p", enabled=True, soft_cap_tokens=10, hard_cap_tokens=100, updated_by="u")
     assert gate.check("p", 1).ok

@@ -15,6 +15,12 @@ from tests.conftest import ledger_totals
 
 
 @pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """These tests are the command's, not the gates': one gate feeds them."""
+    return sync_gate
+
+
+@pytest.fixture
 def cli(worker_env: Settings, gate: Gate) -> CliRunner:
     return CliRunner(env={"QUOTA_KEY_PREFIX": worker_env.key_prefix, "COLUMNS": "120"})
 

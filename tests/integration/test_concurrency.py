@@ -9,10 +9,18 @@ import threading
 from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 
+import pytest
 import redis
 
 from quota import Gate, Settings
 from tests.conftest import stream_entries
+
+
+@pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """Threads racing on the sync gate (AsyncGate's tasks race in test_async.py)."""
+    return sync_gate
+
 
 PROCESSES, THREADS = 4, 8
 HARD_CAP = 1_000

@@ -23,6 +23,12 @@ from quota.periods import Windows, from_ms, to_ms
 from tests.conftest import ledger_totals, record_many, stream_entries
 
 
+@pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """These tests are the drain's, not the gates': one gate feeds them."""
+    return sync_gate
+
+
 def run_drain_jobs(settings: Settings) -> None:
     """Enqueue the drain of every shard and run them in-process (SimpleWorker, burst)."""
     conn = redis.Redis.from_url(settings.redis_url)
@@ -189,7 +195,7 @@ def test_events_near_a_period_end_land_in_the_right_period(
         w = Windows.at(from_ms(int(fields["at"])))
         assert r.exists(pk.usage("day", w.day_id))
         assert r.exists(pk.usage("month", w.month_id))
-    Drainer(worker_env, r, pg).drain_shard(pk.shard)
+    Drainer(worker_env, gate.redis, pg).drain_shard(pk.shard)
     # Postgres side: events one millisecond either side of a month (and year) boundary.
     boundary = datetime(2027, 1, 1, tzinfo=UTC)
     for n, at in enumerate((to_ms(boundary) - 1, to_ms(boundary))):
@@ -208,7 +214,7 @@ def test_events_near_a_period_end_land_in_the_right_period(
                 "at": str(at),
             },
         )
-    Drainer(worker_env, r, pg).drain_shard(pk.shard)
+    Drainer(worker_env, gate.redis, pg).drain_shard(pk.shard)
     with pg.connect() as conn:
         rows = conn.execute(
             text(
@@ -230,7 +236,7 @@ def test_drain_after_redis_lost_the_stream_and_group(
 ) -> None:
     record_many(gate, 30, ports=1)
     shard = gate.layout.for_port("port-0").shard
-    drainer = Drainer(worker_env, r, pg)
+    drainer = Drainer(worker_env, gate.redis, pg)
     drainer.drain_shard(shard)
     r.delete(gate.layout.stream(shard))  # as after FLUSHALL: stream and group are gone
     record_many(gate, 5, ports=1, tag="after")
@@ -265,7 +271,7 @@ def test_entries_of_every_shape_land_exactly_and_non_events_are_dropped(
     r.xadd(stream, {**dict(zip(FIELDS, legacy, strict=True)), "at": "1790000000000"})
     r.xadd(stream, {"e": "nope|p||ocr|a|b|1|1|"})
     r.xadd(stream, {"e": "0190a6f2-8b1e-7c3d-9a4b-000000000003|p||ocr|a|b|-1|1|"})
-    stats = Drainer(worker_env, r, pg).drain_shard(gate.layout.for_port("p").shard)
+    stats = Drainer(worker_env, gate.redis, pg).drain_shard(gate.layout.for_port("p").shard)
     assert (stats.inserted, stats.rejected) == (3, 2)
     with pg.connect() as conn:
         rows = conn.execute(

@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import cast
 
+import pytest
 import redis
 from sqlalchemy import Engine, text
 
@@ -16,6 +17,12 @@ from quota.drain import Drainer
 from quota.periods import Period, Windows, from_ms
 from quota.reconcile import Reconciler
 from tests.conftest import record_many
+
+
+@pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """These tests are reconciliation's, not the gates': one gate feeds them."""
+    return sync_gate
 
 
 def drain_all(settings: Settings, r: redis.Redis, pg: Engine) -> None:

@@ -19,6 +19,12 @@ from quota.housekeeping import forget_prefix
 from tests.conftest import ledger_totals, record_many
 
 
+@pytest.fixture
+def gate(sync_gate: Gate) -> Gate:
+    """These tests are the jobs' scheduling, not the gates': one gate feeds them."""
+    return sync_gate
+
+
 def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
     worker_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,7 @@ def test_all_is_pinned_and_importable() -> None:
         "UnknownReservation",
         "UsageEvent",
         "UsageResult",
+        "WrongEventLoop",
         "period_end",
         "period_start",
     ]
