@@ -17,7 +17,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from quota.bench import client, hotpath, instructions, ledger, peers, scale
+from quota.bench import asyncgate, client, hotpath, instructions, ledger, peers, scale
 from quota.bench._measure import Row, fmt, reset, write_markdown
 from quota.housekeeping import require_own
 from quota.settings import Settings
@@ -47,6 +47,7 @@ SECTIONS: dict[str, Section] = {
     "server": lambda s, c, q: scale.bench_server_time(s, c, 300 if q else 5_000),
     "instructions": lambda s, c, q: instructions.bench_instructions(s, 50 if q else 1_000),
     "client": lambda s, c, q: client.bench_client(s, c, 500 if q else 10_000),
+    "async": lambda s, c, q: asyncgate.bench_async(s, c, 2_000 if q else 40_000, 4 if q else 10),
 }
 
 
@@ -88,6 +89,14 @@ TARGETS: list[tuple[str, str, str, float, bool]] = [
     ),
     ("lag p99 at 20,000 events/s, s", "oldest undrained event, p99", "value", 2.0, False),
     ("reconcile 10,000 ports, s", "reconcile 10,000 active ports", "value", 10.0, False),
+    ("AsyncGate.reserve, one task, vs Gate", "async_gate.reserve, one task", "ratio", 0.8, True),
+    (
+        "AsyncGate reserve+commit, 256 tasks, vs Gate sequential",
+        "async_gate reserve+commit, 256 tasks",
+        "ratio",
+        3.0,
+        True,
+    ),
 ]
 
 
