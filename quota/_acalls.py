@@ -1,16 +1,17 @@
 """The asyncio twin of _calls.py: an `AsyncGate`'s calls to Redis, over one pipelined
 connection.
 
-Calls that tasks issue in the same loop iteration are written together (one write,
-scheduled with ``call_soon``: no timer, so a lone call waits for nothing) and one
-reader task hands the replies to them in order. A task cancelled while its call is in
-flight leaves a cancelled future behind; the reader still consumes that reply and
-drops it, so the connection never goes out of step (the call itself may have run: a
-reserve's hold then ends with its lease). A timeout or a broken connection fails every
-call on it and closes it; calls already written fail as timeouts (they may have run,
-and are never retried), calls not yet written as connection errors (retried on a new
-connection). The same `Breaker` as the sync transport counts failures; a prober task,
-never a caller, PINGs Redis while the circuit is not closed.
+A call on an idle connection is written at once; calls that tasks issue while others
+are in flight are written together, once per loop iteration (``call_soon``, no timer),
+and the connection's protocol hands the replies to them in order as they arrive. A
+task cancelled while its call is in flight leaves a cancelled future behind; its reply
+is still consumed and dropped, so the connection never goes out of step (the call
+itself may have run: a reserve's hold then ends with its lease). A timeout or a broken
+connection fails every call on it and closes it; calls already written fail as
+timeouts (they may have run, and are never retried), calls not yet written as
+connection errors (retried on a new connection). The same `Breaker` as the sync
+transport counts failures; a prober task, never a caller, PINGs Redis while the circuit
+is not closed.
 """
 
 from __future__ import annotations
@@ -36,61 +37,92 @@ _READ_SIZE = 65536
 _UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 
 
-class _Wire:
-    """One connection: redis-py's, for the handshake; its streams, for the calls."""
+class _Wire(asyncio.Protocol):
+    """One connection: redis-py's for the handshake, then its transport with this
+    protocol, so that replies are parsed as they arrive (no reader task to wake)."""
 
-    def __init__(self, conn: redis.asyncio.Connection, decode: bool) -> None:
+    def __init__(self, conn: redis.asyncio.Connection, decode: bool, timeout: float | None):
         self.conn = conn
         self.loop = asyncio.get_running_loop()
         self.pid = os.getpid()
-        self.reader: asyncio.StreamReader = conn._reader  # type: ignore[assignment]
-        self.writer: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
+        self.timeout = timeout
         self.parser = hiredis.Reader(
             encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
         )
-        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.pending: deque[asyncio.Future[Any]] = deque()  # in the order sent
+        self.sent_at: deque[float] = deque()  # when each written, unanswered call went out
         self.outbox: list[bytes] = []
         self.error: BaseException | None = None
-        self.task = self.loop.create_task(self._read(), name="quota-redis-reader")
+        self._timer: asyncio.TimerHandle | None = None
+        # Kept: a StreamWriter collected closes its transport.
+        self.writer: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
+        self.transport = self.writer.transport
+        self.transport.set_protocol(self)
+        conn._reader = conn._writer = None  # the transport is ours now, and closed by fail()
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Queue one command; its reply arrives in the future."""
+        if self.error is not None:
+            raise redis.exceptions.ConnectionError(f"Redis connection lost: {self.error}")
         fut: asyncio.Future[Any] = self.loop.create_future()
+        idle = not self.pending
         self.pending.append(fut)
-        if not self.outbox:
+        if not self.outbox and not idle:
             self.loop.call_soon(self._flush)  # after the tasks that are ready now
         self.outbox.append(packed)
+        if idle:  # nothing in flight: a lone call goes at once
+            self._flush()
         return fut
 
     def _flush(self) -> None:
-        if self.outbox and self.error is None:
-            self.writer.write(b"".join(self.outbox))
+        if not self.outbox or self.error is not None:
+            return
+        self.transport.write(b"".join(self.outbox))
+        if self.timeout is not None:
+            self.sent_at.extend([self.loop.time()] * len(self.outbox))
+            if self._timer is None:
+                self._timer = self.loop.call_later(self.timeout, self._watch)
         self.outbox.clear()
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(_READ_SIZE)
-                if not data:
-                    raise redis.exceptions.ConnectionError("Redis closed the connection")
-                self.parser.feed(data)
-                while (reply := self.parser.gets()) is not False:
-                    fut = self.pending.popleft()
-                    if not fut.done():  # a cancelled caller's reply is dropped here
-                        fut.set_result(reply)
-        except asyncio.CancelledError:
-            self.fail(redis.exceptions.ConnectionError("connection closed"))
-            raise
-        except Exception as exc:  # every failure ends this connection
-            self.fail(exc)
+    def _watch(self) -> None:
+        """The oldest written call past the timeout ends the connection (Redis hung)."""
+        self._timer = None
+        if not self.sent_at or self.error is not None:
+            return
+        assert self.timeout is not None
+        late = self.loop.time() - self.sent_at[0]
+        if late >= self.timeout:
+            self.fail(redis.exceptions.TimeoutError("Timeout reading from Redis"))
+        else:
+            self._timer = self.loop.call_later(self.timeout - late, self._watch)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        pending, sent_at = self.pending, self.sent_at
+        while (reply := self.parser.gets()) is not False:
+            fut = pending.popleft()
+            if sent_at:
+                sent_at.popleft()
+            if not fut.done():  # a cancelled caller's reply is dropped here
+                fut.set_result(reply)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or redis.exceptions.ConnectionError("Redis closed the connection"))
 
     def fail(self, exc: BaseException) -> None:
         """End the connection: what was written may have run (a timeout for its caller),
         what was not can go again (a connection error)."""
         if self.error is None:
             self.error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         unsent = len(self.outbox)
         self.outbox.clear()
+        self.sent_at.clear()
         written = len(self.pending) - unsent
         for i, fut in enumerate(self.pending):
             if not fut.done():
@@ -101,9 +133,7 @@ class _Wire:
                 )
                 fut.set_exception(cls(f"Redis connection lost: {exc}"))
         self.pending.clear()
-        self.writer.close()
-        if asyncio.current_task() is not self.task:
-            self.task.cancel()
+        self.transport.close()
 
 
 class AsyncScriptCaller:
@@ -153,24 +183,16 @@ class AsyncScriptCaller:
                 return wire
             conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs()))
             await conn.connect()  # type: ignore[no-untyped-call]
-            self._wire = wire = _Wire(conn, self._decode)
+            self._wire = wire = _Wire(conn, self._decode, self._timeout)
             return wire
 
     async def command(self, *args: Any) -> Any:
         """One command (not through the breaker: for the gate's own housekeeping)."""
         wire = await self._get_wire()
-        reply = await self._await(wire, wire.send(hiredis.pack_command(args)))
+        reply = await wire.send(hiredis.pack_command(args))
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply
-
-    async def _await(self, wire: _Wire, fut: asyncio.Future[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await fut
-        except TimeoutError:
-            wire.fail(redis.exceptions.TimeoutError("Timeout reading from Redis"))
-            raise redis.exceptions.TimeoutError("Timeout reading from Redis") from None
 
     def _gate(self) -> None:
         if not self.breaker.allow():
@@ -199,7 +221,7 @@ class AsyncScriptCaller:
             try:
                 wire = await self._get_wire()
                 futures = [wire.send(p) for p in packed]
-                replies = [await self._await(wire, f) for f in futures]
+                replies = [await f for f in futures]
             except (
                 redis.exceptions.ConnectionError,
                 redis.exceptions.TimeoutError,
@@ -265,4 +287,3 @@ class AsyncScriptCaller:
         wire, self._wire = self._wire, None
         if wire is not None and wire.pid == os.getpid() and not wire.loop.is_closed():
             wire.fail(redis.exceptions.ConnectionError("closed"))
-            await wire.conn.disconnect()
