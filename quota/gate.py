@@ -40,6 +40,7 @@ from quota._exceptions import (
     RedisUnavailable,
     UnknownReservation,
 )
+from quota.canned import CannedTransport
 from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
 from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
@@ -80,7 +81,15 @@ _REPLAY_JOIN_SECONDS = 30.0
 class Gate(GateCore, Fallback):
     """Per-port token budgets, enforced atomically in Redis. Thread-safe; make one per process."""
 
-    def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_soft_cap: SoftCapCallback | None = None,
+        transport: CannedTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the connection to Redis for the hot path's calls: a
+        `quota.canned.CannedTransport` in tests and the client-cost benchmark."""
         self.on_soft_cap = on_soft_cap
         # Retry only connection errors: a timed-out script may have run, and running
         # a non-idempotent record twice would count it twice. (The hot path goes through
@@ -100,7 +109,9 @@ class Gate(GateCore, Fallback):
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
         GateCore.__init__(self, settings, self.store.outage_policies)
-        self._call = ScriptCaller(self.redis, self._library, self.breaker)
+        self._call: ScriptCaller | CannedTransport = transport or ScriptCaller(
+            self.redis, self._library, self.breaker
+        )
         self._call.on_missing = self._library_missing
         self._init_fallback()
         self._owed_lock = threading.Lock()

@@ -52,7 +52,7 @@ def test_failed_calls_do_not_use_up_connections(fgate: Gate, server: RedisServer
         )
         fgate.check("p", 1)
     server.start()
-    fgate._call.breaker.reset()  # no waiting for the breaker's probe here
+    fgate.breaker.reset()  # no waiting for the breaker's probe here
     d = fgate.check("p", 1)
     assert (d.ok, d.degraded) == (True, False)
 

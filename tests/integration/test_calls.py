@@ -29,7 +29,7 @@ def test_dropped_connections_are_reopened_silently(gate: Gate, r: redis.Redis) -
     assert [d.ok for d in gate.check_many([("p", 1), ("q", 10**6)])] == [True, True]
     gate.record(port_id="p", feature="f", provider="p", model="m", input_tokens=5, output_tokens=0)
     assert gate.current_period_tokens("p") == 5
-    assert len(gate._call._all) == 1  # the dropped connections are not kept
+    assert gate._call.open_connections == 1  # the dropped connections are not kept
 
 
 def _child(gate: Gate, out: mp.Queue[int]) -> None:
