@@ -128,7 +128,7 @@ def pg_counts(engine: Engine) -> dict[str, int]:
 @pytest.fixture
 def worker_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Make jobs and subprocesses (which read QUOTA_* variables) use this test's prefix."""
-    from workers import runtime
+    from quota import runtime
 
     monkeypatch.setenv("QUOTA_KEY_PREFIX", settings.key_prefix)
     runtime.reset()

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from quota.migrate import ensure_partitions
-from workers.runtime import runtime
+from quota.runtime import runtime
 
 log = logging.getLogger("quota.jobs")
 

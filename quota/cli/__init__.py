@@ -85,6 +85,5 @@ for command in (
     _ops.status,
     _ops.health,
     _ops.demo,
-    _ops.bench,
 ):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""Operations: `quota db upgrade|worker|cron|drain|reconcile|status|health|demo|bench`."""
+"""Operations: `quota db upgrade|worker|cron|drain|reconcile|status|health|demo`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -58,7 +57,7 @@ def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
     from rq import SimpleWorker
     from rq.worker_pool import WorkerPool
 
-    from workers import metrics_server
+    from quota import metrics_server
 
     settings = Settings()
     if metrics_port:
@@ -114,7 +113,7 @@ def cron() -> None:
 @json_option
 def drain(shard: tuple[int, ...], as_json: bool) -> None:
     """Drain the usage streams into the Postgres ledger now, until they are empty."""
-    from workers.runtime import runtime
+    from quota.runtime import runtime
 
     rt = runtime()
     shards = shard or tuple(range(rt.settings.shards))
@@ -147,7 +146,7 @@ def drain(shard: tuple[int, ...], as_json: bool) -> None:
 def reconcile(dry_run: bool, ports: tuple[str, ...], as_json: bool) -> None:
     """Make the Redis counters equal the Postgres ledger (rebuilds them after data loss)."""
     from quota import validation
-    from workers.runtime import runtime
+    from quota.runtime import runtime
 
     for p in ports:
         validation.port_id(p)
@@ -177,7 +176,7 @@ def reconcile(dry_run: bool, ports: tuple[str, ...], as_json: bool) -> None:
 @json_option
 def status(as_json: bool) -> None:
     """Per-shard drain lag: stream length, pending entries, age of the oldest undrained."""
-    from workers.runtime import runtime
+    from quota.runtime import runtime
 
     lags = runtime().drainer.lag()
     if as_json:
@@ -196,7 +195,7 @@ def status(as_json: bool) -> None:
 
 def _check_redis() -> str:
     from quota.durability import redis_risks
-    from workers.runtime import runtime
+    from quota.runtime import runtime
 
     info = runtime().redis.info()
     failures, warnings = redis_risks(info)
@@ -210,7 +209,7 @@ def _check_postgres() -> str:
     from sqlalchemy import text
 
     from quota.migrate import alembic_config
-    from workers.runtime import runtime
+    from quota.runtime import runtime
 
     rt = runtime()
     head = ScriptDirectory.from_config(alembic_config(rt.settings.database_url)).get_current_head()
@@ -222,8 +221,8 @@ def _check_postgres() -> str:
 
 
 def _check_functions() -> str:
+    from quota.runtime import runtime
     from quota.scripts import library
-    from workers.runtime import runtime
 
     lib = library()
     now = lib.ensure(runtime().redis)
@@ -232,7 +231,7 @@ def _check_functions() -> str:
 
 def _check_lag(max_lag: float) -> Callable[[], str]:
     def check() -> str:
-        from workers.runtime import runtime
+        from quota.runtime import runtime
 
         ages = [lag.oldest_undrained_age_s or 0.0 for lag in runtime().drainer.lag()]
         worst = max(ages, default=0.0)
@@ -310,30 +309,3 @@ def demo(processes: int, seconds: float, ports: int) -> None:
     from quota.demo import run
 
     run(Settings(), processes=processes, seconds=seconds, ports=ports)
-
-
-@click.command()
-@click.option("--quick", is_flag=True, help="A few seconds: checks the harness, not speed.")
-@click.option("--only", multiple=True, help="Only these sections (repeatable).")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as Markdown here (e.g. docs/BENCHMARKS.md).",
-)
-def bench(quick: bool, only: tuple[str, ...], output: Path | None) -> None:
-    """Measure throughput and latency (see docs/BENCHMARKS.md)."""
-    from quota import bench as harness
-
-    unknown = set(only) - set(harness.SECTIONS)
-    if unknown:
-        raise InvalidInput(
-            f"unknown section(s) {sorted(unknown)}: choose from {sorted(harness.SECTIONS)}"
-        )
-    harness.run(
-        Settings(),
-        quick=quick,
-        only=list(only),
-        output=output,
-        command="./scripts/bench" + (" --quick" if quick else ""),
-    )

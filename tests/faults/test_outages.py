@@ -311,8 +311,8 @@ def test_health_fails_for_an_evicting_redis_and_warns_without_persistence(
 ) -> None:
     from click.testing import CliRunner
 
+    from quota import runtime
     from quota.cli import main
-    from workers import runtime
 
     server = RedisServer(extra=["--maxmemory", "50mb", "--maxmemory-policy", "allkeys-lru"]).start()
     try:
@@ -337,7 +337,8 @@ def test_a_shard_redis_lost_is_reconciled_by_its_next_drain(
 ) -> None:
     """No gate call needed: the drain job finds the consumer group gone, and reconciles
     the shard's ports from the ledger within its run."""
-    from workers import jobs, runtime
+    from quota import runtime
+    from workers import jobs
 
     monkeypatch.setenv("QUOTA_REDIS_URL", server.url)
     monkeypatch.setenv("QUOTA_KEY_PREFIX", fgate.settings.key_prefix)

@@ -15,7 +15,7 @@ from quota import Settings
 def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     subprocess.run(
-        [sys.executable, "-m", "quota", "bench", "--quick", "--output", str(out)],
+        [sys.executable, "-m", "tests.benchmarks", "--quick", "--output", str(out)],
         env=dict(os.environ),
         check=True,
         capture_output=True,

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from quota import Gate, Settings
 from quota.cli import main
+from tests.benchmarks.__main__ import main as bench_main
 from tests.conftest import ledger_totals
 
 
@@ -242,10 +243,12 @@ def test_demo_and_bench_refuse_what_is_not_their_own(cli: CliRunner, settings: S
     """A shell that exported a deployment's database or prefix must not get it wiped."""
     real_db = {"QUOTA_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/quota"}
     for command, own in (("demo", "quota-demo"), ("bench", "quota-bench")):
-        r = cli.invoke(main, [command], env={**real_db, "QUOTA_KEY_PREFIX": own})
+        entry = main if command == "demo" else bench_main  # ./scripts/bench runs the latter
+        args = [command] if command == "demo" else []
+        r = cli.invoke(entry, args, env={**real_db, "QUOTA_KEY_PREFIX": own})
         assert r.exit_code == 2
         assert f"ends in _{command}" in r.stderr
         db = {"QUOTA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/quota_{command}"}
-        r = cli.invoke(main, [command], env={**db, "QUOTA_KEY_PREFIX": "quota"})
+        r = cli.invoke(entry, args, env={**db, "QUOTA_KEY_PREFIX": "quota"})
         assert r.exit_code == 2
         assert f"ending in -{command}" in r.stderr

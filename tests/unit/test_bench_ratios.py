@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quota.bench._measure import Row, paired_ratio
+from tests.benchmarks._measure import Row, paired_ratio
 
 
 def test_a_slow_round_does_not_move_the_paired_ratio() -> None:

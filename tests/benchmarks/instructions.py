@@ -21,10 +21,10 @@ from pathlib import Path
 
 import redis
 
-from quota.bench._measure import Row
-from quota.bench.hotpath import budgets, operations
 from quota.gate import Gate
 from quota.settings import Settings
+from tests.benchmarks._measure import Row
+from tests.benchmarks.hotpath import budgets, operations
 
 _TOOLS = ("valgrind", "callgrind_control", "redis-server")
 _TRIVIAL = "trivial one-key INCRBY script"

@@ -13,7 +13,9 @@ from multiprocessing.synchronize import Barrier
 
 import redis
 
-from quota.bench._measure import (
+from quota.gate import Gate
+from quota.settings import Settings
+from tests.benchmarks._measure import (
     Row,
     fmt,
     interleaved,
@@ -22,8 +24,6 @@ from quota.bench._measure import (
     script_time,
     time_calls,
 )
-from quota.gate import Gate
-from quota.settings import Settings
 
 TRIVIAL = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 HUGE = 10**14  # caps no benchmark reaches: every decision is an "ok" one

@@ -1,7 +1,9 @@
-"""`quota bench`: the hot path against a raw-EVALSHA baseline and against the
-alternatives, the drain, and scale, written to docs/BENCHMARKS.md.
+"""`./scripts/bench` (``python -m tests.benchmarks``): the hot path against a raw-EVALSHA
+baseline and against the alternatives, AsyncGate, the drain, and scale, written to
+docs/BENCHMARKS.md.
 
-Not part of the test suite (the tests only run ``--quick`` so the harness cannot rot).
+Not part of the installed package (it needs the test extras, limits among them) nor of
+the test suite (the tests only run ``--quick`` so the harness cannot rot).
 Uses its own key prefix and database (./scripts/bench sets them) and cleans up after.
 """
 
@@ -10,17 +12,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from importlib.resources import files
 from pathlib import Path
 
 import redis
 from rich.console import Console
 from rich.table import Table
 
-from quota.bench import asyncgate, client, hotpath, instructions, ledger, peers, scale
-from quota.bench._measure import Row, fmt, reset, write_markdown
 from quota.housekeeping import require_own
 from quota.settings import Settings
+from tests.benchmarks import asyncgate, client, hotpath, instructions, ledger, peers, scale
+from tests.benchmarks._measure import Row, fmt, reset, write_markdown
 
 # How to read the figures, and where the time goes: prose, kept as Markdown beside
 # this module and copied into the output after the targets.
@@ -141,7 +142,7 @@ def targets_markdown(rows: list[Row]) -> str:
 
 
 def _prose() -> str:
-    here = files("quota.bench")
+    here = Path(__file__).parent
     return "".join("\n" + (here / name).read_text(encoding="utf-8") for name in _PROSE)
 
 

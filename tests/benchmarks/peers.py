@@ -11,12 +11,12 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from sqlalchemy import text
 
-from quota.bench._measure import Row, interleaved, paired_ratio, reset, timed_row
-from quota.bench.hotpath import budgets, operations
 from quota.gate import Gate
 from quota.periods import period_start
 from quota.settings import Settings
 from quota.store import make_engine
+from tests.benchmarks._measure import Row, interleaved, paired_ratio, reset, timed_row
+from tests.benchmarks.hotpath import budgets, operations
 
 
 def bench_limits(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:

@@ -11,13 +11,13 @@ import time
 import redis
 from redis.typing import EncodableT, FieldT
 
-from quota.bench._measure import Row, reset
 from quota.drain import Drainer
 from quota.entries import pack
 from quota.ids import uuid7
 from quota.keys import KeyLayout
 from quota.settings import Settings
 from quota.store import make_engine
+from tests.benchmarks._measure import Row, reset
 
 
 def _entry(port: str) -> dict[FieldT, EncodableT]:

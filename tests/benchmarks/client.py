@@ -21,10 +21,10 @@ from typing import Any
 import hiredis
 import redis
 
-from quota.bench._measure import Row, reset
-from quota.bench.hotpath import NAMES, budgets, operations
 from quota.gate import Gate
 from quota.settings import Settings
+from tests.benchmarks._measure import Row, reset
+from tests.benchmarks.hotpath import NAMES, budgets, operations
 
 _OPS = ("check", "reserve", "commit", "record")
 

@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import redis
 
-from quota.bench._measure import Row, reset, script_time
-from quota.bench.hotpath import budgets, operations
 from quota.drain import Drainer
 from quota.gate import Gate
 from quota.reconcile import Reconciler
 from quota.settings import Settings
+from tests.benchmarks._measure import Row, reset, script_time
+from tests.benchmarks.hotpath import budgets, operations
 
 
 def _activate(gate: Gate, ports: list[str]) -> None:

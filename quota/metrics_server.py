@@ -27,7 +27,7 @@ def serve(port: int, parent: int) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from workers.runtime import Runtime
+    from quota.runtime import Runtime
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream

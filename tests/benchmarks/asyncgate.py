@@ -12,10 +12,10 @@ import time
 import redis
 
 from quota.async_gate import AsyncGate
-from quota.bench._measure import Row, paired_ratio, reset
-from quota.bench.hotpath import budgets
 from quota.gate import Gate
 from quota.settings import Settings
+from tests.benchmarks._measure import Row, paired_ratio, reset
+from tests.benchmarks.hotpath import budgets
 
 PORTS = [f"bench-async-{i}" for i in range(100)]
 TASKS = 256
