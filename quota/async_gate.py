@@ -29,14 +29,12 @@ from quota._exceptions import (
     BackendError,
     BudgetExceeded,
     DatabaseUnavailable,
-    InvalidInput,
     RedisUnavailable,
     UnknownReservation,
     WrongEventLoop,
 )
-from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
+from quota.core import ATTEMPTS, GateCore, ManyRound, SoftCapCallback, _value_of
 from quota.counters import counter_writes, fold_days
-from quota.decisions import state_of
 from quota.entries import event_value
 from quota.fallback import Fallback, Owed
 from quota.ids import uuid7
@@ -52,7 +50,7 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
-from quota.periods import Period, from_ms, period_end, period_start
+from quota.periods import Period, from_ms, period_start
 from quota.replies import NO_BUDGET, OK, UNKNOWN
 from quota.reservations import parse_reservation_id
 from quota.settings import OutagePolicy, Settings
@@ -172,16 +170,9 @@ class AsyncGate(GateCore, Fallback):
 
         Raises `InvalidBudget` (nothing written) on bad input.
         """
-        port = v.port_id(port_id)
-        who = v.label("updated_by", updated_by)
-        changes = {
-            "enabled": enabled,
-            "soft_cap_tokens": soft_cap_tokens,
-            "hard_cap_tokens": hard_cap_tokens,
-            "period": period,
-            "outage_policy": outage_policy,
-        }
-        Budget.check_fields(changes)  # type, range and enum errors before any I/O
+        port, who, changes = self._budget_changes(
+            port_id, updated_by, enabled, soft_cap_tokens, hard_cap_tokens, period, outage_policy
+        )
         budget, version = await self._pg(self.store.save_budget, port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:
@@ -297,11 +288,7 @@ class AsyncGate(GateCore, Fallback):
     async def check_many(self, requests: Iterable[tuple[str, int]]) -> list[Decision]:
         """`check` for many ``(port_id, estimated_tokens)`` pairs, in their order: one
         call per shard, all written at once."""
-        items = [(self._port(p), v.tokens("estimated_tokens", e)) for p, e in requests]
-        results: list[Decision | None] = [None] * len(items)
-        pending: dict[int, list[int]] = {}
-        for i, (pk, _) in enumerate(items):
-            pending.setdefault(pk.shard, []).append(i)
+        items, results, pending = self._many(requests)
         try:
             for _ in range(ATTEMPTS):
                 if not pending:
@@ -310,12 +297,7 @@ class AsyncGate(GateCore, Fallback):
             if pending:
                 raise RedisUnavailable(f"check_many did not settle after {ATTEMPTS} attempts")
         except BackendError as exc:
-            for i, decided in enumerate(results):
-                if decided is None:
-                    pk, estimate = items[i]
-                    results[i] = metrics.count_decision(
-                        "check", self._degraded(pk.port, estimate, exc)
-                    )
+            return self._many_degraded(items, results, exc)
         return cast(list[Decision], results)
 
     async def _check_many_round(
@@ -324,44 +306,26 @@ class AsyncGate(GateCore, Fallback):
         pending: dict[int, list[int]],
         results: list[Decision | None],
     ) -> dict[int, list[int]]:
-        w = self._now_windows()
-        order = list(pending.items())
-        calls = []
-        for _, idxs in order:
-            keys: list[str] = []
-            for i in idxs:
-                keys += self._period_keys(items[i][0], w).for_check_many
-            calls.append((keys, (w.day, *(items[i][1] for i in idxs))))
+        """One round trip: every shard's call in one write."""
+        rnd = ManyRound(self, items, pending, results)
         self._started()
         started = time.perf_counter()
         try:
-            replies = await self._call.call_many("check_many", calls)
+            replies = await self._call.call_many("check_many", list(rnd.calls()))
         except redis.exceptions.RedisError as exc:
             raise RedisUnavailable(f"Redis failed: {exc}") from exc
         metrics.TIMERS["check"].observe(time.perf_counter() - started)
-        retry: dict[int, list[int]] = {}
-        missing: list[int] = []
-        for (shard, idxs), reply in zip(order, replies, strict=True):
+        for n, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise RedisUnavailable(f"Redis failed: {reply}")
-            if isinstance(reply, str):  # "-2|<ms>": the clock
-                self._adopt_server_clock(int(reply[3:]))
-                retry[shard] = idxs
-                continue
-            for i, one in zip(idxs, reply, strict=True):
-                if one == NO_BUDGET:
-                    retry.setdefault(shard, []).append(i)
-                    missing.append(i)
-                else:
-                    results[i] = metrics.count_decision("check", self._replies.decision(one))
-        for i in missing:
+            rnd.handle(n, reply)
+        rnd.counted()
+        for i in rnd.missing:
             try:
                 await self._load_budget(items[i][0])
-            except BackendError as exc:
-                pk, estimate = items[i]
-                results[i] = metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
-                retry[pk.shard].remove(i)
-        return retry
+            except BackendError as exc:  # Postgres down: this port by its policy
+                rnd.unloaded(i, exc)
+        return rnd.retry
 
     async def reserve(
         self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
@@ -383,22 +347,13 @@ class AsyncGate(GateCore, Fallback):
 
     async def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
-        ref = parse_reservation_id(reservation_id)
+        ref, keys, args = self._release_call(reservation_id)
         if ref.degraded:
-            return self._recent.pop(reservation_id) is not None
-        pk = self._keys(ref.port)
+            return self._recent.pop(reservation_id) is not None  # nothing held in Redis
         started = time.perf_counter()
-        code = await self._fcall(
-            "release",
-            (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-            (ref.member, self.settings.settled_seconds),
-        )
+        code = await self._fcall("release", keys, args)
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
-        if code == UNKNOWN:
-            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
-        self._recent.pop(reservation_id)
-        metrics.OUTCOMES["release", "released" if code == OK else "noop"].inc()
-        return bool(code == OK)
+        return self._released(reservation_id, code)
 
     @asynccontextmanager
     async def reservation(
@@ -446,13 +401,8 @@ class AsyncGate(GateCore, Fallback):
             return metrics.count_usage("commit", await self._record(pk, event))
         values = event_value(ref.event_id, port, user, feature, prov, mod, tin, tout, req)
         try:
-            reply = await self._usage_reply(
-                "commit",
-                pk,
-                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-                (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
-                req,
-            )
+            keys, args = self._commit_parts(pk, ref, tin + tout, values)
+            reply = await self._usage_reply("commit", pk, keys, args, req)
         except RedisUnavailable as exc:
             result = await asyncio.to_thread(self._fallback, event, exc, ref)
             return metrics.count_usage("commit", result)
@@ -542,13 +492,8 @@ class AsyncGate(GateCore, Fallback):
         pk = self._keys(e.port_id)
         await self._pg(self.store.unreconciled, e.event_id)
         total = e.input_tokens + e.output_tokens
-        await self._usage_reply(
-            "commit",
-            pk,
-            (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-            (ref.member, total, e.feature, _value_of(e), self.settings.settled_seconds),
-            e.request_id,
-        )
+        keys, args = self._commit_parts(pk, ref, total, _value_of(e))
+        await self._usage_reply("commit", pk, keys, args, e.request_id)
 
     # ------------------------------------------------------------------- status
 
@@ -563,21 +508,7 @@ class AsyncGate(GateCore, Fallback):
         """Usage against the caps in the port's current period: what a banner needs."""
         pk = self._port(port_id)
         reply = await self._run("check", pk, (pk.open,), (0, ""))
-        used, reserved, _, (enabled, soft, hard, period) = self._replies.standing(reply)
-        budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
-        now = self._now()
-        return Status(
-            port_id=pk.port,
-            enabled=budget.enabled,
-            period=budget.period,
-            used_tokens=used,
-            reserved_tokens=reserved,
-            soft_cap_tokens=soft,
-            hard_cap_tokens=hard,
-            period_start=period_start(budget.period, now),
-            resets_at=period_end(budget.period, now),
-            state=state_of(budget, used),
-        )
+        return self._status(pk, reply)
 
     async def breakdown(self, port_id: str) -> list[FeatureUsage]:
         """Per-feature tokens and calls in the port's current period, from Postgres."""
@@ -588,8 +519,7 @@ class AsyncGate(GateCore, Fallback):
 
     async def daily_usage(self, port_id: str, start: date, end: date) -> list[DailyUsage]:
         """Per-day, per-feature tokens and calls for ``start`` ≤ day ≤ ``end`` (UTC days)."""
-        if not isinstance(start, date) or not isinstance(end, date) or start > end:
-            raise InvalidInput(f"need two dates with start <= end, got {start!r} and {end!r}")
+        self._days(start, end)
         port = v.port_id(port_id)
         return cast(list[DailyUsage], await self._pg(self.store.daily, port, start, end))
 

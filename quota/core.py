@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, NamedTuple, cast
 
 from quota import metrics
 from quota import validation as v
+from quota._exceptions import InvalidInput, UnknownReservation
 from quota.breaker import Breaker, State
+from quota.decisions import state_of
 from quota.entries import event_value
 from quota.journal import Journal
 from quota.keys import KeyLayout, PortKeys
-from quota.models import Decision, Reason, SoftCapAlert, UsageEvent
+from quota.models import Budget, Decision, Reason, SoftCapAlert, Status, UsageEvent
 from quota.outage import Loader, Outage
-from quota.periods import Windows, from_ms, period_start
-from quota.replies import CLOCK, NO_BUDGET, Replies, Terms
-from quota.reservations import RecentReservations, ReservationRef, new_hex_id, reservation_id
+from quota.periods import Period, Windows, from_ms, period_end, period_start
+from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies, Terms
+from quota.reservations import (
+    RecentReservations,
+    ReservationRef,
+    new_hex_id,
+    parse_reservation_id,
+    reservation_id,
+)
 from quota.scripts import library
-from quota.settings import Settings
+from quota.settings import OutagePolicy, Settings
 from quota.spool import Spool
 from quota.throttle import Every
 
@@ -204,6 +212,98 @@ class GateCore:
              e.input_tokens, e.output_tokens, e.request_id, self._now_ms())
         )  # fmt: skip
 
+    # ------------------------------------------------------ arguments and results
+
+    def _budget_changes(
+        self,
+        port_id: str,
+        updated_by: str,
+        enabled: bool | None,
+        soft_cap_tokens: int | None,
+        hard_cap_tokens: int | None,
+        period: Period | None,
+        outage_policy: OutagePolicy | None,
+    ) -> tuple[str, str, dict[str, object]]:
+        """set_budget's port, author and changes, checked before any I/O (type, range
+        and enum errors raise `InvalidBudget`)."""
+        changes: dict[str, object] = {
+            "enabled": enabled,
+            "soft_cap_tokens": soft_cap_tokens,
+            "hard_cap_tokens": hard_cap_tokens,
+            "period": period,
+            "outage_policy": outage_policy,
+        }
+        Budget.check_fields(changes)
+        return v.port_id(port_id), v.label("updated_by", updated_by), changes
+
+    def _status(self, pk: PortKeys, reply: str) -> Status:
+        """A status from a check's reply (estimate 0)."""
+        used, reserved, _, (enabled, soft, hard, period) = self._replies.standing(reply)
+        budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
+        now = self._now()
+        return Status(
+            port_id=pk.port,
+            enabled=budget.enabled,
+            period=budget.period,
+            used_tokens=used,
+            reserved_tokens=reserved,
+            soft_cap_tokens=soft,
+            hard_cap_tokens=hard,
+            period_start=period_start(budget.period, now),
+            resets_at=period_end(budget.period, now),
+            state=state_of(budget, used),
+        )
+
+    @staticmethod
+    def _days(start: date, end: date) -> None:
+        if not isinstance(start, date) or not isinstance(end, date) or start > end:
+            raise InvalidInput(f"need two dates with start <= end, got {start!r} and {end!r}")
+
+    def _release_call(
+        self, reservation_id: str
+    ) -> tuple[ReservationRef, tuple[str, ...], tuple[Any, ...]]:
+        ref = parse_reservation_id(reservation_id)
+        pk = self._keys(ref.port)
+        keys = (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id))
+        return ref, keys, (ref.member, self.settings.settled_seconds)
+
+    def _released(self, reservation_id: str, code: str) -> bool:
+        """What release's reply means: released now, already settled, or unknown."""
+        if code == UNKNOWN:
+            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
+        self._recent.pop(reservation_id)
+        metrics.OUTCOMES["release", "released" if code == OK else "noop"].inc()
+        return code == OK
+
+    def _commit_parts(
+        self, pk: PortKeys, ref: ReservationRef, total: int, values: str
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """Commit's keys and args after the period's (before the request id's)."""
+        keys = (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id))
+        return keys, (ref.member, total, ref.feature, values, self.settings.settled_seconds)
+
+    # ---------------------------------------------------------------- check_many
+
+    def _many(
+        self, requests: Iterable[tuple[str, int]]
+    ) -> tuple[list[tuple[PortKeys, int]], list[Decision | None], dict[int, list[int]]]:
+        """check_many's checked items, its empty results, and its items by shard."""
+        items = [(self._port(p), v.tokens("estimated_tokens", e)) for p, e in requests]
+        pending: dict[int, list[int]] = {}
+        for i, (pk, _) in enumerate(items):
+            pending.setdefault(pk.shard, []).append(i)
+        return items, [None] * len(items), pending
+
+    def _many_degraded(
+        self, items: list[tuple[PortKeys, int]], results: list[Decision | None], exc: Exception
+    ) -> list[Decision]:
+        """Every port still undecided, by its outage policy."""
+        for i, decided in enumerate(results):
+            if decided is None:
+                pk, estimate = items[i]
+                results[i] = metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
+        return cast(list[Decision], results)
+
     # ------------------------------------------------------------ outage policy
 
     def _degraded(
@@ -237,3 +337,61 @@ class GateCore:
             self._in_outage = False
             self._outage.ended()
             log.warning("Redis answers again: circuit closed")
+
+
+class ManyRound:
+    """One round trip of check_many, without I/O: the calls to send (one per shard, built
+    as they are sent), then each reply handled as it arrives. Fills ``results``; leaves
+    in ``retry`` what must go again (ports whose budget copy was missing, in
+    ``missing``, or a clock correction)."""
+
+    def __init__(
+        self,
+        core: GateCore,
+        items: list[tuple[PortKeys, int]],
+        pending: dict[int, list[int]],
+        results: list[Decision | None],
+    ) -> None:
+        self.core, self.items, self.results = core, items, results
+        self.w = core._now_windows()
+        self.order = list(pending.items())
+        self.retry: dict[int, list[int]] = {}
+        self.missing: list[int] = []  # ports whose budget copy is not in Redis
+        self.outcomes: dict[str, int] = {}
+
+    def calls(self) -> Iterator[tuple[list[str], tuple[Any, ...]]]:
+        w, items, period_keys = self.w, self.items, self.core._period_keys
+        for _, idxs in self.order:  # built one shard at a time, while Redis runs the last
+            keys: list[str] = []
+            for i in idxs:
+                keys += period_keys(items[i][0], w).for_check_many
+            yield keys, (w.day, *(items[i][1] for i in idxs))
+
+    def handle(self, n: int, reply: list[str] | str) -> None:
+        shard, idxs = self.order[n]
+        if isinstance(reply, str):  # "-2|<ms>", the only reply that is not a list
+            self.core._adopt_server_clock(int(reply[3:]))
+            self.retry[shard] = idxs
+            return
+        parse, results, outcomes = self.core._replies.decision, self.results, self.outcomes
+        for i, one in zip(idxs, reply, strict=True):
+            if one == NO_BUDGET:
+                self.retry.setdefault(shard, []).append(i)
+                self.missing.append(i)
+            else:
+                decision = parse(one)
+                results[i] = decision
+                outcome: str = decision.reason or "ok"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    def counted(self) -> None:
+        for outcome, n in self.outcomes.items():  # one increment per outcome, not per port
+            metrics.OUTCOMES["check", outcome].inc(n)
+
+    def unloaded(self, i: int, exc: Exception) -> None:
+        """Port ``i``'s budget copy could not be loaded: decided by its policy."""
+        pk, estimate = self.items[i]
+        self.results[i] = metrics.count_decision(
+            "check", self.core._degraded(pk.port, estimate, exc)
+        )
+        self.retry[pk.shard].remove(i)

@@ -36,14 +36,12 @@ from quota._exceptions import (
     BackendError,
     BudgetExceeded,
     DatabaseUnavailable,
-    InvalidInput,
     RedisUnavailable,
     UnknownReservation,
 )
 from quota.canned import CannedTransport
-from quota.core import ATTEMPTS, GateCore, SoftCapCallback, _value_of
+from quota.core import ATTEMPTS, GateCore, ManyRound, SoftCapCallback, _value_of
 from quota.counters import counter_writes, fold_days
-from quota.decisions import state_of
 from quota.durability import redis_risks
 from quota.entries import event_value
 from quota.fallback import Fallback, Owed
@@ -60,7 +58,7 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
-from quota.periods import Period, from_ms, period_end, period_start
+from quota.periods import Period, from_ms, period_start
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import (
     parse_reservation_id,
@@ -172,16 +170,9 @@ class Gate(GateCore, Fallback):
 
         Raises `InvalidBudget` (nothing written) on bad input.
         """
-        port = v.port_id(port_id)
-        who = v.label("updated_by", updated_by)
-        changes = {
-            "enabled": enabled,
-            "soft_cap_tokens": soft_cap_tokens,
-            "hard_cap_tokens": hard_cap_tokens,
-            "period": period,
-            "outage_policy": outage_policy,
-        }
-        Budget.check_fields(changes)  # type, range and enum errors before any I/O
+        port, who, changes = self._budget_changes(
+            port_id, updated_by, enabled, soft_cap_tokens, hard_cap_tokens, period, outage_policy
+        )
         budget, version = self.store.save_budget(port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:
@@ -281,11 +272,7 @@ class Gate(GateCore, Fallback):
         One script per shard, each sent as soon as it is built and its reply parsed as
         it arrives: a single round trip, with the client working while Redis does.
         """
-        items = [(self._port(p), v.tokens("estimated_tokens", e)) for p, e in requests]
-        results: list[Decision | None] = [None] * len(items)
-        pending: dict[int, list[int]] = {}
-        for i, (pk, _) in enumerate(items):
-            pending.setdefault(pk.shard, []).append(i)
+        items, results, pending = self._many(requests)
         try:
             for _ in range(ATTEMPTS):
                 if not pending:
@@ -294,12 +281,7 @@ class Gate(GateCore, Fallback):
             if pending:
                 raise RedisUnavailable(f"check_many did not settle after {ATTEMPTS} attempts")
         except BackendError as exc:
-            for i, decided in enumerate(results):
-                if decided is None:
-                    pk, estimate = items[i]
-                    results[i] = metrics.count_decision(
-                        "check", self._degraded(pk.port, estimate, exc)
-                    )
+            return self._many_degraded(items, results, exc)
         return cast(list[Decision], results)
 
     def _check_many_round(
@@ -308,52 +290,20 @@ class Gate(GateCore, Fallback):
         pending: dict[int, list[int]],
         results: list[Decision | None],
     ) -> dict[int, list[int]]:
-        """One round trip of check_many: fills ``results``; returns what must go again
-        (ports whose budget copy was missing, now loaded, or a clock correction)."""
-        w = self._now_windows()
-        order = list(pending.items())
-        retry: dict[int, list[int]] = {}
-        missing: list[int] = []  # ports whose budget copy is not in Redis
-        outcomes: dict[str, int] = {}
-        parse = self._replies.decision
-
-        def calls() -> Iterator[tuple[list[str], tuple[Any, ...]]]:
-            for _, idxs in order:  # built one shard at a time, while Redis runs the last
-                keys: list[str] = []
-                for i in idxs:
-                    keys += self._period_keys(items[i][0], w).for_check_many
-                yield keys, (w.day, *(items[i][1] for i in idxs))
-
-        def handle(n: int, reply: list[str] | str) -> None:
-            shard, idxs = order[n]
-            if isinstance(reply, str):  # "-2|<ms>", the only reply that is not a list
-                self._adopt_server_clock(int(reply[3:]))
-                retry[shard] = idxs
-                return
-            for i, one in zip(idxs, reply, strict=True):
-                if one == NO_BUDGET:
-                    retry.setdefault(shard, []).append(i)
-                    missing.append(i)
-                else:
-                    decision = parse(one)
-                    results[i] = decision
-                    outcome: str = decision.reason or "ok"
-                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-
+        """One round trip: each shard's call sent as soon as it is built, its reply
+        handled as it arrives, so the client works while Redis does."""
+        rnd = ManyRound(self, items, pending, results)
         started = time.perf_counter()
         with redis_errors():
-            self._call.call_each("check_many", calls, handle)
+            self._call.call_each("check_many", rnd.calls, rnd.handle)
         metrics.TIMERS["check"].observe(time.perf_counter() - started)
-        for outcome, n in outcomes.items():  # one increment per outcome, not per port
-            metrics.OUTCOMES["check", outcome].inc(n)
-        for i in missing:
+        rnd.counted()
+        for i in rnd.missing:
             try:
                 self._load_budget(items[i][0])
             except BackendError as exc:  # Postgres down: this port by its policy
-                pk, estimate = items[i]
-                results[i] = metrics.count_decision("check", self._degraded(pk.port, estimate, exc))
-                retry[pk.shard].remove(i)
-        return retry
+                rnd.unloaded(i, exc)
+        return rnd.retry
 
     def reserve(
         self, port_id: str, estimated_tokens: int, feature: str, user_id: str | None = None
@@ -379,23 +329,14 @@ class Gate(GateCore, Fallback):
 
     def release(self, reservation_id: str) -> bool:
         """Return a reservation's hold. True if released now, False if already settled."""
-        ref = parse_reservation_id(reservation_id)
+        ref, keys, args = self._release_call(reservation_id)
         if ref.degraded:
             return self._recent.pop(reservation_id) is not None  # nothing held in Redis
-        pk = self._keys(ref.port)
         started = time.perf_counter()
         with redis_errors():
-            code: str = self._call(
-                "release",
-                (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-                (ref.member, self.settings.settled_seconds),
-            )
+            code: str = self._call("release", keys, args)
         metrics.TIMERS["release"].observe(time.perf_counter() - started)
-        if code == UNKNOWN:
-            raise UnknownReservation(f"unknown reservation {reservation_id!r}")
-        self._recent.pop(reservation_id)
-        metrics.OUTCOMES["release", "released" if code == OK else "noop"].inc()
-        return bool(code == OK)
+        return self._released(reservation_id, code)
 
     @contextmanager
     def reservation(
@@ -452,13 +393,8 @@ class Gate(GateCore, Fallback):
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
         try:
-            reply = self._usage_reply(
-                "commit",
-                pk,
-                (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-                (ref.member, tin + tout, feature, values, self.settings.settled_seconds),
-                req,
-            )
+            keys, args = self._commit_parts(pk, ref, tin + tout, values)
+            reply = self._usage_reply("commit", pk, keys, args, req)
         except RedisUnavailable as exc:
             event = UsageEvent(
                 event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
@@ -536,23 +472,7 @@ class Gate(GateCore, Fallback):
     def status(self, port_id: str) -> Status:
         """Usage against the caps in the port's current period: what a banner needs."""
         pk = self._port(port_id)
-        used, reserved, _, (enabled, soft, hard, period) = self._replies.standing(
-            self._check(pk, 0, "")
-        )
-        budget = Budget(enabled=enabled, soft_cap_tokens=soft, hard_cap_tokens=hard, period=period)
-        now = self._now()
-        return Status(
-            port_id=pk.port,
-            enabled=budget.enabled,
-            period=budget.period,
-            used_tokens=used,
-            reserved_tokens=reserved,
-            soft_cap_tokens=soft,
-            hard_cap_tokens=hard,
-            period_start=period_start(budget.period, now),
-            resets_at=period_end(budget.period, now),
-            state=state_of(budget, used),
-        )
+        return self._status(pk, self._check(pk, 0, ""))
 
     def breakdown(self, port_id: str) -> list[FeatureUsage]:
         """Per-feature tokens and calls in the port's current period, from Postgres.
@@ -566,8 +486,7 @@ class Gate(GateCore, Fallback):
 
     def daily_usage(self, port_id: str, start: date, end: date) -> list[DailyUsage]:
         """Per-day, per-feature tokens and calls for ``start`` ≤ day ≤ ``end`` (UTC days)."""
-        if not isinstance(start, date) or not isinstance(end, date) or start > end:
-            raise InvalidInput(f"need two dates with start <= end, got {start!r} and {end!r}")
+        self._days(start, end)
         return self.store.daily(v.port_id(port_id), start, end)
 
     def alerts(self, port_id: str) -> list[SoftCapAlert]:
@@ -726,14 +645,8 @@ class Gate(GateCore, Fallback):
         self.store.unreconciled(e.event_id)
         values = _value_of(e)
         total = e.input_tokens + e.output_tokens
-        settled = self.settings.settled_seconds
-        self._usage_reply(
-            "commit",
-            pk,
-            (pk.stream, pk.open, pk.lapsed, pk.settled(ref.hex_id)),
-            (ref.member, total, e.feature, values, settled),
-            e.request_id,
-        )
+        keys, args = self._commit_parts(pk, ref, total, values)
+        self._usage_reply("commit", pk, keys, args, e.request_id)
 
 
 @dataclasses.dataclass
