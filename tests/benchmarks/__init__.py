@@ -20,7 +20,7 @@ from rich.table import Table
 
 from quota.housekeeping import require_own
 from quota.settings import Settings
-from tests.benchmarks import asyncgate, client, hotpath, instructions, ledger, peers, scale
+from tests.benchmarks import app, asyncgate, client, hotpath, instructions, ledger, peers, scale
 from tests.benchmarks._measure import Row, fmt, reset, write_markdown
 
 # How to read the figures, and where the time goes: prose, kept as Markdown beside
@@ -49,6 +49,7 @@ SECTIONS: dict[str, Section] = {
     "instructions": lambda s, c, q: instructions.bench_instructions(s, 50 if q else 1_000),
     "client": lambda s, c, q: client.bench_client(s, c, 500 if q else 10_000),
     "async": lambda s, c, q: asyncgate.bench_async(s, c, 2_000 if q else 40_000, 4 if q else 10),
+    "app": lambda s, c, q: app.bench_app(s, c, 2 if q else 10, 1 if q else 3),
 }
 
 
@@ -98,6 +99,7 @@ TARGETS: list[tuple[str, str, str, float, bool]] = [
         3.0,
         True,
     ),
+    ("example app with AsyncGate vs no gate", "example app, AsyncGate", "ratio", 0.85, True),
 ]
 
 

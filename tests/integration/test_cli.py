@@ -172,7 +172,6 @@ def test_record_usage_and_top(cli: CliRunner, worker_env: Settings, pg: Engine) 
         ),
         (["reconcile", "--port", "a b"], "port id 'a b' is invalid"),
         (["drain", "--shard", "99"], "no shard 99"),
-        (["bench", "--only", "nope"], "unknown section"),
         (["no-such-command"], "No such command"),
     ],
 )
