@@ -17,7 +17,6 @@ is not closed.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -28,6 +27,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from quota import process
 from quota._calls import CircuitOpen
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
@@ -35,6 +35,7 @@ from quota.scripts import Library, is_missing
 
 _READ_SIZE = 65536
 _UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+_WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class _Wire(asyncio.Protocol):
@@ -44,7 +45,7 @@ class _Wire(asyncio.Protocol):
     def __init__(self, conn: redis.asyncio.Connection, decode: bool, timeout: float | None):
         self.conn = conn
         self.loop = asyncio.get_running_loop()
-        self.pid = os.getpid()
+        self.pid = process.pid
         self.timeout = timeout
         self.parser = hiredis.Reader(
             encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
@@ -162,7 +163,7 @@ class AsyncScriptCaller:
 
     async def _get_wire(self) -> _Wire:
         loop = asyncio.get_running_loop()
-        wire, pid = self._wire, os.getpid()
+        wire, pid = self._wire, process.pid
         if wire is not None and wire.pid == pid and wire.loop is not loop:
             if not wire.loop.is_closed():
                 raise WrongEventLoop(
@@ -200,11 +201,51 @@ class AsyncScriptCaller:
             raise CircuitOpen("Redis circuit open: recent calls failed")
 
     async def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        replies = await self.call_many(op, [(keys, args)])
-        reply = replies[0]
-        if isinstance(reply, redis.exceptions.ResponseError):
+        """FCALL ``op`` once: `call_many`'s rules, for one call, on the hot path's own
+        path (no lists; the connection checked inline rather than by a coroutine)."""
+        breaker = self.breaker
+        if breaker.state != "closed":
+            self._gate()
+        name = self._library.functions[op]
+        packed = hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))
+        for attempt in range(3):
+            try:
+                wire = self._wire
+                if (
+                    wire is None
+                    or wire.error is not None
+                    or wire.pid != process.pid
+                    or wire.loop is not asyncio.get_running_loop()
+                ):
+                    wire = await self._get_wire()
+                reply = await wire.send(packed)
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, attempt)
+                continue
+            if not isinstance(reply, redis.exceptions.ResponseError):
+                if breaker.failures or breaker.state != "closed":
+                    breaker.success()
+                return reply
+            if is_missing(reply):
+                await self._reload()
+                continue
+            if str(reply).startswith(_UNAVAILABLE_REPLIES):
+                self._failure()
             raise reply
-        return reply
+        raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def _failed(self, exc: Exception, attempt: int) -> None:
+        """A connection error is retried (twice); a timeout never: it may have run."""
+        if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
+            self._failure()
+            if isinstance(exc, OSError):
+                raise redis.exceptions.ConnectionError(str(exc)) from exc
+            raise exc
+
+    async def _reload(self) -> None:
+        if self.on_missing is not None:
+            await self.on_missing()
+        await self.command("FUNCTION", "LOAD", "REPLACE", self._library.source)
 
     async def call_many(
         self, op: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
@@ -222,22 +263,12 @@ class AsyncScriptCaller:
                 wire = await self._get_wire()
                 futures = [wire.send(p) for p in packed]
                 replies = [await f for f in futures]
-            except (
-                redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError,
-                OSError,
-            ) as exc:
-                if isinstance(exc, redis.exceptions.TimeoutError) or attempt == 2:
-                    self._failure()
-                    if isinstance(exc, OSError):
-                        raise redis.exceptions.ConnectionError(str(exc)) from exc
-                    raise
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, attempt)
                 continue
             errors = [r for r in replies if isinstance(r, redis.exceptions.ResponseError)]
             if any(is_missing(e) for e in errors):
-                if self.on_missing is not None:
-                    await self.on_missing()
-                await self.command("FUNCTION", "LOAD", "REPLACE", self._library.source)
+                await self._reload()
                 continue
             if any(str(e).startswith(_UNAVAILABLE_REPLIES) for e in errors):
                 self._failure()
@@ -285,5 +316,5 @@ class AsyncScriptCaller:
         if self._prober is not None and not self._prober.done():
             self._prober.cancel()
         wire, self._wire = self._wire, None
-        if wire is not None and wire.pid == os.getpid() and not wire.loop.is_closed():
+        if wire is not None and wire.pid == process.pid and not wire.loop.is_closed():
             wire.fail(redis.exceptions.ConnectionError("closed"))

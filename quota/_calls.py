@@ -19,7 +19,6 @@ layer (not a caller) PINGs the server every ``reset_seconds`` until it answers.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import struct
@@ -34,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
+from quota import process
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing
 
@@ -63,7 +63,7 @@ class _Wire:
         # Runs once: on close, or when the owning thread's local storage is collected.
         self.close = weakref.finalize(self, _close, conn)
         self.sock: socket.socket = conn._sock  # type: ignore[assignment]
-        self.pid = os.getpid()
+        self.pid = process.pid
         self.buf = bytearray(_READ_SIZE)  # read into, not a fresh 64 KiB bytes per recv
         timeout = self.sock.gettimeout()
         if timeout is not None and not isinstance(self.sock, ssl.SSLSocket):
@@ -133,13 +133,13 @@ class ScriptCaller:
     @property
     def open_connections(self) -> int:
         """Connections open now, in this process (one per live thread that called)."""
-        pid = os.getpid()
+        pid = process.pid
         with self._lock:
             return sum(1 for w in self._all if w.pid == pid and w.close.alive)
 
     def _wire(self) -> _Wire:
         wire: _Wire | None = getattr(self._local, "wire", None)
-        if wire is None or wire.pid != os.getpid():  # a forked child opens its own
+        if wire is None or wire.pid != process.pid:  # a forked child opens its own
             self._local.wire = None
             kwargs = {**self._connection_kwargs, "retry": self._no_retry}
             wire = _Wire(self._connection_class(**kwargs), self._decode)
@@ -165,13 +165,13 @@ class ScriptCaller:
     def _probing(self) -> None:
         """Have this process's prober running (a forked child starts its own)."""
         prober = self._prober
-        if prober is not None and self._prober_pid == os.getpid() and prober.is_alive():
+        if prober is not None and self._prober_pid == process.pid and prober.is_alive():
             return
         with self._lock:
             prober = self._prober
-            if prober is not None and self._prober_pid == os.getpid() and prober.is_alive():
+            if prober is not None and self._prober_pid == process.pid and prober.is_alive():
                 return
-            self._prober_pid = os.getpid()
+            self._prober_pid = process.pid
             self._prober = threading.Thread(target=self._probe, name="quota-probe", daemon=True)
             self._prober.start()
 

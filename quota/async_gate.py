@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -22,7 +21,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio
 
-from quota import metrics
+from quota import metrics, process
 from quota import validation as v
 from quota._acalls import AsyncScriptCaller
 from quota._exceptions import (
@@ -126,13 +125,13 @@ class AsyncGate(GateCore, Fallback):
         """On the first call in a loop: the epoch watch, the outage overrides, a spool.
         Another loop, while the first one lives in this process, is an error."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop and self._pid == os.getpid():
+        if self._loop is loop and self._pid == process.pid:
             return
-        if self._loop is not None and self._pid == os.getpid() and not self._loop.is_closed():
+        if self._loop is not None and self._pid == process.pid and not self._loop.is_closed():
             raise WrongEventLoop(
                 "this AsyncGate runs on another event loop: make one AsyncGate per loop"
             )
-        self._loop, self._pid = loop, os.getpid()
+        self._loop, self._pid = loop, process.pid
         self._tasks = set()  # a closed loop's, or the parent process's: gone
         self._spawn(self._watch())
         self._outage.refresh()
@@ -394,16 +393,15 @@ class AsyncGate(GateCore, Fallback):
         ref = mine or parse_reservation_id(reservation_id)
         port, feature, user = ref.port, ref.feature, ref.user_id
         pk = self._keys(port)
-        event = UsageEvent(
-            ref.event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
-        )
         if ref.degraded:  # reserved during an outage: Redis holds nothing to settle
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", await self._record(pk, event))
         values = event_value(ref.event_id, port, user, feature, prov, mod, tin, tout, req)
         try:
             keys, args = self._commit_parts(pk, ref, tin + tout, values)
             reply = await self._usage_reply("commit", pk, keys, args, req)
         except RedisUnavailable as exc:
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             result = await asyncio.to_thread(self._fallback, event, exc, ref)
             return metrics.count_usage("commit", result)
         if reply == UNKNOWN:
@@ -412,10 +410,12 @@ class AsyncGate(GateCore, Fallback):
             log.warning(
                 "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
             )
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", await self._record(pk, event))
         result = await self._usage_result(pk, reply, tin + tout, ref.event_id)
         if not result.duplicate:
-            self._journal_event(event)
+            ms = self._now_ms()
+            self._journal.add((ref.event_id, port, user, feature, prov, mod, tin, tout, req, ms))
         return metrics.count_usage("commit", result)
 
     async def record(

@@ -206,6 +206,16 @@ class GateCore:
         start = period_start(terms.period, self._now())
         return SoftCapAlert(port, terms.period, start, used, terms.soft_cap)
 
+    def _commit_event(
+        self, ref: ReservationRef, provider: str, model: str, tin: int, tout: int, req: str | None
+    ) -> UsageEvent:
+        """A commit's usage as an event (for the paths past Redis): the reservation's
+        event id, so that every path and every retry of the commit writes one event."""
+        return UsageEvent(
+            ref.event_id, ref.port, ref.user_id, ref.feature, provider, model, tin, tout, req,
+            self._now(),
+        )  # fmt: skip
+
     def _journal_event(self, e: UsageEvent) -> None:
         self._journal.add(
             (e.event_id, e.port_id, e.user_id, e.feature, e.provider, e.model,

@@ -386,9 +386,7 @@ class Gate(GateCore, Fallback):
         # The reservation's: every path and every retry of this commit writes one event.
         event_id = ref.event_id
         if ref.degraded:  # reserved during an outage: Redis holds nothing to settle
-            event = UsageEvent(
-                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
-            )
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", self._record(pk, event))
         values = event_value(event_id, port, user, feature, prov, mod, tin, tout, req)
 
@@ -396,9 +394,7 @@ class Gate(GateCore, Fallback):
             keys, args = self._commit_parts(pk, ref, tin + tout, values)
             reply = self._usage_reply("commit", pk, keys, args, req)
         except RedisUnavailable as exc:
-            event = UsageEvent(
-                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
-            )
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", self._fallback(event, exc, ref))
         if reply == UNKNOWN:
             if mine is None:
@@ -408,9 +404,7 @@ class Gate(GateCore, Fallback):
             log.warning(
                 "reservation %s unknown to Redis; its usage is recorded without it", reservation_id
             )
-            event = UsageEvent(
-                event_id, port, user, feature, prov, mod, tin, tout, req, self._now()
-            )
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", self._record(pk, event))
         result = self._usage_result(pk, reply, tin + tout, event_id)
         if not result.duplicate:

@@ -89,8 +89,9 @@ def _wrk(port: int, seconds: float, script: Path) -> tuple[float, float, float]:
     if "Non-2xx" in out:
         raise RuntimeError(f"refused or failed requests under load:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out)[1])  # type: ignore[index]
+    # The "Latency Distribution" block: lines that are a percentile and a latency alone.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M)[1])  # type: ignore[index]
     return rps, p50, p99
 
 
