@@ -198,7 +198,7 @@ class Gate(GateCore, Fallback):
             budget.period,
         )
         with redis_errors():
-            self._library.call(self.redis, "budget_put", [pk.budget], args, self._library_missing)
+            self._call("budget_put", (pk.budget,), args)
 
     def _load_budget(self, pk: PortKeys) -> None:
         """The port's budget copy is missing: Redis never had the port, or lost it."""
@@ -217,9 +217,7 @@ class Gate(GateCore, Fallback):
         keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
         if keys:
             with redis_errors():
-                raised = self._library.call(
-                    self.redis, "rebuild", keys, args, self._library_missing
-                )
+                raised = self._call("rebuild", keys, args)
             if raised:
                 log.warning(
                     "port %s was missing from Redis: counters rebuilt from the ledger", pk.port

@@ -8,7 +8,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from quota import Budget, Gate, InvalidBudget, InvalidInput
+from quota import Budget, Gate, InvalidBudget, InvalidInput, Settings
+from quota.canned import CannedTransport
+from quota.housekeeping import forget_prefix
 from tests.conftest import pg_counts, snapshot, watched
 
 
@@ -124,3 +126,25 @@ def test_a_slow_cache_fill_cannot_overwrite_a_newer_budget(gate: Gate, r: redis.
     pk = gate.layout.for_port("p")
     gate._cache_budget(pk, stale, version=0)  # a loader that read Postgres before the update
     assert r.hget(pk.budget, "cfg") == "1|1|5|month"
+
+
+def test_a_budget_miss_loads_the_copy_from_postgres_and_asks_again(
+    settings: Settings, pg: Engine, r: redis.Redis
+) -> None:
+    """Driven by a canned transport: the first check finds no budget copy, the gate
+    loads the budget from Postgres, writes the copy and sends the check again."""
+    with Gate(settings) as admin:
+        admin.set_budget("p", enabled=True, soft_cap_tokens=70, hard_cap_tokens=90, updated_by="u")
+    forget_prefix(r, settings.key_prefix)  # Redis forgot the port; Postgres did not
+    canned = CannedTransport(
+        {"check": ["-1", "1||10|0||1|70|90|month"], "budget_put": ["1"], "rebuild": [0]}
+    )
+    with Gate(settings, transport=canned) as gate:
+        d = gate.check("p", 5)
+    assert (d.ok, d.used_tokens, d.cap_tokens) == (True, 10, 90)
+    ops = [op for op, _, _ in canned.calls]
+    assert ops[0] == "check"
+    assert ops[-2:] == ["budget_put", "check"]
+    _, keys, args = canned.calls[-2]
+    assert keys == (gate.layout.for_port("p").budget,)
+    assert args[1:] == (1, 70, 90, "month")  # the stored budget, after its version
