@@ -262,8 +262,12 @@ class AsyncGate(GateCore, Fallback):
         timer = metrics.TIMERS[op]
         for _ in range(ATTEMPTS):
             call_keys, call_args = self._period_call(pk, keys, args)
+            self._started()
             started = time.perf_counter()
-            reply = cast(str, await self._fcall(op, call_keys, call_args))
+            try:  # inline rather than _fcall: this is the hot path
+                reply: str = await self._call(op, call_keys, call_args)
+            except redis.exceptions.RedisError as exc:
+                raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
             if self._owed:
                 self._spawn(self._pay_owed())
