@@ -10,7 +10,7 @@ private attributes; it does no I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from quota.breaker import Breaker
@@ -23,18 +23,24 @@ class CannedTransport:
     """Answers ``op``'s calls in order from ``replies[op]`` (a reply, or a function of
     the call's keys and args that returns one); records ``(op, keys, args)``."""
 
-    def __init__(self, replies: dict[str, Iterable[Answer]]) -> None:
+    def __init__(self, replies: Mapping[str, Iterable[Answer]], *, repeat: bool = False) -> None:
+        """With ``repeat``, each op's answers come round again, and calls are not
+        recorded (the client-cost benchmark's endless loops)."""
         self._replies = {op: deque(answers) for op, answers in replies.items()}
+        self._repeat = repeat
         self.calls: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = []
         self.breaker: Breaker | None = None
         self.on_missing: Callable[[], None] | None = None
 
     def _answer(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Reply:
-        self.calls.append((op, tuple(keys), tuple(args)))
         queue = self._replies.get(op)
         if not queue:
             raise AssertionError(f"no canned reply left for {op} (calls so far: {self.calls})")
         answer = queue.popleft()
+        if self._repeat:
+            queue.append(answer)
+        else:
+            self.calls.append((op, tuple(keys), tuple(args)))
         return answer(keys, args) if callable(answer) else answer
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Reply:

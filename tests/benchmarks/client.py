@@ -1,30 +1,32 @@
 """The client's work around each gate call (validation, keys, packing the FCALL,
 building the result, metrics), with the FCALL answered in-process by the reply Redis
-gave the same call: no system call and no wait. Within a run the operations take
+gives such a call: no system call and no wait. Within a run the operations take
 turns, so their rows compare; between runs they follow the VM's speed (on 2026-11-26
 the same code measured 6-10 µs in the morning and 8-30 in the afternoon), so a change
 to the client's Python is judged by old and new code alternating in one process.
 
-Each operation's reply is captured from one real call first; then the gate's call path
-(`ScriptCaller`: pack the FCALL, write it, read the reply) is swapped for one that packs
-it and returns that reply. Between real round trips the same Python runs 2-3x slower
-than here, its caches cold (docs/BENCHMARKS.md, "Client").
+The gate runs on a `CannedTransport` whose answers pack each FCALL as the real
+transport does and return the reply Redis gives an admitted call: no private attribute
+is swapped. Between real round trips the same Python runs 2-3x slower than here, its
+caches cold (docs/BENCHMARKS.md, "Client").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import hiredis
 import redis
 
+from quota.canned import CannedTransport
 from quota.gate import Gate
+from quota.scripts import library
 from quota.settings import Settings
 from tests.benchmarks._measure import Row, reset
-from tests.benchmarks.hotpath import NAMES, budgets, operations
+from tests.benchmarks.hotpath import HUGE, NAMES, operations
 
 _OPS = ("check", "reserve", "commit", "record")
 
@@ -58,46 +60,47 @@ def _pack(function: str, keys: Sequence[Any], args: Sequence[Any]) -> object:
     return hiredis.pack_command(("FCALL", function, len(keys), *keys, *args))
 
 
-def _check_many_row(gate: Gate, calls: int, ports: int = 1000) -> Row:
-    """check_many's own work per port, its FCALLs (one per shard) answered in-process
-    by the replies Redis gave the same batch."""
-    names = [f"tenant-{i}" for i in range(ports)]
-    budgets(gate, names)
-    requests = [(p, 1500) for p in names]
-    real = gate._call.call_each
-    replies: list[Any] = []
+# Replies as Redis gives them for an admitted call on a port far from its caps.
+_BUDGET = f"1|{HUGE // 2}|{HUGE}|month"
+_DECISION = f"1||1000|0||{_BUDGET}"
+_REPLIES = {
+    "check": _DECISION,
+    "reserve": _DECISION,
+    "commit": "1|1000|0|0",
+    "record": "1|1000|0|0",
+}
 
-    def capture(
-        op: str,
-        calls: Callable[[], Iterable[tuple[Sequence[Any], Sequence[Any]]]],
-        handle: Callable[[int, Any], None],
-    ) -> None:
-        def keep(n: int, reply: Any) -> None:
-            replies.append(reply)
-            handle(n, reply)
 
-        real(op, calls, keep)
+def _packing(function: str, reply: Any) -> Callable[[Sequence[Any], Sequence[Any]], Any]:
+    """An answer that packs the FCALL as the real transport does, then replies."""
 
-    def canned(
-        op: str,
-        calls: Callable[[], Iterable[tuple[Sequence[Any], Sequence[Any]]]],
-        handle: Callable[[int, Any], None],
-    ) -> None:
-        function = gate._library.functions[op]
-        sent = 0
-        for keys, args in calls():
-            _pack(function, keys, args)
-            sent += 1
-        for n in range(sent):
-            handle(n, replies[n])
+    def answer(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        _pack(function, keys, args)
+        return reply(args) if callable(reply) else reply
 
-    try:
-        gate._call.call_each = capture  # type: ignore[method-assign]
-        gate.check_many(requests)
-        gate._call.call_each = canned  # type: ignore[method-assign]
+    return answer
+
+
+def _canned_gate(settings: Settings) -> tuple[Gate, CannedTransport]:
+    """A gate on a canned transport: the client's Python, without the round trip."""
+    functions = library().functions
+    answers: dict[str, list[Any]] = {
+        op: [_packing(functions[op], reply)] for op, reply in _REPLIES.items()
+    }
+    # check_many: one decision per port of the shard's call (its ARGV: day, estimates).
+    answers["check_many"] = [
+        _packing(functions["check_many"], lambda args: [_DECISION] * (len(args) - 1))
+    ]
+    canned = CannedTransport(answers, repeat=True)
+    return Gate(settings, transport=canned), canned
+
+
+def _check_many_row(settings: Settings, calls: int, ports: int = 1000) -> Row:
+    """check_many's own work per port, its FCALLs (one per shard) answered in-process."""
+    requests = [(f"tenant-{i}", 1500) for i in range(ports)]
+    gate, _ = _canned_gate(settings)
+    with gate:
         per_call = _best_us({"check_many": partial(gate.check_many, requests)}, calls)
-    finally:
-        gate._call.call_each = real  # type: ignore[method-assign]
     return Row(
         "client",
         f"Python per port, FCALLs answered in-process: gate.check_many, {ports:,} ports",
@@ -109,39 +112,26 @@ def _check_many_row(gate: Gate, calls: int, ports: int = 1000) -> Row:
 
 def bench_client(settings: Settings, client: redis.Redis, calls: int) -> list[Row]:
     reset(settings, client)
-    rows: list[Row] = []
-    with Gate(settings) as gate:
-        rows.append(_check_many_row(gate, max(1, calls // 1000)))
-        budgets(gate, ["port-1"])
+    rows: list[Row] = [_check_many_row(settings, max(1, calls // 1000))]
+    functions = library().functions
+    # One call of each, recorded, for the rows' packing share.
+    once = CannedTransport({op: [r] for op, r in _REPLIES.items()})
+    with Gate(settings, transport=once) as gate:
+        ops, _ = operations(gate, gate.redis, ["port-1"], seed=1)
+        for name in _OPS:
+            ops[name]()
+    packed = {op: (functions[op], keys, args) for op, keys, args in once.calls}
+    gate, _ = _canned_gate(settings)
+    with gate:
         ops, held = operations(gate, gate.redis, ["port-1"], seed=1)
-        real = gate._call
-        replies: dict[str, Any] = {}
-        packed: dict[str, tuple[str, Sequence[Any], Sequence[Any]]] = {}
 
-        def capture(op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-            replies[op] = real(op, keys, args)
-            packed[op] = (gate._library.functions[op], keys, args)
-            return replies[op]
+        def reservations() -> None:  # each commit settles a reservation made here
+            while len(held) < calls:
+                ops["reserve"]()
 
-        def canned(op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-            _pack(packed[op][0], keys, args)
-            return replies[op]
-
-        try:
-            gate._call = capture  # type: ignore[assignment]
-            for name in _OPS:
-                ops[name]()
-            gate._call = canned  # type: ignore[assignment]
-
-            def reservations() -> None:  # each commit settles a reservation made here
-                while len(held) < calls:
-                    ops["reserve"]()
-
-            loops = {name: ops[name] for name in _OPS}
-            loops |= {f"pack {name}": partial(_pack, *packed[name]) for name in _OPS}
-            best = _best_us(loops, calls, {"commit": reservations})
-        finally:
-            gate._call = real
+        loops = {name: ops[name] for name in _OPS}
+        loops |= {f"pack {name}": partial(_pack, *packed[name]) for name in _OPS}
+        best = _best_us(loops, calls, {"commit": reservations})
         held.clear()
     for name in _OPS:
         rows.append(
