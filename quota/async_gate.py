@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -85,6 +86,7 @@ class AsyncGate(GateCore, Fallback):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._replays: list[threading.Thread] = []  # journal replays, joined by aclose()
         self._closed = False
         try:
             asyncio.get_running_loop()
@@ -111,6 +113,8 @@ class AsyncGate(GateCore, Fallback):
         for task in list(self._tasks):
             if not task.get_loop().is_closed():
                 task.cancel()
+        for replay in self._replays:  # usage only the journal has: not dropped at exit
+            await asyncio.to_thread(replay.join, 30.0)
         await self._call.aclose()
         await self.redis.aclose()
         await asyncio.to_thread(self.store.engine.dispose)
@@ -243,8 +247,12 @@ class AsyncGate(GateCore, Fallback):
     def _keep_hold(self, ms: int) -> None:
         """From the replay's worker thread: the hold, on the gate's loop."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            asyncio.run_coroutine_threadsafe(self._hold(ms, start=False), loop).result()
+        if loop is None or loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._hold(ms, start=False), loop).result(10.0)
+        except (TimeoutError, RuntimeError) as exc:  # the loop stopped or stalled
+            log.warning("Redis lost its data, and the hold of its ports failed: %s", exc)
 
     # ---------------------------------------------------------------- decisions
 
@@ -565,7 +573,13 @@ class AsyncGate(GateCore, Fallback):
         if events or self._epoch is not None:
             await self._hold(_HOLD_MS, start=True)
         if events:
-            self._spawn(asyncio.to_thread(self._replay_journal, events))
+            # A thread of its own, not the loop's executor: queued behind fallback writes
+            # there, a replay could start after the hold ended.
+            replay = threading.Thread(
+                target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
+            )
+            self._replays = [t for t in self._replays if t.is_alive()] + [replay]
+            replay.start()
 
 
 class AsyncReservation:

@@ -20,6 +20,7 @@ counters equal the ledger.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import random
 import shutil
@@ -42,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, text
 
-from quota import Gate, Settings
+from quota import AsyncGate, Gate, Settings
 from quota.drain import Drainer
 from quota.durability import redis_risks
 from quota.keys import KeyLayout
@@ -247,6 +248,48 @@ def _worker(
     out.put({"decisions": decisions, "acked": acked, "spent": dict(spent)})
 
 
+def _async_worker(
+    settings: Settings,
+    load: Load,
+    ports: list[str],
+    stop_at: float,
+    out: mp.Queue[dict[str, Any]],
+) -> None:
+    """`_worker` with AsyncGate: one event loop, ``load.threads`` tasks."""
+    decisions: list[tuple[float, float, str]] = []
+    acked: list[str] = []
+    spent: Counter[str] = Counter()
+
+    async def main() -> None:
+        async with AsyncGate(settings) as gate:
+
+            async def run() -> None:
+                while time.time() < stop_at:
+                    port = random.choice(ports)
+                    started = time.time()
+                    t0 = time.perf_counter()
+                    d = await gate.reserve(port, EST, "f")
+                    took = time.perf_counter() - t0
+                    outcome = ("ok" if d.ok else str(d.reason)) + ("*" if d.degraded else "")
+                    decisions.append((started, took, outcome))
+                    if not d.ok or d.reservation_id is None:
+                        await asyncio.sleep(0.002)
+                        continue
+                    req = uuid.uuid4().hex
+                    r = await gate.commit(
+                        d.reservation_id, input_tokens=ACTUAL, output_tokens=0,
+                        provider="p", model="m", request_id=req,
+                    )  # fmt: skip
+                    spent[port] += ACTUAL
+                    if r.stored:
+                        acked.append(req)
+
+            await asyncio.gather(*(run() for _ in range(load.threads)))
+
+    asyncio.run(main())
+    out.put({"decisions": decisions, "acked": acked, "spent": dict(spent)})
+
+
 def _drain_cycle(env: Env, client: redis.Redis) -> None:
     """What the drain job does for every shard."""
     drainer = Drainer(env.settings, client, env.engine)
@@ -278,7 +321,11 @@ def _counters_equal_ledger(env: Env, client: redis.Redis, ports: list[str]) -> b
     return redis_side == [int(rows.get(p, 0)) for p in ports]
 
 
-def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Result:
+def run_scenario(
+    env: Env, scenario: Scenario, load: Load, load_name: str, gate: str = "sync"
+) -> Result:
+    """One scenario; the workers use `Gate` (threads) or, with ``gate=\"async\"``,
+    `AsyncGate` (tasks on one loop per process)."""
     tag = uuid.uuid4().hex[:6]
     ports = [f"{scenario.name}-{tag}-{i}" for i in range(load.ports)]
     settings = env.settings.model_copy(update={"outage_policy": scenario.policy})
@@ -298,7 +345,11 @@ def run_scenario(env: Env, scenario: Scenario, load: Load, load_name: str) -> Re
     stop_at = start + load.before + load.fault + load.after
     # Daemons: should this process fail, they must not keep it from exiting.
     procs = [
-        ctx.Process(target=_worker, args=(settings, load, ports, stop_at, out), daemon=True)
+        ctx.Process(
+            target=_async_worker if gate == "async" else _worker,
+            args=(settings, load, ports, stop_at, out),
+            daemon=True,
+        )
         for _ in range(load.processes)
     ]
     for p in procs:
@@ -570,7 +621,7 @@ def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterato
 
 
 def run_all(
-    load: Load, label: str, only: list[str], spool: Path, heavy: bool
+    load: Load, label: str, only: list[str], spool: Path, heavy: bool, gate: str = "sync"
 ) -> tuple[list[Result], list[str]]:
     postgres = PostgresServer().start()
     try:
@@ -589,7 +640,7 @@ def run_all(
             if postgres.proc is None or postgres.proc.poll() is not None:
                 postgres.start()
             with environment(postgres, scenario.persist, spool) as env:
-                results.append(run_scenario(env, scenario, load, label))
+                results.append(run_scenario(env, scenario, load, label, gate))
             print(results[-1].line(), file=sys.stderr)
         return results, others
     finally:
@@ -637,12 +688,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy", action="store_true")
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--gate", choices=["sync", "async"], default="sync")
     args = parser.parse_args(argv)
     load = HEAVY if args.heavy else LIGHT
-    label = f"{load.processes} processes x {load.threads} threads, {load.ports} ports"
+    unit = "threads" if args.gate == "sync" else "AsyncGate tasks"
+    label = f"{load.processes} processes x {load.threads} {unit}, {load.ports} ports"
     spool = Path(tempfile.mkdtemp(prefix="quota-faults-spool-"))
     try:
-        results, others = run_all(load, label, args.only, spool, args.heavy)
+        results, others = run_all(load, label, args.only, spool, args.heavy, args.gate)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

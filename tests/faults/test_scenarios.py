@@ -16,16 +16,18 @@ from tests.servers import PostgresServer
 SETTLE_S = 60  # the issue's bound: counters equal the ledger within a minute of the fault
 
 
-def run(scenario: Scenario, postgres: PostgresServer, spool: Path) -> Result:
+def run(scenario: Scenario, postgres: PostgresServer, spool: Path, gate: str) -> Result:
     if postgres.proc is None or postgres.proc.poll() is not None:
         postgres.start()
     with environment(postgres, scenario.persist, spool) as env:
-        return run_scenario(env, scenario, LIGHT, "light")
+        return run_scenario(env, scenario, LIGHT, "light", gate)
 
 
+@pytest.mark.parametrize("gate", ["sync", "async"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_scenario(scenario: Scenario, postgres: PostgresServer, tmp_path: Path) -> None:
-    result = run(scenario, postgres, tmp_path / "spool")
+def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_path: Path) -> None:
+    """Each scenario with the workers on `Gate` (threads) and on `AsyncGate` (tasks)."""
+    result = run(scenario, postgres, tmp_path / "spool", gate)
     assert result.acknowledged > 0
     assert result.twice == 0  # nothing counted twice, whichever backends saw it
     assert result.settle_s is not None
