@@ -25,6 +25,8 @@ from sqlalchemy import Engine
 
 from quota import metrics
 from quota._backend import database_errors, redis_errors
+from quota._calls import ScriptCaller
+from quota.breaker import Breaker
 from quota.entries import staging_line_of, stream_id
 from quota.keys import KeyLayout
 from quota.ledger import write_lines
@@ -113,7 +115,10 @@ class Drainer:
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
-        self._library = library()
+        # FCALLs (trim) through the gate's transport: the library reloaded if missing.
+        self.fcall = ScriptCaller(
+            client, library(), Breaker(settings.breaker_failures, settings.breaker_reset_seconds)
+        )
         self._groups: set[int] = set()
         # One writer: batches reach Postgres in the order they were read.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-drain-pg")
@@ -208,7 +213,7 @@ class Drainer:
         """Acknowledge a committed batch and trim what every consumer has acknowledged."""
         with redis_errors():
             self.redis.xack(key, GROUP, *(entry_id for entry_id, _ in entries))
-            stats.trimmed += int(self._library.call(self.redis, "trim", [key], [GROUP]))
+            stats.trimmed += int(self.fcall("trim", (key,), (GROUP,)))
 
     @staticmethod
     def _parse(entries: Sequence[Entry]) -> _Batch:

@@ -82,6 +82,8 @@ class Reconciler:
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.drainer = drainer or Drainer(settings, client, engine)
         self._library = library()
+        # FCALLs (snapshot, adjust) through the gate's transport, the drainer's.
+        self._call = self.drainer.fcall
 
     def run(
         self,
@@ -220,7 +222,7 @@ class Reconciler:
             for port in ports:
                 keys.extend(self.layout.for_port(port).usage_all(w))
             with redis_errors():
-                reply = self._library.call(self.redis, "snapshot", keys, [w.day])
+                reply = self._call("snapshot", keys, (w.day,))
             if reply[0] == -2:  # the day turned: use the server's
                 w = Windows.at(from_ms(int(reply[1])))
                 continue
@@ -294,7 +296,7 @@ class Reconciler:
             fixes, w, lambda port, period, pid: self.layout.for_port(port).usage(period, pid)
         )
         with redis_errors():
-            self._library.call(self.redis, "adjust", keys, args)
+            self._call("adjust", keys, args)
 
     def refresh_budgets(self) -> int:
         """Write every stored budget's Redis copy (version-guarded), in pipelined batches."""

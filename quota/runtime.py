@@ -33,6 +33,7 @@ class Runtime:
         return cls(settings, client, engine, drainer, Reconciler(settings, client, engine, drainer))
 
     def close(self) -> None:
+        self.drainer.fcall.close()
         self.redis.close()
         self.engine.dispose()
 
