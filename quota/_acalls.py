@@ -31,10 +31,8 @@ from quota import process
 from quota._calls import CircuitOpen
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
-from quota.scripts import Library, is_missing
+from quota.scripts import Library, is_missing, is_unavailable
 
-_READ_SIZE = 65536
-_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -229,7 +227,7 @@ class AsyncScriptCaller:
             if is_missing(reply):
                 await self._reload()
                 continue
-            if str(reply).startswith(_UNAVAILABLE_REPLIES):
+            if is_unavailable(reply):
                 self._failure()
             raise reply
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
@@ -270,7 +268,7 @@ class AsyncScriptCaller:
             if any(is_missing(e) for e in errors):
                 await self._reload()
                 continue
-            if any(str(e).startswith(_UNAVAILABLE_REPLIES) for e in errors):
+            if any(is_unavailable(e) for e in errors):
                 self._failure()
             elif self.breaker.failures or self.breaker.state != "closed":
                 self.breaker.success()

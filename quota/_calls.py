@@ -35,12 +35,10 @@ from redis.retry import Retry
 
 from quota import process
 from quota.breaker import Breaker
-from quota.scripts import Library, is_missing
+from quota.scripts import Library, is_missing, is_unavailable
 
 _READ_SIZE = 65536
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# Error replies that mean the server cannot serve now (not that the call was wrong).
-_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 
 
 class CircuitOpen(redis.exceptions.ConnectionError):
@@ -197,9 +195,6 @@ class ScriptCaller:
             finally:
                 _close(conn)
 
-    def _unavailable(self, reply: redis.exceptions.ResponseError) -> bool:
-        return str(reply).startswith(_UNAVAILABLE_REPLIES)
-
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """FCALL ``op`` once and return its reply, by `call_each`'s rules. The hot path's
         own loop: through call_each's closures and generator a single call costs the
@@ -221,7 +216,7 @@ class ScriptCaller:
                     breaker.success()
                 return reply
             if not is_missing(reply):
-                if self._unavailable(reply):
+                if is_unavailable(reply):
                     self._failure()
                 raise reply
             self._missing()
@@ -282,7 +277,7 @@ class ScriptCaller:
                             self._drop()  # unread replies would answer the next call
                             raise
                 if error is not None:
-                    if self._unavailable(error):
+                    if is_unavailable(error):
                         self._failure()
                     raise error
                 self.breaker.success()

@@ -7,18 +7,16 @@ source, so processes running different versions of quota against one Redis each
 call their own functions during a rolling deploy.
 
 A server that lost the library (restart without persistence, failover to a replica
-that never had it, FUNCTION FLUSH) answers "Function not found"; callers load it and
-call again, so that never reaches the user (`Library.call` here, `ScriptCaller` on
-the hot path).
+that never had it, FUNCTION FLUSH) answers "Function not found"; the transports
+(`ScriptCaller`, `AsyncScriptCaller`) load it and call again, so that never reaches
+the user.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.resources import files
-from typing import Any
 
 import redis
 
@@ -46,6 +44,16 @@ FREES_MEMORY = frozenset({"trim"})
 # The open-reservation set lives this long past its creation or renewal; it is renewed
 # at least once per lease, so twice the longest lease keeps it alive under any lease.
 OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
+
+
+# Error replies that mean the server cannot serve now (not that the call was wrong).
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+
+
+def is_unavailable(reply: BaseException) -> bool:
+    """True for an error reply that says the server cannot serve now: the breaker
+    counts it as a failure."""
+    return str(reply).startswith(_UNAVAILABLE_REPLIES)
 
 
 def is_missing(exc: BaseException) -> bool:
@@ -87,27 +95,6 @@ class Library:
             return False
         self.load(client)
         return True
-
-    def call(
-        self,
-        client: redis.Redis,
-        op: str,
-        keys: Sequence[Any],
-        args: Sequence[Any],
-        on_missing: Callable[[], None] | None = None,
-    ) -> Any:
-        """FCALL ``op`` (not for the hot path: see quota/_calls.py), loading the library
-        first (after ``on_missing()``) if the server does not have it."""
-        name = self.functions[op]
-        try:
-            return client.fcall(name, len(keys), *keys, *args)
-        except redis.exceptions.ResponseError as exc:
-            if not is_missing(exc):
-                raise
-        if on_missing is not None:
-            on_missing()
-        self.load(client)
-        return client.fcall(name, len(keys), *keys, *args)
 
 
 @cache
