@@ -33,8 +33,15 @@ from quota._exceptions import (
     UnknownReservation,
     WrongEventLoop,
 )
-from quota.core import ATTEMPTS, GateCore, ManyRound, SoftCapCallback, _value_of
-from quota.counters import counter_writes, fold_days
+from quota.core import (
+    ATTEMPTS,
+    EPOCH_SECONDS,
+    HOLD_MS,
+    GateCore,
+    ManyRound,
+    SoftCapCallback,
+    _value_of,
+)
 from quota.entries import event_value
 from quota.fallback import Fallback, Owed
 from quota.ids import uuid7
@@ -50,18 +57,13 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
-from quota.periods import Period, from_ms, period_start
+from quota.periods import Period, period_start
 from quota.replies import NO_BUDGET, OK, UNKNOWN
 from quota.reservations import parse_reservation_id
 from quota.settings import OutagePolicy, Settings
 from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
-
-# The same rhythm as Gate's (quota/gate.py): the epoch looked at every second, and
-# after a loss ports held 2.5 s at least.
-_EPOCH_SECONDS = 1.0
-_HOLD_MS = 2500
 
 
 class AsyncGate(GateCore, Fallback):
@@ -179,6 +181,7 @@ class AsyncGate(GateCore, Fallback):
         budget, version = await self._pg(self.store.save_budget, port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:
+            await self._check_hold()  # a loss's hold: no rebuild yet (as Gate.set_budget)
             await self._refill(self._keys(port), budget, version)
         except BackendError:
             log.warning(
@@ -207,18 +210,15 @@ class AsyncGate(GateCore, Fallback):
 
     async def _refill(self, pk: PortKeys, budget: Budget, version: int) -> None:
         """As `Gate._refill`: counters raised to the ledger's sums, then the budget copy."""
-        await self._check_hold()
-        w = self._now_windows()
-        since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
-        sums = fold_days(await self._pg(self.store.usage_by_day, pk.port, since), w)
-        keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
+        w, since = self._rebuild_window()
+        rows = await self._pg(self.store.usage_by_day, pk.port, since)
+        keys, args = self._rebuild_parts(pk, w, rows)
         if keys and await self._fcall("rebuild", keys, args):
             log.warning("port %s was missing from Redis: counters rebuilt from the ledger", pk.port)
         await self._cache_budget(pk, budget, version)
 
     async def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
-        terms = (version, int(budget.enabled), budget.soft_cap_tokens, budget.hard_cap_tokens)
-        await self._fcall("budget_put", [pk.budget], (*terms, budget.period))
+        await self._fcall("budget_put", [pk.budget], self._budget_copy(budget, version))
 
     async def _check_hold(self) -> None:
         """As `Gate._check_hold`: RedisUnavailable while a loss's hold lasts."""
@@ -544,7 +544,7 @@ class AsyncGate(GateCore, Fallback):
     async def _watch(self) -> None:
         """As `Gate._watch`: every second, has Redis lost its data?"""
         while not self._closed:
-            await asyncio.sleep(_EPOCH_SECONDS)
+            await asyncio.sleep(EPOCH_SECONDS)
             try:
                 await self._check_epoch()
             except (redis.exceptions.RedisError, BackendError):
@@ -571,7 +571,7 @@ class AsyncGate(GateCore, Fallback):
         """As `Gate._redis_lost`: hold the ports, replay the journal in a thread."""
         events = self._journal.take()
         if events or self._epoch is not None:
-            await self._hold(_HOLD_MS, start=True)
+            await self._hold(HOLD_MS, start=True)
         if events:
             # A thread of its own, not the loop's executor: queued behind fallback writes
             # there, a replay could start after the hold ended.

@@ -16,6 +16,7 @@ from quota import metrics
 from quota import validation as v
 from quota._exceptions import InvalidInput, UnknownReservation
 from quota.breaker import Breaker, State
+from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
 from quota.entries import event_value
 from quota.journal import Journal
@@ -45,6 +46,11 @@ ATTEMPTS = 4
 _LOCAL_RESERVATIONS = 100_000
 # Events the journal keeps at the most (its seconds bound it too).
 _JOURNAL_LIMIT = 200_000
+# How often a gate looks whether Redis lost its data (one GET of the epoch key).
+EPOCH_SECONDS = 1.0
+# After a loss: long enough for every gate to look at the epoch (each EPOCH_SECONDS)
+# and start its replay, which then keeps the hold alive chunk by chunk.
+HOLD_MS = 2500
 # At most one fallback WARNING per this many seconds (with the count it stands for).
 _LOG_SECONDS = 10.0
 
@@ -262,6 +268,29 @@ class GateCore:
             period_start=period_start(budget.period, now),
             resets_at=period_end(budget.period, now),
             state=state_of(budget, used),
+        )
+
+    def _rebuild_window(self) -> tuple[Windows, date]:
+        """The windows a rebuild fills, and the first day of ledger usage it needs."""
+        w = self._now_windows()
+        return w, from_ms(min(w.week_start_ms, w.month_start_ms)).date()
+
+    @staticmethod
+    def _rebuild_parts(
+        pk: PortKeys, w: Windows, rows: Iterable[tuple[str, str, date, int]]
+    ) -> tuple[list[str], list[Any]]:
+        """The rebuild function's KEYS and ARGV: the port's counters at the ledger's sums."""
+        return counter_writes(fold_days(rows, w), w, lambda _, period, pid: pk.usage(period, pid))
+
+    @staticmethod
+    def _budget_copy(budget: Budget, version: int) -> tuple[Any, ...]:
+        """budget_put's ARGV: the copy's version, then its terms."""
+        return (
+            version,
+            int(budget.enabled),
+            budget.soft_cap_tokens,
+            budget.hard_cap_tokens,
+            budget.period,
         )
 
     @staticmethod

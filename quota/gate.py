@@ -40,8 +40,15 @@ from quota._exceptions import (
     UnknownReservation,
 )
 from quota.canned import CannedTransport
-from quota.core import ATTEMPTS, GateCore, ManyRound, SoftCapCallback, _value_of
-from quota.counters import counter_writes, fold_days
+from quota.core import (
+    ATTEMPTS,
+    EPOCH_SECONDS,
+    HOLD_MS,
+    GateCore,
+    ManyRound,
+    SoftCapCallback,
+    _value_of,
+)
 from quota.durability import redis_risks
 from quota.entries import event_value
 from quota.fallback import Fallback, Owed
@@ -58,7 +65,7 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
-from quota.periods import Period, from_ms, period_start
+from quota.periods import Period, period_start
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import (
     parse_reservation_id,
@@ -68,11 +75,6 @@ from quota.store import Store, make_engine
 
 log = logging.getLogger("quota")
 
-# How often a gate looks whether Redis lost its data (one GET).
-_EPOCH_SECONDS = 1.0
-# After a loss: long enough for every gate to look at the epoch (each _EPOCH_SECONDS)
-# and start its replay, which then keeps the hold alive chunk by chunk.
-_HOLD_MS = 2500
 _REPLAY_JOIN_SECONDS = 30.0
 
 
@@ -176,6 +178,7 @@ class Gate(GateCore, Fallback):
         budget, version = self.store.save_budget(port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:
+            self._check_hold()  # a loss's hold: no rebuild yet (_load_budget checks its own)
             self._refill(self._keys(port), budget, version)
         except BackendError:
             # Postgres has the truth; reconciliation refreshes every budget copy from it.
@@ -190,15 +193,8 @@ class Gate(GateCore, Fallback):
         return self.store.budget_history(v.port_id(port_id))
 
     def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
-        args = (
-            version,
-            int(budget.enabled),
-            budget.soft_cap_tokens,
-            budget.hard_cap_tokens,
-            budget.period,
-        )
         with redis_errors():
-            self._call("budget_put", (pk.budget,), args)
+            self._call("budget_put", (pk.budget,), self._budget_copy(budget, version))
 
     def _load_budget(self, pk: PortKeys) -> None:
         """The port's budget copy is missing: Redis never had the port, or lost it."""
@@ -210,11 +206,8 @@ class Gate(GateCore, Fallback):
         """Raise the port's counters to the ledger's sums (never lower them), then write
         its budget copy: until the copy exists no call counts or decides for the port,
         so a port Redis lost is rebuilt before it is decided."""
-        self._check_hold()
-        w = self._now_windows()
-        since = from_ms(min(w.week_start_ms, w.month_start_ms)).date()
-        sums = fold_days(self.store.usage_by_day(pk.port, since), w)
-        keys, args = counter_writes(sums, w, lambda _, period, pid: pk.usage(period, pid))
+        w, since = self._rebuild_window()
+        keys, args = self._rebuild_parts(pk, w, self.store.usage_by_day(pk.port, since))
         if keys:
             with redis_errors():
                 raised = self._call("rebuild", keys, args)
@@ -561,7 +554,7 @@ class Gate(GateCore, Fallback):
                 log.warning("Redis: %s", text)
         except redis.exceptions.RedisError:
             pass  # down: the breaker and the outage policy take it from here
-        while not self._closed.wait(_EPOCH_SECONDS):
+        while not self._closed.wait(EPOCH_SECONDS):
             try:
                 self._check_epoch()
             except (redis.exceptions.RedisError, BackendError):
@@ -599,7 +592,7 @@ class Gate(GateCore, Fallback):
         ports are decided by the outage policy."""
         events = self._journal.take()
         if events or self._epoch is not None:  # a loss, not a first deployment
-            self._hold(_HOLD_MS, start=True)
+            self._hold(HOLD_MS, start=True)
         if events:
             replay = threading.Thread(
                 target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
