@@ -251,7 +251,7 @@ class ScriptCaller:
         is a factory so that it can be). A connection error is retried on a new
         connection, twice, as the client's own retry would; a timeout is never retried,
         because the function may have run. Batches of more than one call are for
-        read-only operations."""
+        operations that may run twice (read-only, or version-guarded as budget_put)."""
         self._gate()
         name = self._library.functions[op]
         for attempt in range(3):

@@ -70,6 +70,11 @@ class _PeriodKeys(NamedTuple):
     for_check_many: tuple[str, str, str, str, str]
 
 
+def budget_copy(version: int, enabled: bool, soft: int, hard: int, period: str) -> tuple[Any, ...]:
+    """budget_put's ARGV (quota/layouts.py): the copy's version, then its terms."""
+    return (version, int(enabled), soft, hard, period)
+
+
 def _value_of(e: UsageEvent) -> str:
     """The stream entry's value of ``e`` (quota/entries.py)."""
     return event_value(
@@ -284,14 +289,8 @@ class GateCore:
 
     @staticmethod
     def _budget_copy(budget: Budget, version: int) -> tuple[Any, ...]:
-        """budget_put's ARGV: the copy's version, then its terms."""
-        return (
-            version,
-            int(budget.enabled),
-            budget.soft_cap_tokens,
-            budget.hard_cap_tokens,
-            budget.period,
-        )
+        b = budget
+        return budget_copy(version, b.enabled, b.soft_cap_tokens, b.hard_cap_tokens, b.period)
 
     @staticmethod
     def _days(start: date, end: date) -> None:

@@ -24,12 +24,12 @@ from sqlalchemy import Engine, text
 from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._exceptions import BackendError
+from quota.core import budget_copy
 from quota.counters import Counters, counter_writes, deltas, fold_days
 from quota.drain import GROUP, Drainer
 from quota.entries import stream_id
 from quota.keys import KeyLayout, shard_of
 from quota.periods import Period, Windows, from_ms
-from quota.scripts import library
 from quota.settings import Settings
 
 log = logging.getLogger("quota.reconcile")
@@ -81,7 +81,6 @@ class Reconciler:
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.drainer = drainer or Drainer(settings, client, engine)
-        self._library = library()
         # FCALLs (snapshot, adjust) through the gate's transport, the drainer's.
         self._call = self.drainer.fcall
 
@@ -299,28 +298,23 @@ class Reconciler:
             self._call("adjust", keys, args)
 
     def refresh_budgets(self) -> int:
-        """Write every stored budget's Redis copy (version-guarded), in pipelined batches."""
+        """Write every stored budget's Redis copy (version-guarded), a batch per round trip."""
         query = text(
             "SELECT port_id, enabled, soft_cap_tokens, hard_cap_tokens, period, version "
             "FROM budgets"
         )
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        with redis_errors():
-            self._library.ensure(self.redis)  # a pipeline cannot load it midway
-        budget_put = self._library.functions["budget_put"]
-        for batch in _chunks(rows, 1000):
-            with redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+        layout = self.layout
+        for batch in _chunks(rows, 1000):  # one round trip each, through the transport
+
+            def calls(
+                batch: Sequence[Any] = batch,
+            ) -> Iterator[tuple[tuple[str], tuple[Any, ...]]]:
                 for port, enabled, soft, hard, period, version in batch:
-                    pipe.fcall(
-                        budget_put,
-                        1,
-                        self.layout.for_port(port).budget,
-                        version,
-                        int(enabled),
-                        soft,
-                        hard,
-                        period,
-                    )
-                pipe.execute()
+                    copy = budget_copy(version, enabled, soft, hard, period)
+                    yield (layout.for_port(port).budget,), copy
+
+            with redis_errors():
+                self._call.call_each("budget_put", calls, lambda n, reply: None)
         return len(rows)

@@ -1,6 +1,7 @@
 """The Lua operations, built into one Redis function library (Redis ≥ 7.0).
 
-Each operation file in quota/lua/ becomes one function; lib.lua's helpers are
+Each operation file in quota/lua/ becomes one function, its `$name`s replaced by the
+positions quota/layouts.py declares; lib.lua's helpers are
 defined once, when the library loads, rather than on every call as an EVAL script's
 would be (measured: docs/BENCHMARKS.md). The library's name carries a digest of its
 source, so processes running different versions of quota against one Redis each
@@ -20,6 +21,7 @@ from importlib.resources import files
 
 import redis
 
+from quota.layouts import LAYOUTS, SHARED, fill, unused
 from quota.settings import MAX_LEASE_SECONDS
 
 OPERATIONS = (
@@ -61,6 +63,11 @@ def is_missing(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and "Function not found" in str(exc)
 
 
+def helpers() -> str:
+    """lib.lua's shared helpers, positions filled in (tests run them by EVAL)."""
+    return fill((files("quota") / "lua" / "lib.lua").read_text(), SHARED, "lib.lua")
+
+
 class Library:
     """The quota function library: its source, its name and its functions' names."""
 
@@ -69,10 +76,13 @@ class Library:
         parts = [
             "local KEYS, ARGV  -- set by each function before its body runs",
             f"local OPEN_SET_MS = {OPEN_SET_MS}",
-            (lua / "lib.lua").read_text(),
+            helpers(),
         ]
         for op in OPERATIONS:
-            parts.append(f"local function op_{op}()\n{(lua / f'{op}.lua').read_text()}end")
+            fragment = (lua / f"{op}.lua").read_text()
+            if stale := unused(fragment, LAYOUTS[op]):
+                raise ValueError(f"{op}.lua never uses {sorted(stale)} of its layout")
+            parts.append(f"local function op_{op}()\n{fill(fragment, LAYOUTS[op], op)}end")
         body = "\n".join(parts)
         self.name = "quota_" + hashlib.sha1(body.encode()).hexdigest()[:12]
         self.functions = {op: f"{self.name}_{op}" for op in OPERATIONS}

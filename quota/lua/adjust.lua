@@ -1,8 +1,6 @@
 -- adjust: add reconciliation corrections to usage counters, in one atomic step.
 -- Increments (not overwrites) keep every event counted since the snapshot.
--- KEYS[1..n] = usage hashes
--- ARGV = for each key, in order: EXPIREAT seconds, number of fields m, then m pairs
---   of field and delta
+-- KEYS and ARGV: quota/layouts.py (written into `$name` when the library is built)
 -- returns the number of fields changed
 local a = 1
 local changed = 0

@@ -4,12 +4,9 @@
 -- Only local functions and constants: created once when the library loads, not on
 -- every call as they would be in an EVAL script.
 --
--- Conventions shared by check, reserve, commit and record:
---   KEYS[1] = the port hash: budget copy ('version'; 'cfg' = "<enabled>|<soft>|<hard>|<period>")
---             and state ('held': tokens of open reservations; 'next': the earliest lease
---             end among them; 'alert': the period of the last soft-cap alert)
---   KEYS[2..4] = usage day/week/month (hash: t = total, f:<feature>)
---   ARGV[1] = the UTC day (days since 1970-01-01) whose keys the client named
+-- Conventions shared by check, reserve, commit and record: their KEYS start with the
+-- port hash and its day/week/month usage hashes, their ARGV with the day the client
+-- named (quota/layouts.py's PERIOD_KEYS and PERIOD_ARGS; `$name` becomes the index).
 -- Replies are strings, fields joined by '|' (a table reply costs Redis ~5k
 --   instructions to convert, a string ~0.3k). The first field is the code: 1 done/ok,
 --   0 refused, 2 no-op (duplicate or settled), -1 budget copy missing (client loads it
@@ -35,7 +32,7 @@ end
 -- The client named the period keys from its own clock; the server's clock decides.
 -- A day lies inside one week and one month, so checking the day is enough.
 local function clock_guard(now)
-  if math.floor(now / DAY_MS) ~= ARGV[1] + 0 then
+  if math.floor(now / DAY_MS) ~= ARGV[$day] + 0 then
     return '-2|' .. string.format('%d', now)
   end
   return nil
@@ -143,7 +140,7 @@ end
 -- The budget copy alone (commit and record need no holds): one HGET, where each
 -- field more of an HMGET costs ~2.5k instructions. B's hold fields are left stale.
 local function read_cfg()
-  local cfg = redis.call('HGET', KEYS[1], 'cfg')
+  local cfg = redis.call('HGET', KEYS[$port], 'cfg')
   if not cfg then
     return nil
   end
@@ -163,7 +160,7 @@ local function used_in(b, feature, base)
   if feature then
     field = 'f:' .. feature
   end
-  local s = redis.call('HGET', KEYS[(base or 1) + b.idx], field) or '0'
+  local s = redis.call('HGET', KEYS[(base or $port) + b.idx], field) or '0'
   return s + 0, s
 end
 
@@ -227,15 +224,15 @@ local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
   end
   local first = redis.call('ZRANGE', open_key, 0, 0, 'WITHSCORES')
   if #first == 0 then
-    redis.call('HDEL', KEYS[1], 'held', 'next')  -- nothing open, so nothing held
+    redis.call('HDEL', KEYS[$port], 'held', 'next')  -- nothing open, so nothing held
     set_held(b, 0)
     b.next = 0
   else
     if freed ~= 0 then
-      set_held(b, redis.call('HINCRBY', KEYS[1], 'held', -freed))
+      set_held(b, redis.call('HINCRBY', KEYS[$port], 'held', -freed))
     end
     b.next = first[2] + 0
-    redis.call('HSET', KEYS[1], 'next', first[2])
+    redis.call('HSET', KEYS[$port], 'next', first[2])
     redis.call('PEXPIREAT', open_key, now + OPEN_SET_MS)
   end
   return b.held
@@ -280,10 +277,10 @@ local function add_usage(feature, total, n, b)
   local fk = 'f:' .. feature
   local used = -1
   for i = 1, 3 do
-    local key = KEYS[1 + i]
+    local key = KEYS[$port + i]
     local t = redis.call('HINCRBY', key, 't', total)
     if t == n then
-      local _, after = period_days(i, tonumber(ARGV[1]))
+      local _, after = period_days(i, tonumber(ARGV[$day]))
       redis.call('EXPIREAT', key, string.format('%d', (after + 1) * 86400))
     end
     redis.call('HINCRBY', key, fk, total)
@@ -299,12 +296,12 @@ local function soft_alert(b, used)
   if b == nil or not b.on or used <= soft_cap(b) then
     return false
   end
-  local start = period_days(b.idx, tonumber(ARGV[1]))
+  local start = period_days(b.idx, tonumber(ARGV[$day]))
   local marker = b.period .. ':' .. string.format('%d', start)
-  if redis.call('HGET', KEYS[1], 'alert') == marker then
+  if redis.call('HGET', KEYS[$port], 'alert') == marker then
     return false
   end
-  redis.call('HSET', KEYS[1], 'alert', marker)
+  redis.call('HSET', KEYS[$port], 'alert', marker)
   return true
 end
 
@@ -316,7 +313,7 @@ end
 local function settle(open_key, lapsed_key, member, settled_key, state, ttl)
   local lapsed = '0'
   if redis.call('ZREM', open_key, member) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'held', '-' .. member_tokens(member))
+    redis.call('HINCRBY', KEYS[$port], 'held', '-' .. member_tokens(member))
   elseif redis.call('ZREM', lapsed_key, member) == 1 then
     lapsed = '1'
   else

@@ -2,9 +2,7 @@
 -- them. The gate runs it, before it writes the budget copy, for a port whose copy was
 -- missing: Redis lost the port (restart without persistence, flush, eviction), and
 -- deciding from empty counters would let it spend its cap again.
--- KEYS[1..n] = usage hashes
--- ARGV = for each key, in order: EXPIREAT seconds, number of fields m, then m pairs
---   of field and the ledger's tokens
+-- KEYS and ARGV: quota/layouts.py (written into `$name` when the library is built)
 -- returns the number of fields raised
 local a = 1
 local raised = 0

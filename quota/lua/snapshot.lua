@@ -1,7 +1,6 @@
 -- snapshot: some ports' usage counters and the stream position they reflect, read in
 -- one atomic step: every event up to that position is counted in them, none after.
--- KEYS[1] = shard stream  KEYS[2..n] = usage hashes
--- ARGV[1] = the client's day (see lib.lua)
+-- KEYS and ARGV: quota/layouts.py (written into `$name` when the library is built)
 -- returns {1, now_ms, last stream id ('' if the stream is missing), {field, value, ...}
 --   for each usage key}, or {-2, now_ms} if the server is in another day
 local now = now_ms()
@@ -9,8 +8,8 @@ if clock_guard(now) then
   return {-2, now}  -- a table, as this function's other reply is
 end
 local last = ''
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+if redis.call('EXISTS', KEYS[$stream]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[$stream])
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then
       last = info[i + 1]

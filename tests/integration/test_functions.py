@@ -4,7 +4,6 @@ day must be quota/periods.py's, and the counters it creates must expire with it.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from importlib.resources import files
 
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +11,9 @@ from hypothesis import strategies as st
 
 from quota import Gate
 from quota.periods import PERIODS, Windows, period_end, period_start
+from quota.scripts import helpers
 
-_LIB = (files("quota") / "lua" / "lib.lua").read_text()
+_LIB = helpers()
 _EPOCH = date(1970, 1, 1)
 # Every period_days(idx, day) for the days in ARGV, as {start, after} day numbers.
 _PROBE = (

@@ -224,3 +224,18 @@ def test_dry_run_reports_and_changes_nothing(
         "drift",
     }
     assert int(r.hget(key, "t") or 0) == ledger_counters(pg, "port-0")["week"]["t"] + 99
+
+
+def test_reconcile_rewrites_lost_budget_copies_and_keeps_newer_ones(
+    gate: Gate, worker_env: Settings, r: redis.Redis, pg: Engine
+) -> None:
+    for port in ("copy-a", "copy-b"):
+        gate.set_budget(port, enabled=True, soft_cap_tokens=10, hard_cap_tokens=20,
+                        updated_by="u")  # fmt: skip
+    a, b = (gate.layout.for_port(p).budget for p in ("copy-a", "copy-b"))
+    r.hdel(a, "cfg", "version")  # lost
+    r.hset(b, mapping={"version": 10**9, "cfg": "1|1|2|day"})  # newer than the ledger's
+    report = Reconciler(worker_env, r, pg).run()
+    assert report.budgets_refreshed >= 2
+    assert r.hget(a, "cfg") == "1|10|20|month"
+    assert r.hget(b, "cfg") == "1|1|2|day"
