@@ -33,6 +33,7 @@ from quota._exceptions import (
     UnknownReservation,
     WrongEventLoop,
 )
+from quota.async_store import AsyncStore, make_async_engine
 from quota.core import (
     ATTEMPTS,
     EPOCH_SECONDS,
@@ -78,6 +79,12 @@ class AsyncGate(GateCore, Fallback):
             socket_connect_timeout=settings.redis_timeout,
             decode_responses=True,
         )
+        # Budgets and reports on the loop; the blocking usage path past Redis (and the
+        # outage policies' reader thread) on the sync store, which connects only then.
+        self.db = AsyncStore(
+            make_async_engine(settings.database_url, settings.database_timeout),
+            settings.key_prefix,
+        )
         self.store = Store(
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
@@ -119,6 +126,7 @@ class AsyncGate(GateCore, Fallback):
             await asyncio.to_thread(replay.join, 30.0)
         await self._call.aclose()
         await self.redis.aclose()
+        await self.db.engine.dispose()
         await asyncio.to_thread(self.store.engine.dispose)
 
     async def __aenter__(self) -> AsyncGate:
@@ -149,16 +157,12 @@ class AsyncGate(GateCore, Fallback):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _pg(self, fn: Any, *args: Any) -> Any:
-        """A Store call, in a worker thread: Postgres never blocks the loop."""
-        return await asyncio.to_thread(fn, *args)
-
     # ------------------------------------------------------------------ budgets
 
     async def get_budget(self, port_id: str) -> Budget:
         """The port's budget from Postgres (the truth); the default if none is stored."""
-        budget, _ = await self._pg(self.store.load_budget, v.port_id(port_id))
-        return cast(Budget, budget)
+        budget, _ = await self.db.load_budget(v.port_id(port_id))
+        return budget
 
     async def set_budget(
         self,
@@ -178,7 +182,7 @@ class AsyncGate(GateCore, Fallback):
         port, who, changes = self._budget_changes(
             port_id, updated_by, enabled, soft_cap_tokens, hard_cap_tokens, period, outage_policy
         )
-        budget, version = await self._pg(self.store.save_budget, port, changes, who)
+        budget, version = await self.db.save_budget(port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:
             await self._check_hold()  # a loss's hold: no rebuild yet (as Gate.set_budget)
@@ -189,12 +193,11 @@ class AsyncGate(GateCore, Fallback):
                 "next reconcile or set_budget",
                 port,
             )
-        return cast(Budget, budget)
+        return budget
 
     async def budget_history(self, port_id: str) -> list[BudgetChange]:
-        return cast(
-            list[BudgetChange], await self._pg(self.store.budget_history, v.port_id(port_id))
-        )
+        """The port's budget changes, oldest first."""
+        return await self.db.budget_history(v.port_id(port_id))
 
     async def _fcall(self, op: str, keys: Any, args: Any) -> Any:
         self._started()
@@ -205,13 +208,13 @@ class AsyncGate(GateCore, Fallback):
 
     async def _load_budget(self, pk: PortKeys) -> None:
         await self._check_hold()
-        budget, version = await self._pg(self.store.load_budget, pk.port)
+        budget, version = await self.db.load_budget(pk.port)
         await self._refill(pk, budget, version)
 
     async def _refill(self, pk: PortKeys, budget: Budget, version: int) -> None:
         """As `Gate._refill`: counters raised to the ledger's sums, then the budget copy."""
         w, since = self._rebuild_window()
-        rows = await self._pg(self.store.usage_by_day, pk.port, since)
+        rows = await self.db.usage_by_day(pk.port, since)
         keys, args = self._rebuild_parts(pk, w, rows)
         if keys and await self._fcall("rebuild", keys, args):
             log.warning("port %s was missing from Redis: counters rebuilt from the ledger", pk.port)
@@ -484,10 +487,19 @@ class AsyncGate(GateCore, Fallback):
             self._replay_spool()
         result, alert = self._replies.usage(reply, total, event_id)
         if alert is not None and result.used_tokens is not None:
-            await asyncio.to_thread(
-                self._store_alert, self._alert(pk.port, result.used_tokens, alert)
-            )
+            await self._store_alert_async(self._alert(pk.port, result.used_tokens, alert))
         return result
+
+    async def _store_alert_async(self, alert: SoftCapAlert) -> None:
+        """`_store_alert` with the row written on the loop; the owner's hook, which may
+        block, in a worker thread."""
+        self._announce(alert)
+        try:
+            await self.db.save_alert(alert)
+        except BackendError as exc:
+            self._alert_not_stored(alert, exc)
+        if self.on_soft_cap is not None:
+            await asyncio.to_thread(self._call_hook, alert)
 
     async def _pay_owed(self) -> None:
         """As `Gate._pay_owed`: settle in Redis the commits the fallback stored."""
@@ -502,7 +514,7 @@ class AsyncGate(GateCore, Fallback):
     async def _pay(self, owed: Owed) -> None:
         e, ref = owed.event, owed.ref
         pk = self._keys(e.port_id)
-        await self._pg(self.store.unreconciled, e.event_id)
+        await self.db.unreconciled(e.event_id)
         total = e.input_tokens + e.output_tokens
         keys, args = self._commit_parts(pk, ref, total, _value_of(e))
         await self._usage_reply("commit", pk, keys, args, e.request_id)
@@ -527,17 +539,17 @@ class AsyncGate(GateCore, Fallback):
         port = v.port_id(port_id)
         budget = await self.get_budget(port)
         since = period_start(budget.period, datetime.now(UTC)).date()
-        return cast(list[FeatureUsage], await self._pg(self.store.breakdown, port, since))
+        return await self.db.breakdown(port, since)
 
     async def daily_usage(self, port_id: str, start: date, end: date) -> list[DailyUsage]:
         """Per-day, per-feature tokens and calls for ``start`` ≤ day ≤ ``end`` (UTC days)."""
         self._days(start, end)
         port = v.port_id(port_id)
-        return cast(list[DailyUsage], await self._pg(self.store.daily, port, start, end))
+        return await self.db.daily(port, start, end)
 
     async def alerts(self, port_id: str) -> list[SoftCapAlert]:
         """The soft-cap alerts stored for the port, oldest first."""
-        return cast(list[SoftCapAlert], await self._pg(self.store.alerts, v.port_id(port_id)))
+        return await self.db.alerts(v.port_id(port_id))
 
     # ------------------------------------------------------------------ outages
 

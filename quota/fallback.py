@@ -73,27 +73,31 @@ class Fallback:
 
     def _store_alert(self, alert: SoftCapAlert) -> None:
         """Log and store a soft-cap alert, then call the owner's hook. Blocking."""
-        port, used, soft, period = (
-            alert.port_id,
-            alert.used_tokens,
-            alert.soft_cap_tokens,
-            alert.period,
-        )
-        log.warning(
-            "port %s is above its soft cap: %d of %d tokens this %s", port, used, soft, period
-        )
+        self._announce(alert)
         try:
             self.store.save_alert(alert)
         except BackendError as exc:
-            # One line, not a traceback per alert, while Postgres is down.
-            if n := self._alert_log.due():
-                log.error("%d soft-cap alert(s) not stored (last: %s): %s", n, port, exc)
+            self._alert_not_stored(alert, exc)
+        self._call_hook(alert)
+
+    def _announce(self, alert: SoftCapAlert) -> None:
+        log.warning(
+            "port %s is above its soft cap: %d of %d tokens this %s",
+            alert.port_id, alert.used_tokens, alert.soft_cap_tokens, alert.period,
+        )  # fmt: skip
+
+    def _alert_not_stored(self, alert: SoftCapAlert, exc: BackendError) -> None:
+        # One line, not a traceback per alert, while Postgres is down.
+        if n := self._alert_log.due():
+            log.error("%d soft-cap alert(s) not stored (last: %s): %s", n, alert.port_id, exc)
+
+    def _call_hook(self, alert: SoftCapAlert) -> None:
         if self.on_soft_cap is not None:
             try:
                 self.on_soft_cap(alert)
             except Exception:
                 # The caller's hook must not fail the usage report that triggered it.
-                log.exception("on_soft_cap callback failed for %s", port)
+                log.exception("on_soft_cap callback failed for %s", alert.port_id)
 
     def _fallback(
         self, event: UsageEvent, cause: BaseException, ref: ReservationRef | None = None

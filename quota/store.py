@@ -1,4 +1,6 @@
-"""Postgres: budgets (the truth), their history, soft-cap alerts, direct ledger writes."""
+"""Postgres for the sync gate: budgets (the truth), their history, soft-cap alerts and
+reports through quota/queries.py's procedures, and the direct ledger writes of the
+usage path past Redis (both gates run that one on threads)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,13 @@ import os
 import weakref
 from collections.abc import Sequence
 from datetime import date, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.abc import PQGen
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from quota import queries as q
 from quota._backend import database_errors
 from quota.ledger import DIRECT_LOCK, StagedEvent, write_events
 from quota.models import (
@@ -25,17 +27,11 @@ from quota.models import (
     UsageEvent,
 )
 from quota.periods import to_ms
-from quota.schema import (
-    budget_history,
-    budgets,
-    ledger,
-    ledger_daily,
-    ledger_direct,
-    soft_cap_alerts,
-)
+from quota.queries import Procedure
+from quota.schema import ledger, ledger_direct
 from quota.settings import OutagePolicy, sqlalchemy_url
 
-_BUDGET_COLUMNS = ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period", "outage_policy")
+T = TypeVar("T")
 
 
 class _BoundedConnection(psycopg.Connection[Any]):
@@ -104,129 +100,68 @@ def _dispose_in_child(engine: Engine) -> None:
     os.register_at_fork(after_in_child=after_fork)
 
 
-def _budget(row: Any) -> Budget:
-    return Budget(**{c: getattr(row, c) for c in _BUDGET_COLUMNS})
+def run(conn: Connection, proc: Procedure[T]) -> T:
+    """Drive a procedure of quota/queries.py on ``conn``."""
+    stmt = next(proc)  # every procedure runs at least one statement
+    while True:
+        result = conn.execute(stmt)
+        try:
+            stmt = proc.send(result.all() if result.returns_rows else ())
+        except StopIteration as done:
+            return cast(T, done.value)
 
 
 class Store:
-    """The Postgres side of the gate. Every method translates backend errors."""
+    """The Postgres side of the sync gate, and the blocking usage path past Redis that
+    both gates use. Every method translates backend errors."""
 
     def __init__(self, engine: Engine, prefix: str) -> None:
         self.engine = engine
         #: The deployment's key prefix: the ledger rows it writes and reads are its own.
         self.prefix = prefix
 
-    def load_budget(self, port: str) -> tuple[Budget, int]:
-        """The stored budget and its version; the default budget (version 0) if none."""
+    def _read(self, proc: Procedure[T]) -> T:
         with database_errors(), self.engine.connect() as conn:
-            row = conn.execute(select(budgets).where(budgets.c.port_id == port)).first()
-        if row is None:
-            return Budget(), 0
-        return _budget(row), row.version
+            return run(conn, proc)
+
+    def _write(self, proc: Procedure[T]) -> T:
+        with database_errors(), self.engine.begin() as conn:
+            return run(conn, proc)
+
+    def load_budget(self, port: str) -> tuple[Budget, int]:
+        return self._read(q.load_budget(port))
 
     def save_budget(
         self, port: str, changes: dict[str, Any], updated_by: str
     ) -> tuple[Budget, int]:
-        """Merge ``changes`` into the stored budget, validate, upsert, log history.
-
-        Writers of one port are serialised by a transaction-scoped advisory lock, so
-        two concurrent partial updates both land (neither merges from a stale row).
-        Invalid input raises `InvalidBudget` inside the transaction: nothing is written.
-        """
-        with database_errors(), self.engine.begin() as conn:
-            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("budget:" + port))))
-            row = conn.execute(select(budgets).where(budgets.c.port_id == port)).first()
-            before = _budget(row) if row is not None else None
-            after = (before or Budget()).merged(**changes)
-            version = (row.version if row is not None else 0) + 1
-            values = after.model_dump()
-            stmt = pg_insert(budgets).values(
-                port_id=port,
-                version=version,
-                updated_by=updated_by,
-                updated_at=func.now(),
-                **values,
-            )
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[budgets.c.port_id],
-                    set_={
-                        **values,
-                        "version": version,
-                        "updated_by": updated_by,
-                        "updated_at": func.now(),
-                    },
-                )
-            )
-            conn.execute(
-                insert(budget_history).values(
-                    port_id=port,
-                    changed_by=updated_by,
-                    changed_at=func.now(),
-                    before=before.model_dump() if before else None,
-                    after=values,
-                )
-            )
-        return after, version
+        return self._write(q.save_budget(port, changes, updated_by))
 
     def outage_policies(self) -> dict[str, OutagePolicy]:
-        """The budgets that name their own outage policy."""
-        query = select(budgets.c.port_id, budgets.c.outage_policy).where(
-            budgets.c.outage_policy.is_not(None)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            return {row.port_id: row.outage_policy for row in conn.execute(query)}
+        return self._read(q.outage_policies())
 
     def ports_with_budgets(self, *, enabled_only: bool = False) -> list[str]:
-        query = select(budgets.c.port_id).order_by(budgets.c.port_id)
-        if enabled_only:
-            query = query.where(budgets.c.enabled)
-        with database_errors(), self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+        return self._read(q.ports_with_budgets(enabled_only=enabled_only))
 
     def budget_history(self, port: str) -> list[BudgetChange]:
-        query = (
-            select(budget_history)
-            .where(budget_history.c.port_id == port)
-            .order_by(budget_history.c.id)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [
-            BudgetChange(
-                port_id=r.port_id,
-                changed_by=r.changed_by,
-                changed_at=r.changed_at,
-                before=Budget(**r.before) if r.before else None,
-                after=Budget(**r.after),
-            )
-            for r in rows
-        ]
+        return self._read(q.budget_history_of(port))
 
     def save_alert(self, alert: SoftCapAlert) -> None:
-        stmt = pg_insert(soft_cap_alerts).values(
-            port_id=alert.port_id,
-            period=alert.period,
-            period_start=alert.period_start,
-            used_tokens=alert.used_tokens,
-            soft_cap_tokens=alert.soft_cap_tokens,
-            created_at=func.now(),
-        )
-        with database_errors(), self.engine.begin() as conn:
-            conn.execute(stmt.on_conflict_do_nothing())
+        self._write(q.save_alert(alert))
 
     def alerts(self, port: str) -> list[SoftCapAlert]:
-        query = (
-            select(soft_cap_alerts)
-            .where(soft_cap_alerts.c.port_id == port)
-            .order_by(soft_cap_alerts.c.period_start)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [
-            SoftCapAlert(r.port_id, r.period, r.period_start, r.used_tokens, r.soft_cap_tokens)
-            for r in rows
-        ]
+        return self._read(q.alerts_of(port))
+
+    def unreconciled(self, event_id: str) -> None:
+        self._write(q.unreconciled(event_id))
+
+    def usage_by_day(self, port: str, since: date) -> list[tuple[str, str, date, int]]:
+        return self._read(q.usage_by_day(self.prefix, port, since))
+
+    def breakdown(self, port: str, since: date) -> list[FeatureUsage]:
+        return self._read(q.breakdown(self.prefix, port, since))
+
+    def daily(self, port: str, start: date, end: date) -> list[DailyUsage]:
+        return self._read(q.daily(self.prefix, port, start, end))
 
     def insert_event(self, event: UsageEvent, dedupe_window: timedelta) -> bool:
         """Write one event straight into the ledger (the path used when Redis is down,
@@ -262,12 +197,6 @@ class Store:
                     return False
             self._write_direct(conn, [event])
         return True
-
-    def unreconciled(self, event_id: str) -> None:
-        """Have the drain job reconcile this direct row's port again."""
-        stmt = ledger_direct.update().where(ledger_direct.c.event_id == event_id)
-        with database_errors(), self.engine.begin() as conn:
-            conn.execute(stmt.values(reconciled=False))
 
     def insert_events(self, events: Sequence[UsageEvent]) -> int:
         """`insert_event` for many at once (a gate's journal after Redis lost its data),
@@ -329,38 +258,3 @@ class Store:
                 for e in events
             ],
         )
-
-    def usage_by_day(self, port: str, since: date) -> list[tuple[str, str, date, int]]:
-        """(port, feature, day, tokens) from the daily rollups, from ``since`` on."""
-        d = ledger_daily.c
-        query = (
-            select(d.port_id, d.feature, d.day, func.sum(d.total_tokens))
-            .where(d.key_prefix == self.prefix, d.port_id == port, d.day >= since)
-            .group_by(d.port_id, d.feature, d.day)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            return [(p, f, day, int(t)) for p, f, day, t in conn.execute(query)]
-
-    def breakdown(self, port: str, since: date) -> list[FeatureUsage]:
-        """Tokens and calls per feature from ``since`` on, largest first (daily rollups)."""
-        d = ledger_daily.c
-        query = (
-            select(d.feature, func.sum(d.total_tokens), func.sum(d.calls))
-            .where(d.key_prefix == self.prefix, d.port_id == port, d.day >= since)
-            .group_by(d.feature)
-            .order_by(func.sum(d.total_tokens).desc(), d.feature)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            return [FeatureUsage(f, int(t), int(c)) for f, t, c in conn.execute(query)]
-
-    def daily(self, port: str, start: date, end: date) -> list[DailyUsage]:
-        """Tokens and calls per UTC day and feature, ``start`` ≤ day ≤ ``end``."""
-        d = ledger_daily.c
-        query = (
-            select(d.day, d.feature, func.sum(d.total_tokens), func.sum(d.calls))
-            .where(d.key_prefix == self.prefix, d.port_id == port, d.day.between(start, end))
-            .group_by(d.day, d.feature)
-            .order_by(d.day, d.feature)
-        )
-        with database_errors(), self.engine.connect() as conn:
-            return [DailyUsage(day, f, int(t), int(c)) for day, f, t, c in conn.execute(query)]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 from sqlalchemy import Engine, text
 
 from quota import DatabaseUnavailable, Gate, Settings
 from quota.store import make_engine
+from tests.gates import BlockingAsyncGate
 from tests.servers import PostgresServer, RedisServer
 
 T = TypeVar("T")
@@ -28,8 +29,10 @@ def own_pg(postgres: PostgresServer) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def pgate(settings: Settings, server: RedisServer, postgres: PostgresServer) -> Iterator[Gate]:
+@pytest.fixture(params=["sync", "async"])
+def pgate(
+    request: pytest.FixtureRequest, settings: Settings, server: RedisServer, postgres: PostgresServer
+) -> Iterator[Gate]:
     s = settings.model_copy(
         update={
             "redis_url": server.url,
@@ -38,8 +41,15 @@ def pgate(settings: Settings, server: RedisServer, postgres: PostgresServer) -> 
             "database_timeout": 1.0,
         }
     )
-    with Gate(s) as g:
-        yield g
+    if request.param == "sync":
+        with Gate(s) as g:
+            yield g
+        return
+    blocking = BlockingAsyncGate(s)  # AsyncGate: its budgets on the asyncio engine
+    try:
+        yield cast(Gate, blocking)
+    finally:
+        blocking.close()
 
 
 def within(seconds: float, fn: Callable[[], T]) -> T:
