@@ -3,7 +3,7 @@ and every call recorded. Unit tests use it to drive the gate's protocol (a clock
 correction, a missing budget copy, a reply of each kind) without a server or patching
 private attributes; it does no I/O.
 
-    canned = CannedTransport({"reserve": ["-2|1767225600000", "1||0|0||1|10|20|day"]})
+    canned = CannedTransport({"reserve": ["-2|1767225600000", "1||0|0|||1|10|20|day"]})
     gate = Gate(settings, transport=canned)
 """
 

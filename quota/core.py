@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, NamedTuple, cast
 
@@ -21,9 +21,18 @@ from quota.decisions import state_of
 from quota.entries import event_value
 from quota.journal import Journal
 from quota.keys import KeyLayout, PortKeys
-from quota.models import Budget, Decision, Reason, SoftCapAlert, Status, UsageEvent
+from quota.models import (
+    Budget,
+    Decision,
+    RateLimit,
+    Reason,
+    SoftCapAlert,
+    Status,
+    UsageEvent,
+)
 from quota.outage import Loader, Outage
 from quota.periods import Period, Windows, from_ms, period_end, period_start
+from quota.ratelimits import caps_spec, spec
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies, Terms
 from quota.reservations import (
     RecentReservations,
@@ -70,9 +79,14 @@ class _PeriodKeys(NamedTuple):
     for_check_many: tuple[str, str, str, str, str]
 
 
-def budget_copy(version: int, enabled: bool, soft: int, hard: int, period: str) -> tuple[Any, ...]:
-    """budget_put's ARGV (quota/layouts.py): the copy's version, then its terms."""
-    return (version, int(enabled), soft, hard, period)
+def budget_copy(budget: Budget, version: int) -> tuple[Any, ...]:
+    """budget_put's ARGV (quota/layouts.py): the copy's version, then its terms; the
+    rate limits and feature caps as quota/ratelimits.py writes them."""
+    b = budget
+    return (
+        version, int(b.enabled), b.soft_cap_tokens, b.hard_cap_tokens, b.period,
+        spec(b.rate_limits), caps_spec(b.feature_caps),
+    )  # fmt: skip
 
 
 def _value_of(e: UsageEvent) -> str:
@@ -189,7 +203,7 @@ class GateCore:
         """A reserve's new hex id, and its keys and args after the period's."""
         hex_id = new_hex_id(estimate, feature, user, pk.port)
         # Its open-set member, joined here: Lua's concat costs more.
-        args = (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms)
+        args = (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms, feature)
         return hex_id, (pk.open, pk.lapsed), args
 
     def _reserved(
@@ -244,15 +258,20 @@ class GateCore:
         hard_cap_tokens: int | None,
         period: Period | None,
         outage_policy: OutagePolicy | None,
+        rate_limits: Sequence[RateLimit] | None = None,
+        feature_caps: Mapping[str, int] | None = None,
     ) -> tuple[str, str, dict[str, object]]:
         """set_budget's port, author and changes, checked before any I/O (type, range
-        and enum errors raise `InvalidBudget`)."""
+        and enum errors raise `InvalidBudget`). Rate limits and feature caps replace
+        the stored ones when given (``[]`` and ``{}`` remove them)."""
         changes: dict[str, object] = {
             "enabled": enabled,
             "soft_cap_tokens": soft_cap_tokens,
             "hard_cap_tokens": hard_cap_tokens,
             "period": period,
             "outage_policy": outage_policy,
+            "rate_limits": None if rate_limits is None else tuple(rate_limits),
+            "feature_caps": None if feature_caps is None else dict(feature_caps),
         }
         Budget.check_fields(changes)
         return v.port_id(port_id), v.label("updated_by", updated_by), changes
@@ -287,10 +306,7 @@ class GateCore:
         """The rebuild function's KEYS and ARGV: the port's counters at the ledger's sums."""
         return counter_writes(fold_days(rows, w), w, lambda _, period, pid: pk.usage(period, pid))
 
-    @staticmethod
-    def _budget_copy(budget: Budget, version: int) -> tuple[Any, ...]:
-        b = budget
-        return budget_copy(version, b.enabled, b.soft_cap_tokens, b.hard_cap_tokens, b.period)
+    _budget_copy = staticmethod(budget_copy)
 
     @staticmethod
     def _days(start: date, end: date) -> None:
@@ -303,7 +319,7 @@ class GateCore:
         ref = parse_reservation_id(reservation_id)
         pk = self._keys(ref.port)
         keys = (pk.budget, pk.open, pk.lapsed, pk.settled(ref.hex_id))
-        return ref, keys, (ref.member, self.settings.settled_seconds)
+        return ref, keys, (ref.member, self.settings.settled_seconds, ref.feature)
 
     def _released(self, reservation_id: str, code: str) -> bool:
         """What release's reply means: released now, already settled, or unknown."""

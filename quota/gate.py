@@ -19,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -60,6 +60,7 @@ from quota.models import (
     DailyUsage,
     Decision,
     FeatureUsage,
+    RateLimit,
     SoftCapAlert,
     Status,
     UsageEvent,
@@ -167,14 +168,17 @@ class Gate(GateCore, Fallback):
         hard_cap_tokens: int | None = None,
         period: Period | None = None,
         outage_policy: OutagePolicy | None = None,
+        rate_limits: Sequence[RateLimit] | None = None,
+        feature_caps: Mapping[str, int] | None = None,
     ) -> Budget:
         """Merge a partial update into the port's budget; validate; store; refresh the cache.
 
         Raises `InvalidBudget` (nothing written) on bad input.
         """
         port, who, changes = self._budget_changes(
-            port_id, updated_by, enabled, soft_cap_tokens, hard_cap_tokens, period, outage_policy
-        )
+            port_id, updated_by, enabled, soft_cap_tokens, hard_cap_tokens, period, outage_policy,
+            rate_limits, feature_caps,
+        )  # fmt: skip
         budget, version = self.store.save_budget(port, changes, who)
         self._outage.note(port, budget.outage_policy)
         try:

@@ -89,10 +89,10 @@ LAYOUTS: Mapping[str, Layout] = {
         per_port=(*PERIOD_KEYS, "open"), args=PERIOD_ARGS, per_port_args=("estimate",)
     ),
     # reserve: a lease of `lease_ms`; `member` is "<32 hex>:<estimate>"; a reservation
-    # whose lease ended is remembered `lapsed_ms`.
+    # whose lease ended is remembered `lapsed_ms`; `feature` for its feature's cap.
     "reserve": Layout(
         (*PERIOD_KEYS, "open", "lapsed"),
-        (*PERIOD_ARGS, "estimate", "lease_ms", "member", "lapsed_ms"),
+        (*PERIOD_ARGS, "estimate", "lease_ms", "member", "lapsed_ms", "feature"),
     ),
     # commit: `event` is the stream entry "id|port|user|feature|provider|model|in|out|req";
     # `settled_s` how long a settled reservation is remembered; `unbudgeted` '1' to count
@@ -109,8 +109,11 @@ LAYOUTS: Mapping[str, Layout] = {
         optional_keys=("request",),
         optional_args=("request_s",),
     ),
-    "release": Layout(("port", *_SETTLE), ("member", "settled_s")),
-    "budget_put": Layout(("port",), ("version", "enabled", "soft", "hard", "period")),
+    "release": Layout(("port", *_SETTLE), ("member", "settled_s", "feature")),
+    # budget_put: `limits` and `caps` are quota/ratelimits.py's texts ('' for none).
+    "budget_put": Layout(
+        ("port",), ("version", "enabled", "soft", "hard", "period", "limits", "caps")
+    ),
     "trim": Layout(("stream",), ("group",)),
     "snapshot": Layout(("stream",), PERIOD_ARGS, rest="KEYS: then usage hashes"),
     "adjust": Layout(

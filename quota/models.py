@@ -10,18 +10,91 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from quota._exceptions import InvalidBudget
 from quota.periods import Period
+from quota.ratelimits import duration, scale
 from quota.settings import OutagePolicy
-from quota.validation import MAX_CAP_TOKENS
+from quota.validation import FEATURE_MAX, MAX_CAP_TOKENS, id_pattern
 
-Reason = Literal["hard-cap-exceeded", "estimated-exceeds-cap", "unavailable"]
+Reason = Literal[
+    "hard-cap-exceeded",
+    "estimated-exceeds-cap",
+    "feature-cap-exceeded",
+    "rate-limited",
+    "estimate-exceeds-rate-limit",
+    "unavailable",
+]
 State = Literal["ok", "soft", "hard"]
+RateKind = Literal["requests", "tokens"]
+
+#: Rate limits per port, and features with a cap: each is carried in every decision's
+#: budget copy, so a few.
+MAX_RATE_LIMITS = 4
+MAX_FEATURE_CAPS = 32
+#: A bucket's state is an integer below 2**53 (Lua's doubles stay exact): its size in
+#: units times the window's ms, over their common divisor (quota/ratelimits.py).
+MAX_BUCKET_SCALE = 2**53 // 4
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+        + err["msg"].removeprefix("Value error, ")
+        for err in exc.errors()
+    )
+
+
+class RateLimit(BaseModel):
+    """At most ``requests`` (reserve or record calls) or ``tokens`` per ``per_seconds``,
+    as a token bucket of ``burst`` (default: the limit) that refills continuously: no
+    double burst at a window's edge. Raises `InvalidBudget` naming every problem."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    requests: int | None = Field(default=None, ge=1, le=MAX_CAP_TOKENS)
+    tokens: int | None = Field(default=None, ge=1, le=MAX_CAP_TOKENS)
+    per_seconds: int = Field(ge=1, le=86_400)
+    burst: int | None = Field(default=None, ge=1, le=MAX_CAP_TOKENS)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidBudget(f"invalid rate limit: {_problems(exc)}") from None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RateLimit:
+        if (self.requests is None) == (self.tokens is None):
+            raise ValueError("give exactly one of requests and tokens")
+        if scale(self.limit, self.per_seconds, self.size)[2] > MAX_BUCKET_SCALE:
+            raise ValueError(
+                f"{self.limit} {self.kind} per {self.per_seconds} s with a burst of "
+                f"{self.size} is too fine-grained to count exactly; round the limit"
+            )
+        return self
+
+    @property
+    def kind(self) -> RateKind:
+        return "requests" if self.requests is not None else "tokens"
+
+    @property
+    def limit(self) -> int:
+        return self.requests if self.requests is not None else self.tokens or 0
+
+    @property
+    def size(self) -> int:
+        """The bucket's size: the burst, or the limit itself."""
+        return self.burst if self.burst is not None else self.limit
+
+
+FeatureName = Annotated[str, StringConstraints(pattern=f"^{id_pattern(1, FEATURE_MAX)}$")]
 
 
 class Budget(BaseModel):
@@ -35,6 +108,18 @@ class Budget(BaseModel):
     period: Period = "month"
     #: What decisions answer while Redis is down; None follows ``QUOTA_OUTAGE_POLICY``.
     outage_policy: OutagePolicy | None = None
+    #: Requests or tokens per window, decided by reserve with the budget; they apply
+    #: even while the budget is disabled.
+    rate_limits: tuple[RateLimit, ...] = Field(default=(), max_length=MAX_RATE_LIMITS)
+    #: Hard caps per feature inside the budget's period (tokens).
+    feature_caps: dict[FeatureName, Annotated[int, Field(ge=0, le=MAX_CAP_TOKENS)]] = Field(
+        default_factory=dict, max_length=MAX_FEATURE_CAPS
+    )
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _limits_as_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _soft_not_above_hard(self) -> Budget:
@@ -43,6 +128,9 @@ class Budget(BaseModel):
                 f"soft_cap_tokens ({self.soft_cap_tokens}) cannot exceed "
                 f"hard_cap_tokens ({self.hard_cap_tokens})"
             )
+        windows = [(r.kind, r.per_seconds) for r in self.rate_limits]
+        if len(set(windows)) != len(windows):
+            raise ValueError("two rate limits of one kind share a window: keep one of them")
         return self
 
     @classmethod
@@ -51,12 +139,7 @@ class Budget(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
-                + err["msg"].removeprefix("Value error, ")
-                for err in exc.errors()
-            )
-            raise InvalidBudget(f"invalid budget: {problems}") from None
+            raise InvalidBudget(f"invalid budget: {_problems(exc)}") from None
 
     @classmethod
     def check_fields(cls, changes: dict[str, Any]) -> None:
@@ -70,13 +153,15 @@ class Budget(BaseModel):
             field = cls.model_fields.get(name)
             if field is None:
                 raise InvalidBudget(f"unknown budget field: {name}")
+            if name == "rate_limits" and isinstance(value, list):
+                value = tuple(value)
             # Annotated needs at least one annotation; None is a harmless one.
             annotated: Any = Annotated[field.annotation, *(field.metadata or [None])]
             adapter: TypeAdapter[Any] = TypeAdapter(annotated, config=ConfigDict(strict=True))
             try:
                 adapter.validate_python(value)
             except ValidationError as exc:
-                raise InvalidBudget(f"invalid budget: {name}: {exc.errors()[0]['msg']}") from None
+                raise InvalidBudget(f"invalid budget: {name}: {_problems(exc)}") from None
 
     def merged(self, **changes: Any) -> Budget:
         """This budget with the non-None ``changes`` applied, validated as a whole."""
@@ -114,6 +199,37 @@ class Decision(NamedTuple):
     period: Period
     reservation_id: str | None = None
     degraded: bool = False
+    #: For ``rate-limited``: ms until asking again is admitted (exact to the bucket).
+    retry_after_ms: int | None = None
+    #: Each rate limit of the port after this decision (empty without limits).
+    rate: tuple[RateState, ...] = ()
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI-style rate-limit headers: ``x-ratelimit-{limit,remaining,reset}-
+        {requests,tokens}`` (the most constrained limit of each kind), and ``retry-after``
+        (whole seconds) when rate-limited."""
+        out: dict[str, str] = {}
+        for kind in ("requests", "tokens"):
+            states = [s for s in self.rate if s.kind == kind]
+            if states:
+                tight = min(states, key=lambda s: (s.remaining, -s.reset_ms))
+                out[f"x-ratelimit-limit-{kind}"] = str(tight.limit)
+                out[f"x-ratelimit-remaining-{kind}"] = str(tight.remaining)
+                out[f"x-ratelimit-reset-{kind}"] = duration(tight.reset_ms)
+        if self.retry_after_ms is not None:
+            out["retry-after"] = str(max(1, -(-self.retry_after_ms // 1000)))
+            out["retry-after-ms"] = str(self.retry_after_ms)
+        return out
+
+
+class RateState(NamedTuple):
+    """One rate limit's bucket after a decision."""
+
+    kind: RateKind
+    limit: int
+    per_seconds: int
+    remaining: int  # requests or tokens a call could take now
+    reset_ms: int  # until the bucket is full again
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,14 @@ T = TypeVar("T")
 Rows = Sequence[Any]  # SQLAlchemy Rows: attribute access and unpacking
 Procedure = Generator[Executable, Rows, T]
 
-_BUDGET_COLUMNS = ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period", "outage_policy")
+_BUDGET_COLUMNS = (
+    "enabled", "soft_cap_tokens", "hard_cap_tokens", "period", "outage_policy", "rate_limits",
+    "feature_caps",
+)  # fmt: skip
 
 
-def _budget(row: Any) -> Budget:
+def budget_of(row: Any) -> Budget:
+    """A budgets row's Budget."""
     return Budget(**{c: getattr(row, c) for c in _BUDGET_COLUMNS})
 
 
@@ -35,7 +39,7 @@ def load_budget(port: str) -> Procedure[tuple[Budget, int]]:
     rows = yield select(budgets).where(budgets.c.port_id == port)
     if not rows:
         return Budget(), 0
-    return _budget(rows[0]), rows[0].version
+    return budget_of(rows[0]), rows[0].version
 
 
 def save_budget(
@@ -51,7 +55,7 @@ def save_budget(
     yield select(func.pg_advisory_xact_lock(func.hashtext("budget:" + port)))
     rows = yield select(budgets).where(budgets.c.port_id == port)
     row = rows[0] if rows else None
-    before = _budget(row) if row is not None else None
+    before = budget_of(row) if row is not None else None
     after = (before or Budget()).merged(**changes)
     version = (row.version if row is not None else 0) + 1
     values = after.model_dump()

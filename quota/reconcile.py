@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from quota import metrics
 from quota._backend import database_errors, redis_errors
@@ -30,6 +30,8 @@ from quota.drain import GROUP, Drainer
 from quota.entries import stream_id
 from quota.keys import KeyLayout, shard_of
 from quota.periods import Period, Windows, from_ms
+from quota.queries import budget_of
+from quota.schema import budgets
 from quota.settings import Settings
 
 log = logging.getLogger("quota.reconcile")
@@ -299,21 +301,19 @@ class Reconciler:
 
     def refresh_budgets(self) -> int:
         """Write every stored budget's Redis copy (version-guarded), a batch per round trip."""
-        query = text(
-            "SELECT port_id, enabled, soft_cap_tokens, hard_cap_tokens, period, version "
-            "FROM budgets"
-        )
         with database_errors(), self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(select(budgets)).all()
         layout = self.layout
         for batch in _chunks(rows, 1000):  # one round trip each, through the transport
 
             def calls(
                 batch: Sequence[Any] = batch,
             ) -> Iterator[tuple[tuple[str], tuple[Any, ...]]]:
-                for port, enabled, soft, hard, period, version in batch:
-                    copy = budget_copy(version, enabled, soft, hard, period)
-                    yield (layout.for_port(port).budget,), copy
+                for row in batch:
+                    yield (
+                        (layout.for_port(row.port_id).budget,),
+                        budget_copy(budget_of(row), row.version),
+                    )
 
             with redis_errors():
                 self._call.call_each("budget_put", calls, lambda n, reply: None)

@@ -4,21 +4,25 @@ Every function answers with one string, its fields joined by "|" (quota/lua/lib.
 because a table reply costs Redis ~5k instructions where a string costs 0.3k:
 
 - a decision (check, check_many, reserve):
-  ``<ok>|<reason>|<used>|<reserved>|<feature used>|<budget>`` (the feature's usage only
-  when a feature was asked about, else empty);
+  ``<ok>|<reason>|<used>|<reserved>|<feature used>|<rate>|<budget>`` (the feature's
+  usage only when a feature was asked about or is capped, else empty; ``<rate>`` empty
+  for a port without rate limits, else ``<retry ms>;<server ms>;<remaining>:<reset
+  ms>;...``, one pair per limit in the budget copy's order);
 - a usage reply (commit, record): ``<code>|<used>|<alert>|<lease expired>``, followed by
   ``|<budget>`` only when it raises a soft-cap alert;
 - or one of the codes below alone (``CLOCK`` followed by ``|<server ms>``).
 
-``<budget>`` is the port's budget copy as Redis holds it: ``<on>|<soft>|<hard>|<period>``.
+``<budget>`` is the port's budget copy as Redis holds it: ``<on>|<soft>|<hard>|<period>``,
+then ``|<rate limits>|<feature caps>`` when it has either (quota/ratelimits.py).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, cast
 
-from quota.models import Decision, Reason, UsageResult
+from quota.models import Decision, RateState, Reason, UsageResult
 from quota.periods import Period
+from quota.ratelimits import Scaled, parse_spec
 
 # A reply's first field: counted (or ok), and a no-op (already settled or counted).
 OK, NOOP = "1", "2"
@@ -49,7 +53,7 @@ class Replies:
     """Parses replies. Each distinct budget copy is split once, not once per call:
     budgets repeat across ports and calls, and a check's own work is ~4 µs."""
 
-    __slots__ = ("_terms",)
+    __slots__ = ("_limits", "_terms")
 
     #: Distinct budget copies remembered; past it the memo starts again (a bound, not
     #: an LRU: parsing one is cheap, remembering every one ever seen is not).
@@ -59,16 +63,32 @@ class Replies:
         # Plain tuples, not Terms: CPython 3.11 unpacks an exact tuple on a fast path
         # that a named tuple misses, ~20 ns of every decision.
         self._terms: dict[str, tuple[bool, int, int, Period]] = {}
+        self._limits: dict[str, tuple[Scaled, ...]] = {}
 
     def _parsed(self, budget: str) -> tuple[bool, int, int, Period]:
         terms = self._terms.get(budget)
         if terms is None:
-            on, soft, hard, period = budget.split("|")
+            on, soft, hard, period, *extra = budget.split("|")
             terms = (on == "1", int(soft), int(hard), cast(Period, period))
             if len(self._terms) >= self.BOUND:
                 self._terms.clear()
+                self._limits.clear()
             self._terms[budget] = terms
+            self._limits[budget] = parse_spec(extra[0]) if extra else ()
         return terms
+
+    def _rate(self, rate: str, budget: str) -> tuple[int, tuple[RateState, ...]]:
+        """The ms to wait and each limit's state, from a decision's rate field."""
+        limits = self._limits.get(budget)
+        if limits is None:
+            self._parsed(budget)
+            limits = self._limits[budget]
+        wait, _, *pairs = rate.split(";")
+        states = []
+        for s, pair in zip(limits, pairs, strict=True):
+            left, reset = pair.split(":")
+            states.append(RateState(s.kind, s.limit, s.per_seconds, int(left), int(reset)))
+        return int(wait), tuple(states)
 
     def terms(self, budget: str) -> Terms:
         return Terms(*self._parsed(budget))
@@ -76,9 +96,17 @@ class Replies:
     def decision(self, reply: str, holding: int = 0, reservation_id: str | None = None) -> Decision:
         """A Decision; ``holding`` (the hold a reserve just took, which its reply leaves
         out) is added to its reserved tokens."""
-        ok, reason, used_s, reserved_s, _, budget = reply.split("|", 5)
+        ok, reason, used_s, reserved_s, _, rate, budget = reply.split("|", 6)
         used = int(used_s)
         on, soft, hard, period = self._parsed(budget)
+        if rate:
+            wait, states = self._rate(rate, budget)
+            return Decision(
+                ok == OK, cast(Reason, reason) if reason else None, used,
+                hard - used if on else None, hard, on and used > soft,
+                max(int(reserved_s) + holding, 0), on, period, reservation_id, False,
+                wait if reason == "rate-limited" else None, states,
+            )  # fmt: skip
         # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
         return Decision(
             ok == OK,  # ok
@@ -94,7 +122,7 @@ class Replies:
         )
 
     def standing(self, reply: str) -> Standing:
-        _, _, used, reserved, feature, budget = reply.split("|", 5)
+        _, _, used, reserved, feature, _, budget = reply.split("|", 6)
         return Standing(
             int(used), max(int(reserved), 0), int(feature) if feature else None, self.terms(budget)
         )

@@ -27,6 +27,8 @@ budgets = Table(
     Column("hard_cap_tokens", BigInteger, nullable=False),
     Column("period", Text, nullable=False),
     Column("outage_policy", Text),
+    Column("rate_limits", JSONB, nullable=False, server_default="[]"),
+    Column("feature_caps", JSONB, nullable=False, server_default="{}"),
     Column("version", BigInteger, nullable=False),
     Column("updated_by", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -11,11 +11,14 @@ if not b then
   return '-1'
 end
 local used, used_s = used_in(b)
-local ok, reason = decide(b, used, 0, ARGV[$estimate] + 0)
+local estimate = ARGV[$estimate] + 0
+local ok, reason = decide(b, used, 0, estimate)
+local rate
+ok, reason, rate = rate_check(b, KEYS[$port], ok, reason, estimate, now)
 local feature_used = ''
 if ARGV[$feature] ~= '' then
   local _
   _, feature_used = used_in(b, ARGV[$feature])
 end
 local held_s = live_held(b, KEYS[$port], KEYS[$open], now)
-return decision(ok, reason, used_s, held_s, feature_used, b.cfg)
+return decision(ok, reason, used_s, held_s, feature_used, rate, b.cfg)

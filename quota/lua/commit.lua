@@ -18,7 +18,8 @@ if bad then
   redis.call('XDEL', KEYS[$stream], id)
   return bad
 end
-local lease_expired = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member], KEYS[$settled], 'committed', ARGV[$settled_s])
+local lease_expired = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member], ARGV[$feature],
+                             KEYS[$settled], 'committed', ARGV[$settled_s])
 if not lease_expired then
   redis.call('XDEL', KEYS[$stream], id)  -- nothing to count
   if redis.call('EXISTS', KEYS[$settled]) == 1 then
@@ -26,11 +27,25 @@ if not lease_expired then
   end
   return '-3'
 end
+-- Rate limits: the tokens took the estimate at reserve (unless the lease lapsed and
+-- gave it back); now they take the difference, into debt or back.
+local function true_up(total)
+  if b and b.limits then
+    if lease_expired == '0' then
+      total = total - member_tokens(ARGV[$member])
+    end
+    local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
+    rate_add(b, lv, total, 0)
+    rate_store(lv, now)
+  end
+end
 if KEYS[$request] and not redis.call('SET', KEYS[$request], '1', 'NX', 'EX', ARGV[$request_s]) then
   redis.call('XDEL', KEYS[$stream], id)  -- the request id was counted before: not again
+  true_up(0)
   return usage_reply('2', -1, '0', lease_expired)
 end
 local used = add_usage(ARGV[$feature], ARGV[$total], ARGV[$total] + 0, b)
+true_up(ARGV[$total] + 0)
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)
 end

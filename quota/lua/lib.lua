@@ -83,34 +83,56 @@ local B = {}
 -- workload whose budgets changed refills it.
 local CFG, cfg_count, cfg_misses, CFG_LIMIT = {}, 0, 0, 4096
 
+-- A budget copy's rate limits and feature caps, when it has them (quota/ratelimits.py
+-- writes both): limits "<q|t>:<s>:<limit>:<a>:<r>:<cap>,..." become {requests?, a, r,
+-- cap}; caps "<feature>=<tokens>,..." a table by feature. nil for none.
+local function parse_extra(limits, caps)
+  local L, C = nil, nil
+  if limits ~= '' then
+    L = {}
+    for kind, a, r, cap in string.gmatch(limits, '(%a):%d+:%d+:(%d+):(%d+):(%d+)') do
+      L[#L + 1] = {kind == 'q', a + 0, r + 0, cap + 0}
+    end
+  end
+  if caps ~= '' then
+    C = {}
+    for f, cap in string.gmatch(caps, '([^,=]+)=(%d+)') do
+      C[f] = cap + 0
+    end
+  end
+  return L, C
+end
+
 local function parse_cfg(cfg)
   local c = CFG[cfg]
   if c then
     B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
+    B.limits, B.caps = c[6], c[7]
     return B
   end
+  local on, soft, hard, period = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)$')
+  local limits, caps = nil, nil
+  if not on then  -- a copy with rate limits or feature caps
+    local l, f
+    on, soft, hard, period, l, f = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)|([^|]*)|(.*)$')
+    limits, caps = parse_extra(l, f)
+  end
   if cfg_count < CFG_LIMIT then
-    local on, soft, hard, period = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)$')
-    c = {on == '1', soft + 0, hard + 0, period, PERIOD_INDEX[period]}
+    c = {on == '1', soft + 0, hard + 0, period, PERIOD_INDEX[period], limits, caps}
     CFG[cfg], cfg_count = c, cfg_count + 1
     B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
+    B.limits, B.caps = limits, caps
     return B
   end
   cfg_misses = cfg_misses + 1
   if cfg_misses > 16 * CFG_LIMIT then
     CFG, cfg_count, cfg_misses = {}, 0, 0
   end
-  -- What a decision needs; the soft cap only if soft_alert asks for it.
-  local on, hard, period = string.match(cfg, '^(%d)|%d+|(%d+)|(%a+)$')
-  B.cfg, B.on, B.soft, B.hard, B.period = cfg, on == '1', nil, hard + 0, period
-  B.idx = PERIOD_INDEX[period]
+  B.cfg, B.on, B.soft, B.hard, B.period = cfg, on == '1', soft + 0, hard + 0, period
+  B.idx, B.limits, B.caps = PERIOD_INDEX[period], limits, caps
   return B
 end
 
--- The soft cap, which parse_cfg leaves out of budgets it does not keep.
-local function soft_cap(b)
-  return b.soft or string.match(b.cfg, '^%d|(%d+)|') + 0
-end
 
 -- The budget copy and the holds, in one call; nil if the budget copy is missing.
 -- `cfg` is kept as stored (replies pass it on) and parsed once per distinct budget
@@ -164,17 +186,28 @@ local function used_in(b, feature, base)
   return s + 0, s
 end
 
--- The tokens an open-set member holds, as a string: a member is "<32 hex>:<tokens>".
+-- The tokens an open-set member holds, as a string, and its feature if it holds that
+-- feature's tokens too: a member is "<32 hex>:<tokens>", or "<32 hex>:<tokens>:<feature>"
+-- for a reservation of a capped feature (reserve).
 local function member_tokens(member)
+  local colon = string.find(member, ':', 34, true)
+  if colon then
+    return string.sub(member, 34, colon - 1), string.sub(member, colon + 1)
+  end
   return string.sub(member, 34)
 end
 
--- Sum of the open-set members whose lease ended, bounded.
-local function expired(open_key, now)
+-- Sum of the open-set members whose lease ended, bounded; their features' holds are
+-- returned here (purge_expired removes them).
+local function expired(open_key, now, port_key)
   local gone = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 256)
   local freed = 0
   for i = 1, #gone do
-    freed = freed + member_tokens(gone[i])
+    local tokens, feature = member_tokens(gone[i])
+    freed = freed + tokens
+    if feature and port_key then
+      redis.call('HINCRBY', port_key, 'fh:' .. feature, -tokens)
+    end
   end
   return freed, gone
 end
@@ -210,6 +243,7 @@ end
 -- and push the open set's expiry OPEN_SET_MS ahead (bounded per call; reserve's).
 -- Leaves b.next a number whenever something is held.
 local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
+  b.freed = 0
   if b.held == 0 then
     return 0
   end
@@ -217,7 +251,8 @@ local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
   if now < b.next then
     return b.held
   end
-  local freed, gone = expired(open_key, now)
+  local freed, gone = expired(open_key, now, KEYS[$port])
+  b.freed = freed
   if #gone > 0 then
     redis.call('ZREM', open_key, unpack(gone))
     lapse(lapsed_key, gone, now, lapsed_ms)
@@ -252,10 +287,11 @@ local function decide(b, used, reserved, estimate)
   return '1', ''
 end
 
--- A decision reply: "<ok>|<reason>|<used>|<reserved>|<feature used or ''>|<cfg>".
-local function decision(ok, reason, used_s, reserved_s, feature_used_s, cfg)
+-- A decision reply: "<ok>|<reason>|<used>|<reserved>|<feature used or ''>|<rate>|<cfg>"
+-- (rate: rate_field's, '' for a port without limits).
+local function decision(ok, reason, used_s, reserved_s, feature_used_s, rate, cfg)
   return ok .. '|' .. reason .. '|' .. used_s .. '|' .. reserved_s .. '|' .. feature_used_s
-         .. '|' .. cfg
+         .. '|' .. rate .. '|' .. cfg
 end
 
 -- A usage reply (commit, record): "<code>|<used or -1>|<alert 0/1>|<lease expired 0/1>"
@@ -293,7 +329,7 @@ end
 
 -- True the first time in the budget's current period that usage is above the soft cap.
 local function soft_alert(b, used)
-  if b == nil or not b.on or used <= soft_cap(b) then
+  if b == nil or not b.on or used <= b.soft then
     return false
   end
   local start = period_days(b.idx, tonumber(ARGV[$day]))
@@ -305,22 +341,181 @@ local function soft_alert(b, used)
   return true
 end
 
--- Settle a reservation (commit, release) by its member, "<32 hex>:<tokens>": out of
--- the open set with its tokens off 'held', or out of the lapsed set (a purge returned
--- its hold when its lease ended), then remembered as `state` for `ttl` seconds, so
--- that a repeated commit or release is a no-op. Returns '0' if it was open, '1' if it
--- had lapsed, nil if neither: settled already (settled_key exists) or unknown.
-local function settle(open_key, lapsed_key, member, settled_key, state, ttl)
+-- Settle a reservation (commit, release) by its member, "<32 hex>:<tokens>" (or that
+-- and ":<feature>", when reserve held its feature's tokens too, as a capped feature's
+-- reserve does): out of the open set with its tokens off 'held' (and the feature's),
+-- or out of the lapsed set (a purge returned its holds when its lease ended), then
+-- remembered as `state` for `ttl` seconds, so that a repeated commit or release is a
+-- no-op. Returns '0' if it was open, '1' if it had lapsed, nil if neither: settled
+-- already (settled_key exists) or unknown.
+local function settle(open_key, lapsed_key, member, feature, settled_key, state, ttl)
   local lapsed = '0'
+  local tokens = member_tokens(member)
   if redis.call('ZREM', open_key, member) == 1 then
-    redis.call('HINCRBY', KEYS[$port], 'held', '-' .. member_tokens(member))
-  elseif redis.call('ZREM', lapsed_key, member) == 1 then
+    redis.call('HINCRBY', KEYS[$port], 'held', '-' .. tokens)
+  elseif redis.call('ZREM', open_key, member .. ':' .. feature) == 1 then
+    redis.call('HINCRBY', KEYS[$port], 'held', '-' .. tokens)
+    redis.call('HINCRBY', KEYS[$port], 'fh:' .. feature, '-' .. tokens)
+  elseif redis.call('ZREM', lapsed_key, member) == 1
+      or redis.call('ZREM', lapsed_key, member .. ':' .. feature) == 1 then
     lapsed = '1'
   else
     return nil
   end
   redis.call('SET', settled_key, state, 'EX', ttl)
   return lapsed
+end
+
+-- Rate limits (quota/ratelimits.py holds the same arithmetic, and the tests hold the
+-- two to the same answers). A bucket is an integer level, exact below 2^53, stored
+-- with the ms it was computed at in the port hash's 'rl' field: "<level>:<ms>,..." in
+-- the order of the budget copy's limits (budget_put drops it when they change).
+local LEVEL_MAX = 9007199254740991
+
+local function ceil_div(x, d)
+  local q = math.floor(x / d)
+  if q * d < x then
+    q = q + 1
+  end
+  return q
+end
+
+-- Every bucket's level at `now`: drained by r a ms since it was stored, never below 0.
+local function rate_levels(b, state, now)
+  local L, lv, i = b.limits, {}, 0
+  if state then
+    for level, at in string.gmatch(state, '(%d+):(%d+)') do
+      i = i + 1
+      if i > #L then
+        break
+      end
+      level = level + 0
+      local gap = now - at
+      if gap > 0 then
+        local drained = gap * L[i][3]
+        if drained >= level then
+          level = 0
+        else
+          level = level - drained
+        end
+      end
+      lv[i] = level
+    end
+  end
+  for j = i + 1, #L do
+    lv[j] = 0
+  end
+  return lv
+end
+
+-- Whether one call of `tokens` fits every bucket: nil, or the reason and the ms to wait.
+local function rate_admit(b, lv, tokens)
+  local wait = 0
+  for i, lim in ipairs(b.limits) do
+    local units = tokens
+    if lim[1] then
+      units = 1
+    end
+    if units * lim[2] > lim[4] then
+      return 'estimate-exceeds-rate-limit', 0
+    end
+    local over = lv[i] + units * lim[2] - lim[4]
+    if over > 0 then
+      local w = ceil_div(over, lim[3])
+      if w > wait then
+        wait = w
+      end
+    end
+  end
+  if wait > 0 then
+    return 'rate-limited', wait
+  end
+  return nil, 0
+end
+
+-- Count (or, negative, give back) `tokens` and `requests` in the levels.
+local function rate_add(b, lv, tokens, requests)
+  for i, lim in ipairs(b.limits) do
+    local units = tokens
+    if lim[1] then
+      units = requests
+    end
+    if units ~= 0 then
+      local level = lv[i] + units * lim[2]
+      if level < 0 then
+        level = 0
+      elseif level > LEVEL_MAX then
+        level = LEVEL_MAX
+      end
+      lv[i] = level
+    end
+  end
+end
+
+local function rate_store(lv, now)
+  local parts, at = {}, ':' .. string.format('%d', now)
+  for i = 1, #lv do
+    parts[i] = string.format('%d', lv[i]) .. at
+  end
+  redis.call('HSET', KEYS[$port], 'rl', table.concat(parts, ','))
+end
+
+-- `tokens` back to the token buckets of a stored state, each at its own time
+-- (returned before or after draining, a level comes to the same). No clock needed.
+local function rate_give_back(b, state, tokens)
+  if not state or tokens == 0 then
+    return state
+  end
+  local parts, i = {}, 0
+  for level, at in string.gmatch(state, '(%d+):(%d+)') do
+    i = i + 1
+    local lim = b.limits[i]
+    if lim and not lim[1] then
+      level = level - tokens * lim[2]
+      if level < 0 then
+        level = 0
+      end
+    end
+    parts[i] = string.format('%d', level) .. ':' .. at
+  end
+  return table.concat(parts, ',')
+end
+
+-- check's and check_many's rate limits, read-only: the decision after the budget's
+-- and the reply's rate field.
+local rate_field
+
+local function rate_check(b, port_key, ok, reason, tokens, now)
+  if not b.limits then
+    return ok, reason, ''
+  end
+  local lv = rate_levels(b, redis.call('HGET', port_key, 'rl'), now)
+  local why, wait = rate_admit(b, lv, tokens)
+  if ok == '1' and why then
+    ok, reason = '0', why
+  end
+  return ok, reason, rate_field(b, lv, wait, now)
+end
+
+-- The reply's rate field: "<retry ms>;<now>;<remaining>:<reset ms>;..." per limit, or
+-- '' for a port without limits.
+function rate_field(b, lv, wait, now)
+  if not b.limits then
+    return ''
+  end
+  local out = {string.format('%d', wait), string.format('%d', now)}
+  for i, lim in ipairs(b.limits) do
+    local level = lv[i]
+    local left = math.floor((lim[4] - level) / lim[2])
+    if left * lim[2] > lim[4] - level then
+      left = left - 1
+    end
+    if left < 0 then
+      left = 0
+    end
+    out[#out + 1] = string.format('%d', left) .. ':' .. string.format('%d', ceil_div(level, lim[3]))
+  end
+  return table.concat(out, ';')
 end
 
 -- Append the usage event to the shard's stream: one field, 'e' =

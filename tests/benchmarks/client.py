@@ -62,7 +62,7 @@ def _pack(function: str, keys: Sequence[Any], args: Sequence[Any]) -> object:
 
 # Replies as Redis gives them for an admitted call on a port far from its caps.
 _BUDGET = f"1|{HUGE // 2}|{HUGE}|month"
-_DECISION = f"1||1000|0||{_BUDGET}"
+_DECISION = f"1||1000|0|||{_BUDGET}"
 _REPLIES = {
     "check": _DECISION,
     "reserve": _DECISION,

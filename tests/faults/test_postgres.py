@@ -31,7 +31,10 @@ def own_pg(postgres: PostgresServer) -> Iterator[Engine]:
 
 @pytest.fixture(params=["sync", "async"])
 def pgate(
-    request: pytest.FixtureRequest, settings: Settings, server: RedisServer, postgres: PostgresServer
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    server: RedisServer,
+    postgres: PostgresServer,
 ) -> Iterator[Gate]:
     s = settings.model_copy(
         update={

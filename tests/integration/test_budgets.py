@@ -137,7 +137,7 @@ def test_a_budget_miss_loads_the_copy_from_postgres_and_asks_again(
         admin.set_budget("p", enabled=True, soft_cap_tokens=70, hard_cap_tokens=90, updated_by="u")
     forget_prefix(r, settings.key_prefix)  # Redis forgot the port; Postgres did not
     canned = CannedTransport(
-        {"check": ["-1", "1||10|0||1|70|90|month"], "budget_put": ["1"], "rebuild": [0]}
+        {"check": ["-1", "1||10|0|||1|70|90|month"], "budget_put": ["1"], "rebuild": [0]}
     )
     with Gate(settings, transport=canned) as gate:
         d = gate.check("p", 5)

@@ -12,7 +12,7 @@ from quota.canned import CannedTransport
 from quota.periods import Windows, to_ms
 
 BUDGET = "1|800|1000|day"
-OK_RESERVE = f"1||100|0||{BUDGET}"
+OK_RESERVE = f"1||100|0|||{BUDGET}"
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_a_clock_correction_is_adopted_and_the_call_sent_again(settings: Setting
 
 
 def test_a_refusal_carries_the_reason_and_no_reservation(settings: Settings) -> None:
-    canned = CannedTransport({"reserve": [f"0|hard-cap-exceeded|1000|0||{BUDGET}"]})
+    canned = CannedTransport({"reserve": [f"0|hard-cap-exceeded|1000|0|||{BUDGET}"]})
     with Gate(settings, transport=canned) as gate:
         d = gate.reserve("p", 5, "ocr")
     assert (d.ok, d.reason, d.remaining, d.reservation_id) == (False, "hard-cap-exceeded", 0, None)

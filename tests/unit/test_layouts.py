@@ -21,7 +21,7 @@ from quota.reservations import parse_reservation_id
 from quota.scripts import OPERATIONS, library
 
 BUDGET = "1|800|1000|day"
-OK_RESERVE = f"1||100|0||{BUDGET}"
+OK_RESERVE = f"1||100|0|||{BUDGET}"
 
 
 def _event(value: str) -> list[str]:
@@ -74,6 +74,7 @@ def test_check_and_reserve_are_sent_as_declared(settings: Settings) -> None:
     assert reserve["member"] == ref.member
     assert reserve["lease_ms"] == int(settings.lease_seconds * 1000)
     assert reserve["lapsed_ms"] == settings.settled_seconds * 1000
+    assert reserve["feature"] == "ocr"
 
 
 @pytest.mark.parametrize("request_id", [None, "req-1"])
@@ -130,7 +131,7 @@ def test_release_check_many_and_the_budget_copy_are_sent_as_declared(
     assert release == {
         "port": pk.budget, "open": pk.open, "lapsed": pk.lapsed,
         "settled": pk.settled(ref.hex_id), "member": ref.member,
-        "settled_s": settings.settled_seconds,
+        "settled_s": settings.settled_seconds, "feature": "ocr",
     }  # fmt: skip
     many = LAYOUTS["check_many"]
     pos = many.positions()
@@ -143,4 +144,5 @@ def test_release_check_many_and_the_budget_copy_are_sent_as_declared(
     put = LAYOUTS["budget_put"].named((pk.budget,), copy)
     assert put == {
         "port": pk.budget, "version": 7, "enabled": 1, "soft": 5, "hard": 8, "period": "month",
+        "limits": "", "caps": "",
     }  # fmt: skip

@@ -25,6 +25,8 @@ def test_all_is_pinned_and_importable() -> None:
         "InvalidBudget",
         "InvalidInput",
         "QuotaError",
+        "RateLimit",
+        "RateState",
         "RedisUnavailable",
         "Reservation",
         "Settings",
@@ -126,6 +128,8 @@ def test_pinned_gate_signatures() -> None:
         "hard_cap_tokens",
         "period",
         "outage_policy",
+        "rate_limits",
+        "feature_caps",
         "updated_by",
     }
     assert params["current_period_tokens"] == ["self", "port_id", "feature"]

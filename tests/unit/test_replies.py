@@ -6,7 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quota import RateLimit, RateState
 from quota.models import Decision, UsageResult
+from quota.ratelimits import spec
 from quota.replies import Replies, Terms
 
 counts = st.integers(min_value=0, max_value=10**12)
@@ -29,6 +31,7 @@ def test_a_decision_reads_back_every_field(
             str(used),
             str(reserved),
             "",
+            "",
             budget(on, soft, hard, period),
         ]
     )
@@ -47,19 +50,19 @@ def test_a_decision_reads_back_every_field(
 
 
 def test_a_disabled_budget_has_no_remaining_and_no_soft_cap() -> None:
-    d = Replies().decision("1||900|0||0|100|1000|day")
+    d = Replies().decision("1||900|0|||0|100|1000|day")
     assert (d.ok, d.reason, d.remaining, d.soft_cap, d.enabled) == (True, None, None, False, False)
 
 
 def test_standing_gives_the_features_usage_only_when_asked() -> None:
     replies = Replies()
-    assert replies.standing("1||700|-5||1|500|1000|week") == (
+    assert replies.standing("1||700|-5|||1|500|1000|week") == (
         700,
         0,  # never reported below zero
         None,
         Terms(True, 500, 1000, "week"),
     )
-    assert replies.standing("1||700|40|30|1|500|1000|week").feature_used == 30
+    assert replies.standing("1||700|40|30||1|500|1000|week").feature_used == 30
 
 
 def test_a_counted_usage_reply() -> None:
@@ -86,3 +89,27 @@ def test_the_memo_of_budget_terms_is_bounded() -> None:
     assert len(replies._terms) <= Replies.BOUND
     # A budget seen before the memo started again is parsed again, the same.
     assert replies.terms(budget(True, 0, 1, "day")) == Terms(True, 0, 1, "day")
+
+
+def test_a_decision_with_rate_limits_carries_each_bucket_and_the_wait() -> None:
+    limits = [RateLimit(requests=600, per_seconds=60), RateLimit(tokens=90_000, per_seconds=60)]
+    copy = f"1|500|1000|day|{spec(limits)}|ocr=50"
+    d = Replies().decision(f"0|rate-limited|10|0|3|250;1767225600000;0:99000;10:33|{copy}")
+    assert (d.ok, d.reason, d.retry_after_ms, d.cap_tokens) == (False, "rate-limited", 250, 1000)
+    assert d.rate == (
+        RateState("requests", 600, 60, 0, 99_000),
+        RateState("tokens", 90_000, 60, 10, 33),
+    )
+    assert d.headers() == {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1m39s",
+        "x-ratelimit-limit-tokens": "90000",
+        "x-ratelimit-remaining-tokens": "10",
+        "x-ratelimit-reset-tokens": "33ms",
+        "retry-after": "1",
+        "retry-after-ms": "250",
+    }
+    other = Replies().decision(f"0|hard-cap-exceeded|1000|0||5;1;0:1;0:1|{copy}")
+    assert other.retry_after_ms is None  # a wait only for a rate-limited refusal
+    assert "retry-after" not in other.headers()
