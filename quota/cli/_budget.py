@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 from rich.table import Table
 
 from quota.cli._common import console, gate, json_option, print_json
-from quota.models import Budget
+from quota.models import Budget, RateLimit
+
+_RATE = re.compile(r"(requests|tokens)=(\d+)/(\d+)(?:\+(\d+))?")
+
+
+def rate_text(r: RateLimit) -> str:
+    burst = "" if r.burst is None else f" (burst {r.burst:,})"
+    return f"{r.limit:,} {r.kind} / {r.per_seconds:,} s{burst}"
+
+
+def _rate(value: str) -> RateLimit:
+    m = _RATE.fullmatch(value)
+    if m is None:
+        raise click.BadParameter(
+            f"{value!r}: give requests=N/SECONDS or tokens=N/SECONDS, optionally +BURST"
+        )
+    kind, n, per, burst = m.groups()
+    return RateLimit(**{kind: int(n)}, per_seconds=int(per),
+                     burst=None if burst is None else int(burst))  # fmt: skip
+
+
+def _cap(value: str) -> tuple[str, int | None]:
+    feature, sep, tokens = value.partition("=")
+    if not sep or not feature or not (tokens.isdigit() or tokens == "none"):
+        raise click.BadParameter(f"{value!r}: give FEATURE=TOKENS, or FEATURE=none to remove")
+    return feature, None if tokens == "none" else int(tokens)
 
 
 def _budget_table(port: str, budget: Budget) -> Table:
@@ -18,7 +45,19 @@ def _budget_table(port: str, budget: Budget) -> Table:
     table.add_row("hard cap", f"{budget.hard_cap_tokens:,} tokens")
     table.add_row("period", budget.period)
     table.add_row("outage policy", budget.outage_policy or "default (QUOTA_OUTAGE_POLICY)")
+    for r in budget.rate_limits:
+        table.add_row("rate limit", rate_text(r))
+    for feature, cap in sorted(budget.feature_caps.items()):
+        table.add_row(f"cap of {feature}", f"{cap:,} tokens")
     return table
+
+
+def _extras(b: Budget) -> str:
+    """Rate limits and feature caps, short: ``600 req/60s, 90,000 tok/60s; ocr ≤ 50,000``."""
+    short = {"requests": "req", "tokens": "tok"}
+    limits = ", ".join(f"{r.limit:,} {short[r.kind]}/{r.per_seconds}s" for r in b.rate_limits)
+    caps = ", ".join(f"{f} ≤ {c:,}" for f, c in sorted(b.feature_caps.items()))
+    return "; ".join(x for x in (limits, caps) if x) or "-"
 
 
 @click.group()
@@ -37,6 +76,24 @@ def budget() -> None:
     type=click.Choice(["closed", "open", "allowance"]),
     help="What decisions answer while Redis is down (default: QUOTA_OUTAGE_POLICY).",
 )
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute (a rate limit).")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute (a rate limit).")
+@click.option(
+    "--rate",
+    "rates",
+    multiple=True,
+    help="A rate limit: requests=N/SECONDS or tokens=N/SECONDS, optionally +BURST "
+    "(repeatable; replaces the limit of the same kind and window).",
+)
+@click.option("--no-rate-limits", is_flag=True, help="Remove every rate limit first.")
+@click.option(
+    "--feature-cap",
+    "caps",
+    multiple=True,
+    help="FEATURE=TOKENS: a hard cap of one feature per period (repeatable; "
+    "FEATURE=none removes it).",
+)
+@click.option("--no-feature-caps", is_flag=True, help="Remove every feature cap first.")
 @click.option("--by", "updated_by", required=True, help="Who is making the change.")
 @json_option
 def budget_set(
@@ -46,11 +103,36 @@ def budget_set(
     hard: int | None,
     period: str | None,
     outage_policy: str | None,
+    rpm: int | None,
+    tpm: int | None,
+    rates: tuple[str, ...],
+    no_rate_limits: bool,
+    caps: tuple[str, ...],
+    no_feature_caps: bool,
     updated_by: str,
     as_json: bool,
 ) -> None:
-    """Change PORT's budget; unspecified fields keep their stored values."""
+    """Change PORT's budget; unspecified fields keep their stored values. Rate limits
+    and feature caps given are merged into the stored ones."""
+    new_limits = [_rate(r) for r in rates]
+    if rpm is not None:
+        new_limits.append(RateLimit(requests=rpm, per_seconds=60))
+    if tpm is not None:
+        new_limits.append(RateLimit(tokens=tpm, per_seconds=60))
+    new_caps = dict(_cap(c) for c in caps)
     with gate() as g:
+        limits: list[RateLimit] | None = None
+        feature_caps: dict[str, int] | None = None
+        if new_limits or no_rate_limits or new_caps or no_feature_caps:
+            stored = g.get_budget(port)
+            if new_limits or no_rate_limits:
+                given = {(r.kind, r.per_seconds) for r in new_limits}
+                kept = [] if no_rate_limits else stored.rate_limits
+                limits = [r for r in kept if (r.kind, r.per_seconds) not in given] + new_limits
+            if new_caps or no_feature_caps:
+                merged = {} if no_feature_caps else dict(stored.feature_caps)
+                merged.update(new_caps)  # type: ignore[arg-type]
+                feature_caps = {f: c for f, c in merged.items() if c is not None}
         result = g.set_budget(
             port,
             enabled=enabled,
@@ -58,6 +140,8 @@ def budget_set(
             hard_cap_tokens=hard,
             period=period,  # type: ignore[arg-type]
             outage_policy=outage_policy,  # type: ignore[arg-type]
+            rate_limits=limits,
+            feature_caps=feature_caps,
             updated_by=updated_by,
         )
     if as_json:
@@ -90,7 +174,7 @@ def budget_history(port: str, as_json: bool) -> None:
         print_json(changes)
         return
     table = Table(title=f"Budget history of {port}", title_justify="left")
-    for col in ("when (UTC)", "by", "enabled", "soft cap", "hard cap", "period"):
+    for col in ("when (UTC)", "by", "enabled", "soft cap", "hard cap", "period", "limits, caps"):
         table.add_column(col)
 
     def cell(before: object, after: object) -> str:
@@ -109,5 +193,6 @@ def budget_history(port: str, as_json: bool) -> None:
                 cell(b.get(k), a[k])
                 for k in ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period")
             ),
+            cell(_extras(c.before) if c.before else None, _extras(c.after)),
         )
     console().print(table)

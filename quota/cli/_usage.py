@@ -7,7 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from quota.cli._common import console, gate, json_option, print_json
-from quota.models import Status
+from quota.models import Decision, Status
+from quota.ratelimits import duration
 
 _STYLE = {"ok": "green", "soft": "yellow", "hard": "red"}
 
@@ -29,12 +30,28 @@ def check(port: str, estimate: int, as_json: bool) -> int:
         left = "no cap" if d.remaining is None else f"{d.remaining:,} tokens left"
         soft = " (above the soft cap)" if d.soft_cap else ""
         console().print(f"[green]allowed[/]: {d.used_tokens:,} used, {left}{soft}")
+    elif d.retry_after_ms is not None:
+        console().print(f"[red]refused[/] ({d.reason}): ask again in {duration(d.retry_after_ms)}")
     else:
         console().print(
             f"[red]refused[/] ({d.reason}): {d.used_tokens:,} of "
             f"{d.cap_tokens:,} tokens used this {d.period}"
         )
+    if d.rate and not as_json:
+        console().print(rate_table(d))
     return 0 if d.ok else 1
+
+
+def rate_table(d: Decision) -> Table:
+    """Each rate limit's headroom, as a decision left it."""
+    table = Table(title="Rate limits", title_justify="left")
+    for col, justify in (("limit", "left"), ("left now", "right"), ("full again in", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for s in d.rate:
+        table.add_row(
+            f"{s.limit:,} {s.kind} / {s.per_seconds:,} s", f"{s.remaining:,}", duration(s.reset_ms)
+        )
+    return table
 
 
 @click.command()
@@ -107,8 +124,20 @@ def usage(port: str, as_json: bool) -> None:
     with gate() as g:
         s = g.status(port)
         features = g.breakdown(port)
+        rates = g.check(port, 0)  # consumes nothing: the buckets' headroom
+        caps = g.get_budget(port).feature_caps
+        capped = {f: g.current_period_tokens(port, f) for f in sorted(caps)}
     if as_json:
-        print_json({"status": s, "breakdown": features})
+        print_json(
+            {
+                "status": s,
+                "breakdown": features,
+                "rate_limits": rates.rate,
+                "feature_caps": [
+                    {"feature": f, "used_tokens": capped[f], "cap_tokens": caps[f]} for f in capped
+                ],
+            }
+        )
         return
     out = console()
     out.print(
@@ -131,6 +160,16 @@ def usage(port: str, as_json: bool) -> None:
     for f in features:
         table.add_row(f.feature, f"{f.tokens:,}", f"{f.calls:,}", f"{f.tokens / total:.0%}")
     out.print(table)
+    if rates.rate:
+        out.print(rate_table(rates))
+    if capped:
+        cap_table = Table(title="Feature caps (this period, Redis)", title_justify="left")
+        for col in ("feature", "used", "cap", "left"):
+            cap_table.add_column(col, justify="left" if col == "feature" else "right")
+        for feature, used in capped.items():
+            cap = caps[feature]
+            cap_table.add_row(feature, f"{used:,}", f"{cap:,}", f"{max(cap - used, 0):,}")
+        out.print(cap_table)
 
 
 @click.command()

@@ -59,6 +59,8 @@ def test_budget_set_show_history(cli: CliRunner) -> None:
         "hard_cap_tokens": 1000,
         "period": "day",
         "outage_policy": None,
+        "rate_limits": [],
+        "feature_caps": {},
     }
     assert run(cli, "budget", "set", "acme", "--hard", "2000", "--by", "bob").exit_code == 0
     shown = as_json(run(cli, "budget", "show", "acme", "--json"))
@@ -70,6 +72,37 @@ def test_budget_set_show_history(cli: CliRunner) -> None:
     table = run(cli, "budget", "history", "acme").stdout
     assert "alice" in table
     assert "2,000" in table
+
+
+def test_rate_limits_and_feature_caps_from_the_command_line(cli: CliRunner) -> None:
+    r = run(cli, "budget", "set", "acme", "--enable", "--hard", "100000", "--rpm", "2",
+            "--tpm", "90000", "--feature-cap", "ocr=500", "--by", "ops", "--json")  # fmt: skip
+    assert r.exit_code == 0
+    shown = as_json(r)
+    assert [(x["requests"], x["tokens"], x["per_seconds"]) for x in shown["rate_limits"]] == [
+        (2, None, 60),
+        (None, 90_000, 60),
+    ]
+    assert shown["feature_caps"] == {"ocr": 500}
+    # Merged: a limit of the same kind and window is replaced, the others kept; a cap of
+    # "none" is removed.
+    r = run(cli, "budget", "set", "acme", "--rate", "requests=3/60+5", "--feature-cap",
+            "ocr=none", "--feature-cap", "chat=7", "--by", "ops", "--json")  # fmt: skip
+    shown = as_json(r)
+    assert [(x["requests"], x["burst"]) for x in shown["rate_limits"]] == [(None, None), (3, 5)]
+    assert shown["feature_caps"] == {"chat": 7}
+    assert "3 requests / 60 s (burst 5)" in run(cli, "budget", "show", "acme").stdout
+    assert run(cli, "check", "acme", "--estimate", "10").exit_code == 0
+    checked = run(cli, "check", "acme", "--estimate", "10")
+    assert "Rate limits" in checked.stdout
+    assert "90,000 tokens / 60 s" in checked.stdout
+    usage = as_json(run(cli, "usage", "acme", "--json"))
+    assert usage["feature_caps"] == [{"feature": "chat", "used_tokens": 0, "cap_tokens": 7}]
+    assert {x["kind"] for x in usage["rate_limits"]} == {"requests", "tokens"}
+    cleared = as_json(run(cli, "budget", "set", "acme", "--no-rate-limits", "--no-feature-caps",
+                          "--by", "ops", "--json"))  # fmt: skip
+    assert (cleared["rate_limits"], cleared["feature_caps"]) == ([], {})
+    assert "limits, caps" in run(cli, "budget", "history", "acme").stdout
 
 
 def test_check_exit_codes(cli: CliRunner) -> None:
@@ -171,6 +204,13 @@ def test_record_usage_and_top(cli: CliRunner, worker_env: Settings, pg: Engine) 
             "feature 'f!' is invalid",
         ),
         (["reconcile", "--port", "a b"], "port id 'a b' is invalid"),
+        (["budget", "set", "p", "--rate", "requests=5", "--by", "u"], "give requests=N/SECONDS"),
+        (
+            ["budget", "set", "p", "--rate", "tokens=0/60", "--by", "u"],
+            "greater than or equal to 1",
+        ),
+        (["budget", "set", "p", "--feature-cap", "ocr", "--by", "u"], "give FEATURE=TOKENS"),
+        (["budget", "set", "p", "--rpm", "0", "--by", "u"], "0 is not in the range x>=1"),
         (["drain", "--shard", "99"], "no shard 99"),
         (["no-such-command"], "No such command"),
     ],
