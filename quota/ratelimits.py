@@ -91,11 +91,12 @@ def drained(level: int, at: int, now: int, r: int) -> int:
 
 
 def levels(limits: Sequence[Scaled], state: str | None, now: int) -> list[int]:
-    """Every bucket's level at ``now`` from the port's ``rl`` field (absent: empty)."""
+    """Every bucket's level at ``now`` from the port's ``rl`` text,
+    ``<ms>:<level>,<level>,...`` (absent: empty buckets)."""
     out = [0] * len(limits)
     if state:
-        for i, pair in enumerate(state.split(",")[: len(limits)]):
-            level, at = pair.split(":")
+        at, _, text = state.partition(":")
+        for i, level in enumerate(text.split(",")[: len(limits)]):
             out[i] = drained(int(level), int(at), now, limits[i].r)
     return out
 
@@ -123,20 +124,20 @@ def add(limits: Sequence[Scaled], lv: list[int], tokens: int, requests: int) -> 
 
 
 def give_back(limits: Sequence[Scaled], state: str | None, tokens: int) -> str | None:
-    """``tokens`` returned to the token buckets of a stored state, each at its own time
+    """``tokens`` returned to the token buckets of a stored state, at its own time
     (returning before or after draining comes to the same level)."""
-    if not state:
+    if not state or tokens == 0:
         return state
-    pairs = state.split(",")
-    for i, s in enumerate(limits[: len(pairs)]):
+    at, _, text = state.partition(":")
+    parts = text.split(",")
+    for i, s in enumerate(limits[: len(parts)]):
         if not s.requests:
-            level, at = pairs[i].split(":")
-            pairs[i] = f"{max(int(level) - tokens * s.a, 0)}:{at}"
-    return ",".join(pairs)
+            parts[i] = str(max(int(parts[i]) - tokens * s.a, 0))
+    return f"{at}:{','.join(parts)}"
 
 
 def stored(lv: Sequence[int], now: int) -> str:
-    return ",".join(f"{level}:{now}" for level in lv)
+    return f"{now}:{','.join(str(level) for level in lv)}"
 
 
 def remaining(s: Scaled, level: int) -> int:

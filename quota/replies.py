@@ -6,8 +6,9 @@ because a table reply costs Redis ~5k instructions where a string costs 0.3k:
 - a decision (check, check_many, reserve):
   ``<ok>|<reason>|<used>|<reserved>|<feature used>|<rate>|<budget>`` (the feature's
   usage only when a feature was asked about or is capped, else empty; ``<rate>`` empty
-  for a port without rate limits, else ``<retry ms>;<server ms>;<remaining>:<reset
-  ms>;...``, one pair per limit in the budget copy's order);
+  for a port without rate limits, else ``<retry ms>;<server ms>;<buckets>``, the
+  buckets as the port hash's ``rl`` field holds them (quota/ratelimits.py), the
+  server's ms left out when they were computed at it);
 - a usage reply (commit, record): ``<code>|<used>|<alert>|<lease expired>``, followed by
   ``|<budget>`` only when it raises a soft-cap alert;
 - or one of the codes below alone (``CLOCK`` followed by ``|<server ms>``).
@@ -22,7 +23,7 @@ from typing import NamedTuple, cast
 
 from quota.models import Decision, RateState, Reason, UsageResult
 from quota.periods import Period
-from quota.ratelimits import Scaled, parse_spec
+from quota.ratelimits import Scaled, levels, parse_spec, remaining, reset_ms
 
 # A reply's first field: counted (or ok), and a no-op (already settled or counted).
 OK, NOOP = "1", "2"
@@ -78,17 +79,19 @@ class Replies:
         return terms
 
     def _rate(self, rate: str, budget: str) -> tuple[int, tuple[RateState, ...]]:
-        """The ms to wait and each limit's state, from a decision's rate field."""
+        """The ms to wait and each limit's state, from a decision's rate field
+        ``<wait>;<server ms>;<'rl' text>``: the client works the headroom out."""
         limits = self._limits.get(budget)
         if limits is None:
             self._parsed(budget)
             limits = self._limits[budget]
-        wait, _, *pairs = rate.split(";")
-        states = []
-        for s, pair in zip(limits, pairs, strict=True):
-            left, reset = pair.split(":")
-            states.append(RateState(s.kind, s.limit, s.per_seconds, int(left), int(reset)))
-        return int(wait), tuple(states)
+        wait, now, state = rate.split(";", 2)
+        # An admission's buckets are computed at the server's ms, then left out.
+        lv = levels(limits, state, int(now or state.partition(":")[0]))
+        return int(wait), tuple(
+            RateState(s.kind, s.limit, s.per_seconds, remaining(s, x), reset_ms(s, x))
+            for s, x in zip(limits, lv, strict=True)
+        )
 
     def terms(self, budget: str) -> Terms:
         return Terms(*self._parsed(budget))

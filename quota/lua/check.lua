@@ -13,8 +13,10 @@ end
 local used, used_s = used_in(b)
 local estimate = ARGV[$estimate] + 0
 local ok, reason = decide(b, used, 0, estimate)
-local rate
-ok, reason, rate = rate_check(b, KEYS[$port], ok, reason, estimate, now)
+local rate = ''
+if b.limits then
+  ok, reason, rate = rate_check(b, KEYS[$port], ok, reason, estimate, now)
+end
 local feature_used = ''
 if ARGV[$feature] ~= '' then
   local _

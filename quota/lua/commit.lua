@@ -34,9 +34,7 @@ local function true_up(total)
     if lease_expired == '0' then
       total = total - member_tokens(ARGV[$member])
     end
-    local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
-    rate_add(b, lv, total, 0)
-    rate_store(lv, now)
+    rate_count(b, now, total, 0)
   end
 end
 if KEYS[$request] and not redis.call('SET', KEYS[$request], '1', 'NX', 'EX', ARGV[$request_s]) then

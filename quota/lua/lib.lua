@@ -93,6 +93,13 @@ local function parse_extra(limits, caps)
     for kind, a, r, cap in string.gmatch(limits, '(%a):%d+:%d+:(%d+):(%d+):(%d+)') do
       L[#L + 1] = {kind == 'q', a + 0, r + 0, cap + 0}
     end
+    -- The 'rl' text's pattern and format for this many buckets: one string.match and
+    -- one string.format a call, where a loop over them costs ~2k an item.
+    local parse, fmt = '^(%d+):(%d+)', '%d:%d'
+    for _ = 2, #L do
+      parse, fmt = parse .. ',(%d+)', fmt .. ',%d'
+    end
+    L.parse, L.fmt = parse .. '$', fmt
   end
   if caps ~= '' then
     C = {}
@@ -367,9 +374,11 @@ local function settle(open_key, lapsed_key, member, feature, settled_key, state,
 end
 
 -- Rate limits (quota/ratelimits.py holds the same arithmetic, and the tests hold the
--- two to the same answers). A bucket is an integer level, exact below 2^53, stored
--- with the ms it was computed at in the port hash's 'rl' field: "<level>:<ms>,..." in
--- the order of the budget copy's limits (budget_put drops it when they change).
+-- two to the same answers). A bucket is an integer level, exact below 2^53; the port
+-- hash's 'rl' field keeps them all with the ms they were computed at,
+-- "<ms>:<level>,<level>,..." in the order of the budget copy's limits (budget_put
+-- drops it when they change). Replies carry that text and the server's ms, and the
+-- client works out each limit's headroom: formatting numbers costs Redis ~2k each.
 local LEVEL_MAX = 9007199254740991
 
 local function ceil_div(x, d)
@@ -381,37 +390,46 @@ local function ceil_div(x, d)
 end
 
 -- Every bucket's level at `now`: drained by r a ms since it was stored, never below 0.
+-- A text that does not fit the limits (none yet) is empty buckets.
 local function rate_levels(b, state, now)
-  local L, lv, i = b.limits, {}, 0
+  local L = b.limits
+  local at, l1, l2, l3, l4
   if state then
-    for level, at in string.gmatch(state, '(%d+):(%d+)') do
-      i = i + 1
-      if i > #L then
-        break
-      end
-      level = level + 0
-      local gap = now - at
-      if gap > 0 then
-        local drained = gap * L[i][3]
-        if drained >= level then
-          level = 0
-        else
-          level = level - drained
-        end
-      end
-      lv[i] = level
-    end
+    at, l1, l2, l3, l4 = string.match(state, L.parse)
   end
-  for j = i + 1, #L do
-    lv[j] = 0
+  if not at then
+    local lv = {}
+    for i = 1, #L do
+      lv[i] = 0
+    end
+    return lv
+  end
+  local lv, gap = {l1 + 0, l2, l3, l4}, now - at
+  for i = 1, #L do
+    local level = lv[i] + 0
+    if gap > 0 then
+      local drained = gap * L[i][3]
+      if drained >= level then
+        level = 0
+      else
+        level = level - drained
+      end
+    end
+    lv[i] = level
   end
   return lv
 end
 
+-- The 'rl' text of levels computed at `now`.
+local function rate_state(b, lv, now)
+  return string.format(b.limits.fmt, now, lv[1], lv[2], lv[3], lv[4])
+end
+
 -- Whether one call of `tokens` fits every bucket: nil, or the reason and the ms to wait.
 local function rate_admit(b, lv, tokens)
-  local wait = 0
-  for i, lim in ipairs(b.limits) do
+  local L, wait = b.limits, 0
+  for i = 1, #L do
+    local lim = L[i]
     local units = tokens
     if lim[1] then
       units = 1
@@ -435,7 +453,9 @@ end
 
 -- Count (or, negative, give back) `tokens` and `requests` in the levels.
 local function rate_add(b, lv, tokens, requests)
-  for i, lim in ipairs(b.limits) do
+  local L = b.limits
+  for i = 1, #L do
+    local lim = L[i]
     local units = tokens
     if lim[1] then
       units = requests
@@ -452,70 +472,54 @@ local function rate_add(b, lv, tokens, requests)
   end
 end
 
-local function rate_store(lv, now)
-  local parts, at = {}, ':' .. string.format('%d', now)
-  for i = 1, #lv do
-    parts[i] = string.format('%d', lv[i]) .. at
-  end
-  redis.call('HSET', KEYS[$port], 'rl', table.concat(parts, ','))
-end
-
--- `tokens` back to the token buckets of a stored state, each at its own time
--- (returned before or after draining, a level comes to the same). No clock needed.
+-- `tokens` back to the token buckets of a stored state, at its own time (returned
+-- before or after draining, a level comes to the same). No clock needed.
 local function rate_give_back(b, state, tokens)
   if not state or tokens == 0 then
     return state
   end
-  local parts, i = {}, 0
-  for level, at in string.gmatch(state, '(%d+):(%d+)') do
-    i = i + 1
-    local lim = b.limits[i]
-    if lim and not lim[1] then
-      level = level - tokens * lim[2]
+  local L = b.limits
+  local at, l1, l2, l3, l4 = string.match(state, L.parse)
+  if not at then
+    return state
+  end
+  local lv = {l1 + 0, l2, l3, l4}
+  for i = 1, #L do
+    local level = lv[i] + 0
+    if not L[i][1] then
+      level = level - tokens * L[i][2]
       if level < 0 then
         level = 0
       end
     end
-    parts[i] = string.format('%d', level) .. ':' .. at
+    lv[i] = level
   end
-  return table.concat(parts, ',')
+  return rate_state(b, lv, at + 0)
 end
 
--- check's and check_many's rate limits, read-only: the decision after the budget's
--- and the reply's rate field.
-local rate_field
+-- Usage counted after the fact (commit's difference, record): into the buckets at the
+-- usage's time, into debt if need be.
+local function rate_count(b, now, tokens, requests)
+  local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
+  rate_add(b, lv, tokens, requests)
+  redis.call('HSET', KEYS[$port], 'rl', rate_state(b, lv, now))
+end
 
+-- A decision's rate field: "<retry ms>;<server ms>;<'rl' text>" ('' without limits);
+-- an admission's text is computed at the server's ms, which is then left out.
+local function rate_field(wait, now, state)
+  return string.format('%d;%d;', wait, now) .. (state or '')
+end
+
+-- check's and check_many's rate limits, read-only: the decision after the budget's,
+-- and the reply's rate field.
 local function rate_check(b, port_key, ok, reason, tokens, now)
-  if not b.limits then
-    return ok, reason, ''
-  end
-  local lv = rate_levels(b, redis.call('HGET', port_key, 'rl'), now)
-  local why, wait = rate_admit(b, lv, tokens)
+  local state = redis.call('HGET', port_key, 'rl')
+  local why, wait = rate_admit(b, rate_levels(b, state, now), tokens)
   if ok == '1' and why then
     ok, reason = '0', why
   end
-  return ok, reason, rate_field(b, lv, wait, now)
-end
-
--- The reply's rate field: "<retry ms>;<now>;<remaining>:<reset ms>;..." per limit, or
--- '' for a port without limits.
-function rate_field(b, lv, wait, now)
-  if not b.limits then
-    return ''
-  end
-  local out = {string.format('%d', wait), string.format('%d', now)}
-  for i, lim in ipairs(b.limits) do
-    local level = lv[i]
-    local left = math.floor((lim[4] - level) / lim[2])
-    if left * lim[2] > lim[4] - level then
-      left = left - 1
-    end
-    if left < 0 then
-      left = 0
-    end
-    out[#out + 1] = string.format('%d', left) .. ':' .. string.format('%d', ceil_div(level, lim[3]))
-  end
-  return table.concat(out, ';')
+  return ok, reason, rate_field(wait, now, state)
 end
 
 -- Append the usage event to the shard's stream: one field, 'e' =

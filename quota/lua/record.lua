@@ -22,9 +22,7 @@ if bad then
 end
 local used = add_usage(ARGV[$feature], ARGV[$total], ARGV[$total] + 0, b)
 if b and b.limits then  -- counted after the fact: one request and its tokens, debt or not
-  local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
-  rate_add(b, lv, ARGV[$total] + 0, 1)
-  rate_store(lv, now)
+  rate_count(b, now, ARGV[$total] + 0, 1)
 end
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', '0', b.cfg)

@@ -20,7 +20,17 @@ from rich.table import Table
 
 from quota.housekeeping import require_own
 from quota.settings import Settings
-from tests.benchmarks import app, asyncgate, client, hotpath, instructions, ledger, peers, scale
+from tests.benchmarks import (
+    app,
+    asyncgate,
+    client,
+    hotpath,
+    instructions,
+    ledger,
+    peers,
+    ratelimits,
+    scale,
+)
 from tests.benchmarks._measure import Row, fmt, reset, write_markdown
 
 # How to read the figures, and where the time goes: prose, kept as Markdown beside
@@ -50,6 +60,7 @@ SECTIONS: dict[str, Section] = {
     "client": lambda s, c, q: client.bench_client(s, c, 500 if q else 10_000),
     "async": lambda s, c, q: asyncgate.bench_async(s, c, 2_000 if q else 40_000, 4 if q else 10),
     "app": lambda s, c, q: app.bench_app(s, c, 2 if q else 10, 1 if q else 3),
+    "ratelimit": lambda s, c, q: ratelimits.bench_rate_race(s, c, 1.0 if q else 8.0),
 }
 
 

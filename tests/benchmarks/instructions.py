@@ -10,6 +10,7 @@ misses, which is why the timed rows stay beside them.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import socket
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import redis
 
+from quota import RateLimit
 from quota.gate import Gate
 from quota.settings import Settings
 from tests.benchmarks._measure import Row
-from tests.benchmarks.hotpath import budgets, operations
+from tests.benchmarks.hotpath import HUGE, budgets, operations
 
 _TOOLS = ("valgrind", "callgrind_control", "redis-server")
 _TRIVIAL = "trivial one-key INCRBY script"
@@ -103,6 +105,32 @@ class _Callgrind:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+def _limited_reserve(gate: Gate, server: _Callgrind, calls: int, plain: Row) -> Row:
+    """reserve on ports with two rate limits (never reached) and a cap on its feature,
+    against reserve on ports without (``plain``, the row above)."""
+    ports = [f"limited-{i}" for i in range(100)]
+    limits = [RateLimit(requests=10**9, per_seconds=60), RateLimit(tokens=10**12, per_seconds=60)]
+    for port in ports:
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=HUGE // 2, hard_cap_tokens=HUGE,
+            rate_limits=limits, feature_caps={"ocr": HUGE}, updated_by="bench",
+        )  # fmt: skip
+    rng = random.Random(2)
+
+    def reserve() -> None:
+        gate.reserve(rng.choice(ports), 1500, "ocr")
+
+    for _ in ports:
+        reserve()  # warm: budget copies, buckets
+    return Row(
+        "instructions",
+        "Redis instructions per call: reserve, 2 rate limits + a feature cap",
+        server.count(reserve, calls),
+        "instructions",
+        note="ratio against reserve without them (goal ≤ 1.3×)",
+    ).against(plain)
+
+
 def bench_instructions(settings: Settings, calls: int) -> list[Row]:
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
@@ -127,6 +155,7 @@ def bench_instructions(settings: Settings, calls: int) -> list[Row]:
                     note="callgrind; repeatable to ~1 %" if not rows else "",
                 )
                 rows.append(row if not rows else row.against(rows[0]))
+            rows.append(_limited_reserve(gate, server, calls, rows[2]))
             return rows
     finally:
         server.close()

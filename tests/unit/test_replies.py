@@ -94,22 +94,26 @@ def test_the_memo_of_budget_terms_is_bounded() -> None:
 def test_a_decision_with_rate_limits_carries_each_bucket_and_the_wait() -> None:
     limits = [RateLimit(requests=600, per_seconds=60), RateLimit(tokens=90_000, per_seconds=60)]
     copy = f"1|500|1000|day|{spec(limits)}|ocr=50"
-    d = Replies().decision(f"0|rate-limited|10|0|3|250;1767225600000;0:99000;10:33|{copy}")
+    # 600 requests a minute: a request costs 100 and 1 drains a ms, the bucket holds
+    # 60,000; 90,000 tokens: 2 and 3, 180,000. Levels stored 10 ms before the decision.
+    buckets = "1767225599990:60010,179990"
+    d = Replies().decision(f"0|rate-limited|10|0|3|250;1767225600000;{buckets}|{copy}")
     assert (d.ok, d.reason, d.retry_after_ms, d.cap_tokens) == (False, "rate-limited", 250, 1000)
     assert d.rate == (
-        RateState("requests", 600, 60, 0, 99_000),
-        RateState("tokens", 90_000, 60, 10, 33),
+        RateState("requests", 600, 60, 0, 60_000),  # 60,000 left after draining 10
+        RateState("tokens", 90_000, 60, 20, 59_987),  # 179,960 held: 40 units free, 20 tokens
     )
     assert d.headers() == {
         "x-ratelimit-limit-requests": "600",
         "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": "1m39s",
+        "x-ratelimit-reset-requests": "1m0s",
         "x-ratelimit-limit-tokens": "90000",
-        "x-ratelimit-remaining-tokens": "10",
-        "x-ratelimit-reset-tokens": "33ms",
+        "x-ratelimit-remaining-tokens": "20",
+        "x-ratelimit-reset-tokens": "59.987s",
         "retry-after": "1",
         "retry-after-ms": "250",
     }
-    other = Replies().decision(f"0|hard-cap-exceeded|1000|0||5;1;0:1;0:1|{copy}")
+    other = Replies().decision(f"0|hard-cap-exceeded|1000|0||5;1;|{copy}")
     assert other.retry_after_ms is None  # a wait only for a rate-limited refusal
+    assert [s.remaining for s in other.rate] == [600, 90_000]  # no buckets yet: full
     assert "retry-after" not in other.headers()
