@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from quota import Decision, Gate, Settings
+from quota import Decision, Gate, RateLimit, Settings
 from quota.drain import Drainer
 from quota.periods import Windows, from_ms
 from quota.reconcile import Reconciler
@@ -89,6 +89,26 @@ def test_closed_policy_refuses_in_microseconds_once_the_breaker_is_open(
         time.sleep(0.05)
     assert (d.ok, d.degraded) == (True, False)
     assert fgate.breaker.state == "closed"
+
+
+def test_a_rate_limited_port_is_refused_under_closed_while_redis_is_down(
+    fgate: Gate, server: RedisServer
+) -> None:
+    # A disabled budget with a rate limit: the limit is what "closed" must keep.
+    fgate.set_budget("limited", enabled=False, updated_by="u",
+                     rate_limits=[RateLimit(requests=100, per_seconds=60)])  # fmt: skip
+    assert fgate.reserve("limited", 1, "f").ok
+    server.kill()
+    d = fgate.reserve("limited", 1, "f")
+    assert (d.ok, d.reason, d.degraded, d.rate) == (False, "unavailable", True, ())
+    server.start()
+    deadline = time.monotonic() + 5
+    while not (d := fgate.reserve("limited", 1, "f")).ok and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (d.ok, d.degraded) == (True, False)
+    # Buckets live in Redis only: one lost with it starts full (99), one kept has 98.
+    assert [s.limit for s in d.rate] == [100]
+    assert d.rate[0].remaining in (98, 99)
 
 
 def test_the_probe_of_a_hung_redis_is_the_probers_not_a_callers(
