@@ -84,9 +84,11 @@ if b.limits or b.caps then
     else
       redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v, 'rl', state)
     end
-  else
+  elseif fh then
     redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v, fh,
                string.format('%d', feature_held + estimate))
+  else  -- caps, none of them this feature's
+    redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v)
   end
   return decision('1', '', used_s, b.held_s, feature_used_s, rate, b.cfg)
 end
