@@ -27,23 +27,17 @@ if not lease_expired then
   end
   return '-3'
 end
--- Rate limits: the tokens took the estimate at reserve (unless the lease lapsed and
--- gave it back); now they take the difference, into debt or back.
-local function true_up(total)
-  if b and b.limits then
-    if lease_expired == '0' then
-      total = total - member_tokens(ARGV[$member])
-    end
-    rate_count(b, now, total, 0)
-  end
-end
 if KEYS[$request] and not redis.call('SET', KEYS[$request], '1', 'NX', 'EX', ARGV[$request_s]) then
   redis.call('XDEL', KEYS[$stream], id)  -- the request id was counted before: not again
-  true_up(0)
+  if b and b.limits then
+    rate_true_up(b, now, ARGV[$member], lease_expired, 0)
+  end
   return usage_reply('2', -1, '0', lease_expired)
 end
 local used = add_usage(ARGV[$feature], ARGV[$total], ARGV[$total] + 0, b)
-true_up(ARGV[$total] + 0)
+if b and b.limits then  -- the difference from the estimate, into debt or back
+  rate_true_up(b, now, ARGV[$member], lease_expired, ARGV[$total] + 0)
+end
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)
 end

@@ -357,7 +357,7 @@ end
 -- already (settled_key exists) or unknown.
 local function settle(open_key, lapsed_key, member, feature, settled_key, state, ttl)
   local lapsed = '0'
-  local tokens = member_tokens(member)
+  local tokens = string.sub(member, 34)  -- the caller's member: the short form
   if redis.call('ZREM', open_key, member) == 1 then
     redis.call('HINCRBY', KEYS[$port], 'held', '-' .. tokens)
   elseif redis.call('ZREM', open_key, member .. ':' .. feature) == 1 then
@@ -503,6 +503,15 @@ local function rate_count(b, now, tokens, requests)
   local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
   rate_add(b, lv, tokens, requests)
   redis.call('HSET', KEYS[$port], 'rl', rate_state(b, lv, now))
+end
+
+-- A settled reservation's usage into the buckets: the estimate went in at reserve
+-- (unless its lease lapsed and gave it back), the difference goes in now.
+local function rate_true_up(b, now, member, lease_expired, total)
+  if lease_expired == '0' then
+    total = total - string.sub(member, 34)
+  end
+  rate_count(b, now, total, 0)
 end
 
 -- A decision's rate field: "<retry ms>;<server ms>;<'rl' text>" ('' without limits);
