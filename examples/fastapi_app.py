@@ -49,8 +49,10 @@ async def call_llm(prompt: str, max_tokens: int) -> tuple[int, int]:
 
 
 def retry_after(d: Decision) -> int:
-    """Seconds until asking again can succeed: the period's end for a spent budget, a
-    second when the gate could not decide."""
+    """Seconds until asking again can succeed: the bucket's wait for a rate limit, the
+    period's end for a spent budget, a second when the gate could not decide."""
+    if d.retry_after_ms is not None:
+        return max(1, math.ceil(d.retry_after_ms / 1000))
     if d.reason == "unavailable":
         return 1
     now = datetime.now(UTC)
@@ -66,7 +68,7 @@ async def complete(port: str, body: Completion, request: Request) -> JSONRespons
         return JSONResponse(
             {"error": "budget", "reason": d.reason, "used_tokens": d.used_tokens},
             status_code=429,
-            headers={"Retry-After": str(retry_after(d))},
+            headers={**d.headers(), "retry-after": str(retry_after(d))},
         )
     try:
         tin, tout = await call_llm(body.prompt, body.max_tokens)
@@ -77,5 +79,6 @@ async def complete(port: str, body: Completion, request: Request) -> JSONRespons
         d.reservation_id, input_tokens=tin, output_tokens=tout, provider="stand-in", model="echo"
     )
     return JSONResponse(
-        {"input_tokens": tin, "output_tokens": tout, "used_tokens": result.used_tokens}
+        {"input_tokens": tin, "output_tokens": tout, "used_tokens": result.used_tokens},
+        headers=d.headers(),  # x-ratelimit-* for a port with rate limits
     )

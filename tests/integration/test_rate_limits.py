@@ -199,3 +199,15 @@ def test_a_rate_limit_built_wrong_is_refused_with_every_problem_named() -> None:
     assert text.startswith("invalid rate limit:")
     for field in ("requests", "per_seconds", "burst"):
         assert field in text
+
+
+def test_check_many_reports_each_ports_buckets(gate: Gate) -> None:
+    _budget(gate, "limited", rate_limits=[RateLimit(requests=1, per_seconds=3600)])
+    _budget(gate, "plain")
+    assert gate.reserve("limited", 1, "chat").ok  # its one request this hour
+    limited, plain, unknown = gate.check_many([("limited", 1), ("plain", 1), ("nobody", 1)])
+    assert (limited.ok, limited.reason) == (False, "rate-limited")
+    assert limited.retry_after_ms is not None
+    assert limited.retry_after_ms > 3_500_000
+    assert [s.remaining for s in limited.rate] == [0]
+    assert (plain.ok, plain.rate, unknown.ok, unknown.rate) == (True, (), True, ())
