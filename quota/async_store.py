@@ -21,6 +21,7 @@ from quota._backend import database_errors
 from quota.models import Budget, BudgetChange, DailyUsage, FeatureUsage, SoftCapAlert
 from quota.queries import Procedure
 from quota.settings import sqlalchemy_url
+from quota.store import unanswered
 
 T = TypeVar("T")
 
@@ -40,10 +41,7 @@ class _BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
                 gen, interval, timeout if timeout is not None else self.wait_seconds
             )
         except psycopg.errors._WaitTimeout:
-            self.pgconn.finish()  # its state is unknown now: never reuse it
-            raise psycopg.OperationalError(
-                f"Postgres did not answer within {self.wait_seconds:g} s"
-            ) from None
+            raise unanswered(self.pgconn, self.wait_seconds) from None
 
 
 def make_async_engine(url: str, timeout: float) -> AsyncEngine:

@@ -48,10 +48,14 @@ class _BoundedConnection(psycopg.Connection[Any]):
                 gen, interval, timeout if timeout is not None else self.wait_seconds
             )
         except psycopg.errors._WaitTimeout:
-            self.pgconn.finish()  # its state is unknown now: never reuse it
-            raise psycopg.OperationalError(
-                f"Postgres did not answer within {self.wait_seconds:g} s"
-            ) from None
+            raise unanswered(self.pgconn, self.wait_seconds) from None
+
+
+def unanswered(pgconn: Any, seconds: float) -> psycopg.OperationalError:
+    """A bounded wait ran out: the connection is closed (its state is unknown, so it is
+    never reused) and this is the error to raise."""
+    pgconn.finish()
+    return psycopg.OperationalError(f"Postgres did not answer within {seconds:g} s")
 
 
 def make_engine(url: str, timeout: float | None = None) -> Engine:

@@ -14,6 +14,7 @@ import redis
 
 from quota import Gate, Settings
 from tests.conftest import stream_entries
+from tests.racing import race_processes, run_threads
 
 
 @pytest.fixture
@@ -78,11 +79,7 @@ def _worker(settings: Settings, style: str, barrier: Barrier, out: mp.Queue[int]
         with lock:
             spent.append(total)
 
-    threads = [threading.Thread(target=thread, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(THREADS, thread)
     gate.close()
     out.put(sum(spent))
 
@@ -96,19 +93,7 @@ def race(gate: Gate, style: str) -> int:
         period="day",
         updated_by="test",
     )
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(PROCESSES * THREADS)
-    out: mp.Queue[int] = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(gate.settings, style, barrier, out))
-        for _ in range(PROCESSES)
-    ]
-    for p in procs:
-        p.start()
-    totals = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    totals = race_processes(_worker, (gate.settings, style), PROCESSES, PROCESSES * THREADS)
     return sum(totals)
 
 

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import random
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from typing import cast
 
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from quota import Gate, RateLimit, Settings
+from tests.racing import race_processes, run_threads
 
 PROCESSES, THREADS = 4, 8
 RACE_SECONDS = 10.0
@@ -46,28 +48,13 @@ def _rate_worker(settings: Settings, barrier: Barrier, out: mp.Queue[tuple[int, 
             if not d.ok:  # a well-behaved caller waits as long as it is told
                 time.sleep((d.retry_after_ms or 1) / 1000)
 
-    threads = [threading.Thread(target=thread, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(THREADS, thread)
     gate.close()
     out.put((counts[0], counts[1]))
 
 
-def _race(gate: Gate, target: object) -> list[tuple[int, int]]:
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(PROCESSES * THREADS)
-    out: mp.Queue[tuple[int, int]] = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(gate.settings, barrier, out))  # type: ignore[arg-type]
-             for _ in range(PROCESSES)]  # fmt: skip
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    return results
+def _race(gate: Gate, target: Callable[..., None]) -> list[tuple[int, int]]:
+    return race_processes(target, (gate.settings,), PROCESSES, PROCESSES * THREADS)
 
 
 def _most_in_a_window(times_and_units: list[tuple[int, int]], window_ms: int) -> int:
@@ -137,11 +124,7 @@ def _cap_worker(settings: Settings, barrier: Barrier, out: mp.Queue[tuple[int, i
             if feature == OTHER and spent[1] > 3 * FEATURE_CAP:
                 break
 
-    threads = [threading.Thread(target=thread, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(THREADS, thread)
     gate.close()
     out.put((spent[0], spent[1]))
 

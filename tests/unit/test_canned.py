@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -13,17 +12,6 @@ from quota.periods import Windows, to_ms
 
 BUDGET = "1|800|1000|day"
 OK_RESERVE = f"1||100|0|||{BUDGET}"
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    # Nothing listens on these ports: every call that is not canned would fail.
-    return Settings(
-        redis_url="redis://127.0.0.1:1/0",
-        database_url="postgresql://nobody@127.0.0.1:1/none_test",
-        key_prefix="qt-canned",
-        spool_dir=tmp_path,
-    )
 
 
 def test_a_clock_correction_is_adopted_and_the_call_sent_again(settings: Settings) -> None:

@@ -7,7 +7,6 @@ wrong counter in Redis."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -26,16 +25,6 @@ OK_RESERVE = f"1||100|0|||{BUDGET}"
 
 def _event(value: str) -> list[str]:
     return unpack("1-0", [EVENT_FIELD, value])[0]
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url="redis://127.0.0.1:1/0",
-        database_url="postgresql://nobody@127.0.0.1:1/none_test",
-        key_prefix="qt-layouts",
-        spool_dir=tmp_path,
-    )
 
 
 def test_every_function_has_a_layout_and_the_built_library_no_placeholder() -> None:
