@@ -19,7 +19,7 @@ from pydantic import (
 
 from quota._exceptions import InvalidBudget
 from quota.periods import Period
-from quota.ratelimits import duration, scale
+from quota.ratelimits import RateKind, duration, scale
 from quota.settings import OutagePolicy
 from quota.validation import FEATURE_MAX, MAX_CAP_TOKENS, id_pattern
 
@@ -32,7 +32,6 @@ Reason = Literal[
     "unavailable",
 ]
 State = Literal["ok", "soft", "hard"]
-RateKind = Literal["requests", "tokens"]
 
 #: Rate limits per port, and features with a cap: each is carried in every decision's
 #: budget copy, so a few.

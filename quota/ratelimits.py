@@ -14,10 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from math import gcd
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
-if TYPE_CHECKING:
-    from quota.models import RateKind, RateLimit
+RateKind = Literal["requests", "tokens"]
+
+
+class Limit(Protocol):
+    """What the arithmetic needs of a limit (`quota.RateLimit` has it)."""
+
+    @property
+    def kind(self) -> RateKind: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def per_seconds(self) -> int: ...
+
 
 LEVEL_MAX = 2**53 - 1
 
@@ -45,14 +58,14 @@ class Scaled(NamedTuple):
         return "requests" if self.requests else "tokens"
 
 
-def scaled(limits: Iterable[RateLimit]) -> tuple[Scaled, ...]:
+def scaled(limits: Iterable[Limit]) -> tuple[Scaled, ...]:
     return tuple(
         Scaled(r.kind == "requests", r.per_seconds, r.limit, *scale(r.limit, r.per_seconds, r.size))
         for r in limits
     )
 
 
-def spec(limits: Iterable[RateLimit]) -> str:
+def spec(limits: Iterable[Limit]) -> str:
     """The budget copy's rate-limit field: ``<q|t>:<s>:<limit>:<a>:<r>:<cap>,...``."""
     return ",".join(
         f"{'q' if s.requests else 't'}:{s.per_seconds}:{s.limit}:{s.a}:{s.r}:{s.cap}"
