@@ -67,12 +67,18 @@ _CFG_PROBE = (
     + """
 for i = 1, tonumber(ARGV[1]) do
   local b = parse_cfg('1|' .. i .. '|' .. (2 * i) .. '|week')
-  if not b.on or soft_cap(b) ~= i or b.hard ~= 2 * i or b.period ~= 'week' or b.idx ~= 2 then
+  if not b.on or b.soft ~= i or b.hard ~= 2 * i or b.period ~= 'week' or b.idx ~= 2 then
     return {'wrong', i}
   end
 end
 local b = parse_cfg('0|5|10|month')
-return {cfg_count, cfg_misses, CFG_LIMIT, b.on and 1 or 0, soft_cap(b), b.hard, b.idx}
+local plain = {cfg_count, cfg_misses, CFG_LIMIT, b.on and 1 or 0, b.soft, b.hard, b.idx}
+-- B is shared: the plain copy's fields are read above, before it is refilled.
+local x = parse_cfg('1|7|9|day|q:60:600:100:1:60000,t:1:50:20:1:1000|ocr=5,a.b/c=6')
+local L = x.limits
+return {plain[1], plain[2], plain[3], plain[4], plain[5], plain[6], plain[7],
+        {x.soft, x.hard, x.idx, #L, L[1][2], L[1][3], L[1][4], L[2][1] and 1 or 0, L[2][4],
+         x.caps['ocr'], x.caps['a.b/c'], L.parse, L.fmt}}
 """
 )
 
@@ -80,9 +86,14 @@ return {cfg_count, cfg_misses, CFG_LIMIT, b.on and 1 or 0, soft_cap(b), b.hard, 
 def test_budget_copies_parse_right_and_the_memo_stays_bounded(r: redis.Redis) -> None:
     limit = r.eval(_CFG_PROBE, 0, 0)[2]
     # Full: further copies are parsed, not kept (and their soft cap only when asked).
-    count, misses, _, on, soft, hard, idx = r.eval(_CFG_PROBE, 0, limit + 10)
+    count, misses, _, on, soft, hard, idx, extended = r.eval(_CFG_PROBE, 0, limit + 10)
     assert (count, misses) == (limit, 11)
     assert (on, soft, hard, idx) == (0, 5, 10, 3)
+    # A copy with rate limits and feature caps (quota/ratelimits.py's text), parsed
+    # whether or not the memo keeps it.
+    assert extended == [
+        7, 9, 1, 2, 100, 1, 60000, 0, 1000, 5, 6, "^(%d+):(%d+),(%d+)$", "%d:%d,%d",
+    ]  # fmt: skip
     # After many misses it starts again.
     count, misses, *_ = r.eval(_CFG_PROBE, 0, 17 * limit)
     assert count < limit
