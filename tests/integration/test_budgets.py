@@ -147,4 +147,4 @@ def test_a_budget_miss_loads_the_copy_from_postgres_and_asks_again(
     assert ops[-2:] == ["budget_put", "check"]
     _, keys, args = canned.calls[-2]
     assert keys == (gate.layout.for_port("p").budget,)
-    assert args[1:] == (1, 70, 90, "month")  # the stored budget, after its version
+    assert args[1:] == (1, 70, 90, "month", "", "")  # the stored budget after its version
