@@ -35,7 +35,7 @@ from tests.benchmarks._measure import Row, fmt, reset, write_markdown
 
 # How to read the figures, and where the time goes: prose, kept as Markdown beside
 # this module and copied into the output after the targets.
-_PROSE = ("notes.md", "analysis.md")
+_PROSE = ("notes.md", "analysis.md", "partial.md")
 
 Section = Callable[[Settings, redis.Redis, bool], list[Row]]
 
@@ -111,6 +111,13 @@ TARGETS: list[tuple[str, str, str, float, bool]] = [
         True,
     ),
     ("example app with AsyncGate vs no gate", "example app, AsyncGate", "ratio", 0.85, True),
+    (
+        "reserve with 2 rate limits + a feature cap, Redis instructions vs without",
+        "Redis instructions per call: reserve, 2 rate limits + a feature cap",
+        "ratio",
+        1.3,
+        False,
+    ),
 ]
 
 
