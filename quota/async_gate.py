@@ -42,6 +42,7 @@ from quota.core import (
     ManyRound,
     SoftCapCallback,
     _value_of,
+    budget_copy,
 )
 from quota.entries import event_value
 from quota.fallback import Fallback, Owed
@@ -225,7 +226,7 @@ class AsyncGate(GateCore, Fallback):
         await self._cache_budget(pk, budget, version)
 
     async def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
-        await self._fcall("budget_put", [pk.budget], self._budget_copy(budget, version))
+        await self._fcall("budget_put", [pk.budget], budget_copy(budget, version))
 
     async def _check_hold(self) -> None:
         """As `Gate._check_hold`: RedisUnavailable while a loss's hold lasts."""

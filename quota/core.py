@@ -306,8 +306,6 @@ class GateCore:
         """The rebuild function's KEYS and ARGV: the port's counters at the ledger's sums."""
         return counter_writes(fold_days(rows, w), w, lambda _, period, pid: pk.usage(period, pid))
 
-    _budget_copy = staticmethod(budget_copy)
-
     @staticmethod
     def _days(start: date, end: date) -> None:
         if not isinstance(start, date) or not isinstance(end, date) or start > end:

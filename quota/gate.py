@@ -48,6 +48,7 @@ from quota.core import (
     ManyRound,
     SoftCapCallback,
     _value_of,
+    budget_copy,
 )
 from quota.durability import redis_risks
 from quota.entries import event_value
@@ -198,7 +199,7 @@ class Gate(GateCore, Fallback):
 
     def _cache_budget(self, pk: PortKeys, budget: Budget, version: int) -> None:
         with redis_errors():
-            self._call("budget_put", (pk.budget,), self._budget_copy(budget, version))
+            self._call("budget_put", (pk.budget,), budget_copy(budget, version))
 
     def _load_budget(self, pk: PortKeys) -> None:
         """The port's budget copy is missing: Redis never had the port, or lost it."""

@@ -19,7 +19,7 @@ from pydantic import (
 
 from quota._exceptions import InvalidBudget
 from quota.periods import Period
-from quota.ratelimits import RateKind, duration, scale
+from quota.ratelimits import RateKind, ceil_div, duration, scale
 from quota.settings import OutagePolicy
 from quota.validation import FEATURE_MAX, MAX_CAP_TOKENS, id_pattern
 
@@ -216,7 +216,7 @@ class Decision(NamedTuple):
                 out[f"x-ratelimit-remaining-{kind}"] = str(tight.remaining)
                 out[f"x-ratelimit-reset-{kind}"] = duration(tight.reset_ms)
         if self.retry_after_ms is not None:
-            out["retry-after"] = str(max(1, -(-self.retry_after_ms // 1000)))
+            out["retry-after"] = str(max(1, ceil_div(self.retry_after_ms, 1000)))
             out["retry-after-ms"] = str(self.retry_after_ms)
         return out
 

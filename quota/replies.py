@@ -102,14 +102,11 @@ class Replies:
         ok, reason, used_s, reserved_s, _, rate, budget = reply.split("|", 6)
         used = int(used_s)
         on, soft, hard, period = self._parsed(budget)
-        if rate:
+        retry_after: int | None = None
+        states: tuple[RateState, ...] = ()
+        if rate:  # a port with rate limits
             wait, states = self._rate(rate, budget)
-            return Decision(
-                ok == OK, cast(Reason, reason) if reason else None, used,
-                hard - used if on else None, hard, on and used > soft,
-                max(int(reserved_s) + holding, 0), on, period, reservation_id, False,
-                wait if reason == "rate-limited" else None, states,
-            )  # fmt: skip
+            retry_after = wait if reason == "rate-limited" else None
         # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
         return Decision(
             ok == OK,  # ok
@@ -122,6 +119,9 @@ class Replies:
             on,  # enabled
             period,  # period
             reservation_id,  # reservation_id
+            False,  # degraded
+            retry_after,  # retry_after_ms
+            states,  # rate
         )
 
     def standing(self, reply: str) -> Standing:

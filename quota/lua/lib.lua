@@ -514,8 +514,8 @@ local function rate_true_up(b, now, member, lease_expired, total)
   rate_count(b, now, total, 0)
 end
 
--- A decision's rate field: "<retry ms>;<server ms>;<'rl' text>" ('' without limits);
--- an admission's text is computed at the server's ms, which is then left out.
+-- A decision's rate field: "<retry ms>;<server ms>;<'rl' text>" ('' without limits).
+-- An admitting reserve writes "0;;<'rl' text>" itself: that text is at the server's ms.
 local function rate_field(wait, now, state)
   return string.format('%d;%d;', wait, now) .. (state or '')
 end

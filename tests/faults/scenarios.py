@@ -51,6 +51,7 @@ from quota.migrate import upgrade
 from quota.periods import Windows, from_ms
 from quota.reconcile import Reconciler
 from quota.store import make_engine
+from tests.racing import run_threads
 from tests.servers import PostgresServer, RedisServer
 
 EST, ACTUAL = 100, 90
@@ -240,11 +241,7 @@ def _worker(
                 acked.extend(my_acked)
                 spent.update(my_spent)
 
-        threads = [threading.Thread(target=run) for _ in range(load.threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(load.threads, lambda _: run())
     out.put({"decisions": decisions, "acked": acked, "spent": dict(spent)})
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from quota import Gate, Settings
 from quota.canned import CannedTransport
+from quota.core import budget_copy
 from quota.entries import EVENT_FIELD, unpack
 from quota.keys import KeyLayout
 from quota.layouts import LAYOUTS, Layout, fill, unused
@@ -112,7 +113,7 @@ def test_release_check_many_and_the_budget_copy_are_sent_as_declared(
         assert rid
         gate.release(rid)
         gate.check_many([("p", 3), ("q", 4)])
-        copy = gate._budget_copy(Budget(enabled=True, soft_cap_tokens=5, hard_cap_tokens=8), 7)
+        copy = budget_copy(Budget(enabled=True, soft_cap_tokens=5, hard_cap_tokens=8), 7)
     pk, qk = layout.for_port("p"), layout.for_port("q")
     _, (_, lk, la), (_, mk, ma) = canned.calls
     release = LAYOUTS["release"].named(lk, la)
