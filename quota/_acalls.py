@@ -240,6 +240,33 @@ class AsyncScriptCaller:
                 raise redis.exceptions.ConnectionError(str(exc)) from exc
             raise exc
 
+    async def asking(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """FCALL ``op`` once after ASKING, written together: a Cluster slot being
+        migrated to this node (quota/_acluster.py). The reply, an error reply as a
+        value; a library the node lacks is loaded and the call sent again."""
+        self._gate()
+        name = self._library.functions[op]
+        asking = hiredis.pack_command(("ASKING",))
+        packed = hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))
+        reply: Any = None
+        for _ in range(2):
+            try:
+                wire = await self._get_wire()
+                first, second = wire.send(asking), wire.send(packed)
+                await first
+                reply = await second
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, 2)
+                raise
+            if not is_missing(reply):
+                return reply
+            await self._reload()
+        return reply
+
+    async def load(self) -> None:
+        """Load the function library on this server."""
+        await self.command("FUNCTION", "LOAD", "REPLACE", self._library.source)
+
     async def _reload(self) -> None:
         if self.on_missing is not None:
             await self.on_missing()

@@ -225,9 +225,9 @@ class ScriptCaller:
     def _missing(self) -> None:
         if self.on_missing is not None:
             self.on_missing()
-        self._load()
+        self.load()
 
-    def _load(self) -> None:
+    def load(self) -> None:
         """Load the library through the calling thread's own connection: a pooled one
         may be a stale socket to a server that restarted."""
         wire = self._wire()
@@ -287,6 +287,77 @@ class ScriptCaller:
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
+
+    def asking(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """FCALL ``op`` once after ASKING, in one write: a Cluster slot being migrated to
+        this node (quota/_cluster.py). The reply, an error reply as a value; a library the
+        node lacks is loaded and the call sent again. Never retried on a failed wire."""
+        self._gate()
+        name = self._library.functions[op]
+        packed = hiredis.pack_command(("ASKING",)) + hiredis.pack_command(
+            ("FCALL", name, len(keys), *keys, *args)
+        )
+        for _ in range(2):
+            try:
+                wire = self._wire()
+                wire.send(packed)
+                wire.read()  # +OK
+                reply = wire.read()
+            except _WIRE_ERRORS as exc:
+                self._failed(exc, 2)
+                raise
+            if not is_missing(reply):
+                return reply
+            self._missing()
+        return reply
+
+    def write_batch(self, packed: Sequence[bytes]) -> _Wire:
+        """Write commands packed by the caller, as one write; `read_batch` reads the
+        replies. For a caller that writes to several servers before reading any."""
+        self._gate()
+        try:
+            wire = self._wire()
+            wire.send(b"".join(packed))
+        except _WIRE_ERRORS as exc:
+            self._failed(exc, 2)
+            raise
+        return wire
+
+    def read_batch(self, wire: _Wire, count: int, handle: Callable[[int, Any], None]) -> None:
+        """Read ``count`` replies of `write_batch`, by `call_each`'s rules; raises the
+        first error reply once all are read, and a missing library's (after loading
+        it), so that the caller sends the batch again."""
+        missing: redis.exceptions.ResponseError | None = None
+        error: redis.exceptions.ResponseError | None = None
+        try:
+            for n in range(count):
+                reply = wire.read()
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    if is_missing(reply):
+                        missing = missing or reply
+                    else:
+                        error = error or reply
+                elif missing is None and error is None:
+                    handle(n, reply)
+        except _WIRE_ERRORS as exc:
+            self._failed(exc, 2)
+            raise
+        except BaseException:
+            self._drop()  # unread replies would answer the next call
+            raise
+        if error is not None:
+            if is_unavailable(error):
+                self._failure()
+            raise error
+        if self.breaker.failures or self.breaker.state != "closed":
+            self.breaker.success()
+        if missing is not None:
+            self._missing()
+            raise missing
+
+    def discard(self) -> None:
+        """Drop this thread's connection (replies left unread on it)."""
+        self._drop()
 
     def _failed(self, exc: redis.exceptions.RedisError, attempt: int) -> None:
         """A call's connection failed: drop it, then raise ``exc`` if it was a timeout

@@ -25,6 +25,7 @@ import redis.asyncio
 from quota import metrics, process
 from quota import validation as v
 from quota._acalls import AsyncScriptCaller
+from quota._acluster import AsyncClusterCaller
 from quota._exceptions import (
     BackendError,
     BudgetExceeded,
@@ -33,6 +34,7 @@ from quota._exceptions import (
     UnknownReservation,
     WrongEventLoop,
 )
+from quota._slots import SlotMap
 from quota.async_store import AsyncStore, make_async_engine
 from quota.core import (
     ATTEMPTS,
@@ -65,6 +67,7 @@ from quota.replies import NO_BUDGET, OK, UNKNOWN
 from quota.reservations import parse_reservation_id
 from quota.settings import OutagePolicy, Settings
 from quota.store import Store, make_engine
+from quota.topology import async_client, parse_cluster_url
 
 log = logging.getLogger("quota")
 
@@ -75,12 +78,12 @@ class AsyncGate(GateCore, Fallback):
     def __init__(self, settings: Settings, *, on_soft_cap: SoftCapCallback | None = None) -> None:
         self.on_soft_cap = on_soft_cap
         # Never connects by itself: it only lends its connection settings to the caller.
-        self.redis = redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            decode_responses=True,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+            "decode_responses": True,
+        }
+        self.redis = async_client(settings.redis_url, **options)
         # Budgets and reports on the loop; the blocking usage path past Redis (and the
         # outage policies' reader thread) on the sync store, which connects only then.
         self.db = AsyncStore(
@@ -92,7 +95,17 @@ class AsyncGate(GateCore, Fallback):
         )
         GateCore.__init__(self, settings, self.store.outage_policies)
         self._init_fallback()
-        self._call = AsyncScriptCaller(self.redis, self._library, self.breaker)
+        self._call: AsyncScriptCaller | AsyncClusterCaller
+        if isinstance(self.redis, redis.asyncio.Redis):
+            self._call = AsyncScriptCaller(self.redis, self._library, self.breaker)
+        else:
+            slots = SlotMap(parse_cluster_url(settings.redis_url), settings.redis_timeout)
+            self._call = AsyncClusterCaller(
+                slots,
+                self._library,
+                lambda name: redis.asyncio.Redis.from_url(slots.node_url(name), **options),
+                self._new_breaker,
+            )
         self._call.on_missing = self._library_missing
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
@@ -568,21 +581,29 @@ class AsyncGate(GateCore, Fallback):
                 continue
 
     async def _check_epoch(self) -> None:
-        key = self.layout.epoch
-        if await self._call.command("GET", key) is None:
-            await self._call.command("SET", key, f"{random.getrandbits(64):016x}", "NX")
-        value = str(await self._call.command("GET", key))
-        if self._epoch is not None and value != self._epoch:
+        call = self._call
+        owner = None
+        if isinstance(call, AsyncClusterCaller):
+            if not call.slots.version:  # not read yet: no call made
+                await call.refresh()
+            owner = call.owner
+        values = {}
+        for key in self._epoch_keys(owner):
+            if await call.command("GET", key) is None:
+                await call.command("SET", key, f"{random.getrandbits(64):016x}", "NX")
+            values[key] = str(await call.command("GET", key))
+        if self._epochs_seen(values):
             await self._redis_lost()
-        self._epoch = value
 
     async def _library_missing(self) -> None:
-        try:
-            seen = await self._call.command("GET", self.layout.epoch)
-        except redis.exceptions.RedisError:
-            seen = None
-        if self._epoch is None or seen != self._epoch:
-            await self._redis_lost()
+        """As `Gate._library_missing`."""
+        if self._epochs:
+            try:
+                await self._check_epoch()
+                return
+            except redis.exceptions.RedisError:
+                pass
+        await self._redis_lost()
 
     async def _redis_lost(self) -> None:
         """As `Gate._redis_lost`: hold the ports, replay the journal in a thread."""

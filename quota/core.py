@@ -108,16 +108,15 @@ class GateCore:
             settings.outage_policy, settings.outage_allowance_tokens, load_outage_policies
         )
         self._in_outage = False
-        self.breaker = Breaker(
-            settings.breaker_failures, settings.breaker_reset_seconds, on_change=self._breaker
-        )
+        self.breaker = self._new_breaker()
         self._journal = Journal(settings.journal_seconds, _JOURNAL_LIMIT)
         # One spool per key prefix: a deployment never replays another one's events.
         self._spool = Spool(settings.spool_dir / settings.key_prefix)
         self._spooled = self._spool.pending()  # a dead process's spool is replayed too
         self._fallback_log, self._spool_log = Every(_LOG_SECONDS), Every(_LOG_SECONDS)
         self._alert_log = Every(_LOG_SECONDS)
-        self._epoch: str | None = None
+        self._epoch: str | None = None  # every epoch read last, joined: None until then
+        self._epochs: dict[str, str] = {}
         self._hold_until = 0.0  # monotonic: until then ports are not rebuilt (a loss)
         self._lease_ms = int(settings.lease_seconds * 1000)
         # A reservation whose lease ended is remembered as long as a settled one.
@@ -129,6 +128,37 @@ class GateCore:
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
         self._period_cache: dict[str, _PeriodKeys] = {}
+
+    def _new_breaker(self) -> Breaker:
+        """A breaker of this gate's settings (a Cluster caller keeps one per primary)."""
+        return Breaker(
+            self.settings.breaker_failures,
+            self.settings.breaker_reset_seconds,
+            on_change=self._breaker,
+        )
+
+    # ------------------------------------------------------------------- epochs
+
+    def _epoch_keys(self, owner: Callable[[str], str] | None) -> list[str]:
+        """The epoch keys to watch: the one key of a single server; on a Cluster one per
+        primary that owns a shard (``owner`` names a key's primary), since a primary can
+        lose its data alone."""
+        if owner is None:
+            return [self.layout.epoch]
+        first: dict[str, str] = {}
+        for shard in range(self.settings.shards):
+            key = self.layout.shard_epoch(shard)
+            first.setdefault(owner(key), key)
+        return sorted(first.values())
+
+    def _epochs_seen(self, values: Mapping[str, str]) -> bool:
+        """Keep the epochs just read; True if one seen before is gone or changed (its
+        server lost its data). A key new to the list (a slot moved) is no loss."""
+        seen = self._epochs
+        lost = any(values[k] != v for k, v in seen.items() if k in values)
+        self._epochs = dict(values)
+        self._epoch = ",".join(values[k] for k in sorted(values))
+        return lost
 
     # ------------------------------------------------------------- keys and clock
 

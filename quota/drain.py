@@ -10,6 +10,7 @@ from the rows actually inserted).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,21 +22,28 @@ from typing import Any
 
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine
 
 from quota import metrics
 from quota._backend import database_errors, redis_errors
 from quota._calls import ScriptCaller
+from quota._cluster import ClusterCaller
+from quota._slots import SlotMap
 from quota.breaker import Breaker
 from quota.entries import staging_line_of, stream_id
 from quota.keys import KeyLayout
 from quota.ledger import write_lines
 from quota.scripts import library
 from quota.settings import Settings
+from quota.topology import Client, node_of, parse_cluster_url, primaries
 
 log = logging.getLogger("quota.drain")
 
 GROUP = "ledger"
+#: What a Cluster node's own client keeps of the cluster client's options (credentials
+#: and TLS come with the node's URL).
+_NODE_OPTIONS = ("socket_timeout", "socket_connect_timeout", "decode_responses")
 #: A stream entry as the drain reads it: id and the flat [field, value, ...] list.
 Entry = tuple[str, list[str]]
 
@@ -95,7 +103,7 @@ def _read_reply_entries(reply: Any) -> list[Entry]:
     return _entries(reply[0][1])
 
 
-def _raw(resp: Any, **_: Any) -> Any:
+def _unparsed(resp: Any, **_: Any) -> Any:
     return resp
 
 
@@ -103,25 +111,56 @@ class Drainer:
     """Moves usage events from the shard streams into Postgres. One per process."""
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, engine: Engine, consumer: str | None = None
+        self, settings: Settings, client: Client, engine: Engine, consumer: str | None = None
     ) -> None:
         self.settings = settings
         self.redis = client
-        # Our own client on the same pool, returning stream replies unparsed: redis-py's
-        # per-entry dicts cost more than the rest of the drain's client work together.
-        self._raw = redis.Redis(connection_pool=client.connection_pool)
-        for command in ("XREADGROUP", "XAUTOCLAIM", "XRANGE"):
-            self._raw.set_response_callback(command, _raw)
+        self._raws: dict[int, redis.Redis] = {}
         self.engine = engine
         self.layout = KeyLayout(settings.key_prefix, settings.shards)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+
         # FCALLs (trim) through the gate's transport: the library reloaded if missing.
-        self.fcall = ScriptCaller(
-            client, library(), Breaker(settings.breaker_failures, settings.breaker_reset_seconds)
-        )
+        def breaker() -> Breaker:
+            return Breaker(settings.breaker_failures, settings.breaker_reset_seconds)
+
+        self.fcall: ScriptCaller | ClusterCaller
+        if isinstance(client, RedisCluster):
+            slots = SlotMap(parse_cluster_url(settings.redis_url), settings.redis_timeout)
+            given = primaries(client)[0].get_connection_kwargs()
+            kwargs = {k: given[k] for k in _NODE_OPTIONS if k in given}
+            self.fcall = ClusterCaller(
+                slots,
+                library(),
+                lambda name: redis.Redis.from_url(slots.node_url(name), **kwargs),
+                breaker,
+            )
+        else:
+            self.fcall = ScriptCaller(client, library(), breaker())
         self._groups: set[int] = set()
         # One writer: batches reach Postgres in the order they were read.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quota-drain-pg")
+
+    def _raw(self, key: str) -> redis.Redis:
+        """A client on the pool of the server that holds ``key`` (on a Cluster, the
+        primary that owns the shard), returning stream replies unparsed: redis-py's
+        per-entry dicts cost more than the rest of the drain's client work together."""
+        node = node_of(self.redis, key)
+        pool = node.connection_pool
+        raw = self._raws.get(id(pool))
+        if raw is None:
+            raw = self._raws[id(pool)] = redis.Redis(connection_pool=pool)
+            for command in ("XREADGROUP", "XAUTOCLAIM", "XRANGE"):
+                raw.set_response_callback(command, _unparsed)
+        return raw
+
+    def _moved(self) -> None:
+        """A call failed: on a Cluster, read the slot map again (a failover may have
+        moved the shard), so that the next run reads from the new primary."""
+        if isinstance(self.redis, RedisCluster):
+            self._raws.clear()
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.redis.nodes_manager.initialize()
 
     def ensure_group(self, shard: int) -> bool:
         """Create the consumer group (and the stream) if missing; read from the start.
@@ -189,18 +228,25 @@ class Drainer:
         with redis_errors():
             if shard not in self._groups and self.ensure_group(shard):
                 stats.group_created = True
+            raw = self._raw(key)
             try:
                 claimed: list[Entry] = []
                 if first:
                     claimed = _read_reply_entries(
-                        self._raw.xreadgroup(GROUP, self.consumer, {key: "0"}, count=count)
+                        raw.xreadgroup(GROUP, self.consumer, {key: "0"}, count=count)
                     ) or _entries(
-                        self._raw.xautoclaim(key, GROUP, self.consumer, idle, "0-0", count=count)[1]
+                        raw.xautoclaim(key, GROUP, self.consumer, idle, "0-0", count=count)[1]
                     )
                 fresh = _read_reply_entries(
-                    self._raw.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
+                    raw.xreadgroup(GROUP, self.consumer, {key: ">"}, count=count)
                 )
+            except redis.exceptions.ConnectionError:
+                self._moved()
+                raise
             except redis.ResponseError as exc:
+                if str(exc).startswith("MOVED"):
+                    self._moved()
+                    raise
                 if "NOGROUP" not in str(exc):
                     raise
                 self._groups.discard(shard)  # the stream was lost (FLUSHALL): start again
@@ -251,7 +297,7 @@ class Drainer:
             groups: list[dict[str, Any]] = self.redis.xinfo_groups(key) if length else []
             group = next((g for g in groups if g["name"] == GROUP), None)
             if group is None:  # nothing drained yet: every entry waits
-                first = _entries(self._raw.xrange(key, count=1)) if length else []
+                first = _entries(self._raw(key).xrange(key, count=1)) if length else []
                 age = self._age(first[0][0]) if first else None
                 return ShardLag(shard, length, 0, length, age)
             pending, last = int(group["pending"]), str(group["last-delivered-id"])
@@ -262,7 +308,7 @@ class Drainer:
                 first = self.redis.xpending(key, GROUP)["min"]
                 oldest = str(first) if first else None
             elif undelivered:
-                after = _entries(self._raw.xrange(key, min=f"({last}", count=1))
+                after = _entries(self._raw(key).xrange(key, min=f"({last}", count=1))
                 oldest = after[0][0] if after else None
             age = self._age(oldest) if oldest else None
         return ShardLag(shard, length, pending, undelivered, age)

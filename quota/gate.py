@@ -26,12 +26,14 @@ from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from quota import metrics
 from quota import validation as v
 from quota._backend import redis_errors
 from quota._calls import ScriptCaller
+from quota._cluster import ClusterCaller
 from quota._exceptions import (
     BackendError,
     BudgetExceeded,
@@ -39,6 +41,7 @@ from quota._exceptions import (
     RedisUnavailable,
     UnknownReservation,
 )
+from quota._slots import SlotMap
 from quota.canned import CannedTransport
 from quota.core import (
     ATTEMPTS,
@@ -74,6 +77,7 @@ from quota.reservations import (
 )
 from quota.settings import OutagePolicy, Settings
 from quota.store import Store, make_engine
+from quota.topology import Client, is_cluster, parse_cluster_url, primaries, sync_client
 
 log = logging.getLogger("quota")
 
@@ -96,24 +100,35 @@ class Gate(GateCore, Fallback):
         # Retry only connection errors: a timed-out script may have run, and running
         # a non-idempotent record twice would count it twice. (The hot path goes through
         # ScriptCaller, which keeps the same rule; this client serves the rest.)
-        self.redis: redis.Redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(
+        self._redis_kwargs: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+            "retry": Retry(
                 ExponentialBackoff(cap=0.2, base=0.01),
                 2,
                 supported_errors=(redis.exceptions.ConnectionError,),
             ),
-            decode_responses=True,
-        )
+            "decode_responses": True,
+        }
+        self._redis: Client | None = None
+        self._redis_lock = threading.Lock()
         self.store = Store(
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
         GateCore.__init__(self, settings, self.store.outage_policies)
-        self._call: ScriptCaller | CannedTransport = transport or ScriptCaller(
-            self.redis, self._library, self.breaker
-        )
+        self._call: ScriptCaller | ClusterCaller | CannedTransport
+        if transport is not None:
+            self._call = transport
+        elif is_cluster(settings.redis_url):
+            slots = SlotMap(parse_cluster_url(settings.redis_url), settings.redis_timeout)
+            self._call = ClusterCaller(
+                slots,
+                self._library,
+                lambda name: redis.Redis.from_url(slots.node_url(name), **self._redis_kwargs),
+                self._new_breaker,
+            )
+        else:
+            self._call = ScriptCaller(cast(redis.Redis, self.redis), self._library, self.breaker)
         self._call.on_missing = self._library_missing
         self._init_fallback()
         self._owed_lock = threading.Lock()
@@ -124,6 +139,24 @@ class Gate(GateCore, Fallback):
         self._outage.refresh()  # the budgets' own outage policies, ready before an outage
         if self._spooled:  # a spool a process left: replayed now, not at its first call
             self._replay_spool()
+
+    @property
+    def redis(self) -> Client:
+        """redis-py's client of this gate's Redis, for what is not the hot path: a
+        `RedisCluster` on a Cluster, made on first use (it reads the slot map, so a gate
+        can be made while every node is down)."""
+        client = self._redis
+        if client is None:
+            with self._redis_lock:
+                client = self._redis
+                if client is None:
+                    try:
+                        client = self._redis = sync_client(
+                            self.settings.redis_url, **self._redis_kwargs
+                        )
+                    except RedisClusterException as exc:
+                        raise redis.exceptions.ConnectionError(str(exc)) from exc
+        return client
 
     @classmethod
     def from_settings(
@@ -144,7 +177,8 @@ class Gate(GateCore, Fallback):
         for replay in self._replays:  # usage only the journal has: not dropped at exit
             replay.join(_REPLAY_JOIN_SECONDS)
         self._call.close()
-        self.redis.close()
+        if self._redis is not None:
+            self._redis.close()
         self.store.engine.dispose()
 
     def __enter__(self) -> Gate:
@@ -552,11 +586,12 @@ class Gate(GateCore, Fallback):
         that lets ports overspend is an error, one that can lose usage a warning), then
         look every second whether Redis lost its data (`_check_epoch`)."""
         try:
-            failures, warnings = redis_risks(self.redis.info())
-            for text in failures:
-                log.error("Redis: %s", text)
-            for text in warnings:
-                log.warning("Redis: %s", text)
+            for node in primaries(self.redis):
+                failures, warnings = redis_risks(node.info())
+                for text in failures:
+                    log.error("Redis: %s", text)
+                for text in warnings:
+                    log.warning("Redis: %s", text)
         except redis.exceptions.RedisError:
             pass  # down: the breaker and the outage policy take it from here
         while not self._closed.wait(EPOCH_SECONDS):
@@ -570,23 +605,25 @@ class Gate(GateCore, Fallback):
         looked (a restart without persistence, a flush), so replay the journal. The
         function library's absence says the same sooner, but only to the first process
         that calls after the loss: the others learn it here, within a second."""
-        key = self.layout.epoch
-        if self.redis.get(key) is None:
-            self.redis.set(key, f"{random.getrandbits(64):016x}", nx=True)
-        value = str(self.redis.get(key))
-        if self._epoch is not None and value != self._epoch:
+        owner = self._call.owner if isinstance(self._call, ClusterCaller) else None
+        values = {}
+        for key in self._epoch_keys(owner):
+            if self.redis.get(key) is None:
+                self.redis.set(key, f"{random.getrandbits(64):016x}", nx=True)
+            values[key] = str(self.redis.get(key))
+        if self._epochs_seen(values):
             self._redis_lost()
-        self._epoch = value
 
     def _library_missing(self) -> None:
-        """The server lacks the function library: it lost its data, or only the library
-        (FUNCTION FLUSH). The epoch key we saw last still there says the latter."""
-        try:
-            same = self._epoch is not None and self.redis.get(self.layout.epoch) == self._epoch
-        except redis.exceptions.RedisError:
-            same = False
-        if not same:
-            self._redis_lost()
+        """A server lacks the function library: it lost its data, or only the library
+        (FUNCTION FLUSH). The epoch keys we saw last still there say the latter."""
+        if self._epochs:
+            try:
+                self._check_epoch()  # a changed one calls _redis_lost
+                return
+            except redis.exceptions.RedisError:
+                pass
+        self._redis_lost()
 
     def _redis_lost(self) -> None:
         """Redis lost its data (a restart without persistence, a flush), and with it the

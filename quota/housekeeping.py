@@ -3,11 +3,11 @@ a test's. Never the hot path."""
 
 from __future__ import annotations
 
-import redis
 from sqlalchemy import make_url
 
 from quota._exceptions import InvalidInput
 from quota.settings import Settings
+from quota.topology import Client
 
 # The test suite's own names: its database ends in _test, its prefixes start with qt-.
 _TEST_DATABASE, _TEST_PREFIX = "_test", "qt-"
@@ -31,7 +31,7 @@ def require_own(settings: Settings, role: str) -> None:
         )
 
 
-def forget_prefix(client: redis.Redis, prefix: str) -> None:
+def forget_prefix(client: Client, prefix: str) -> None:
     """Delete every key under ``prefix``, the RQ registries of the queue named after it
     (RQ keys them by queue name, keeps its intermediate queue under the queue's key,
     and lists the queue in rq:queues), and the history of its cron jobs (named

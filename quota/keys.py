@@ -16,6 +16,8 @@ another port's keys (tests/unit/test_keys.py checks this with hypothesis).
                                                   "released" (string, TTL)
     <prefix>:{q<s>}:i:<len(port)>:<port>:<request id>   idempotency marker (string, TTL)
     <prefix>:{q<s>}:events                        the shard's usage stream
+    <prefix>:{q<s>}:epoch                         on Redis Cluster, the epoch of the primary
+                                                  that owns shard s (one shard per primary)
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class KeyLayout:
         """Set (with a TTL) by the gates that learn Redis lost their data: while it lives
         no port is rebuilt from the ledger, which still lacks some gates' journals."""
         return f"{self.prefix}:recovering"
+
+    def shard_epoch(self, shard: int) -> str:
+        """The epoch of the Cluster primary that owns ``shard`` (each primary can lose
+        its data alone): gone or changed means that primary lost its data."""
+        return f"{self.shard_tag(shard)}:epoch"
 
     def for_port(self, port: str) -> PortKeys:
         shard = shard_of(port, self.shards)

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis
 from sqlalchemy import Engine, select, text
 
 from quota import metrics
@@ -33,6 +32,7 @@ from quota.periods import Period, Windows, from_ms
 from quota.queries import budget_of
 from quota.schema import budgets
 from quota.settings import Settings
+from quota.topology import Client
 
 log = logging.getLogger("quota.reconcile")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Reconciler:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
+        client: Client,
         engine: Engine,
         drainer: Drainer | None = None,
     ) -> None:

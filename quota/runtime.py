@@ -6,26 +6,26 @@ import os
 import threading
 from dataclasses import dataclass
 
-import redis
 from sqlalchemy import Engine
 
 from quota.drain import Drainer
 from quota.reconcile import Reconciler
 from quota.settings import Settings
 from quota.store import make_engine
+from quota.topology import Client, sync_client
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    redis: redis.Redis
+    redis: Client
     engine: Engine
     drainer: Drainer
     reconciler: Reconciler
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        client = redis.Redis.from_url(
+        client = sync_client(
             settings.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5
         )
         engine = make_engine(settings.database_url)

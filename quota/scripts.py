@@ -23,6 +23,7 @@ import redis
 
 from quota.layouts import LAYOUTS, SHARED, fill, unused
 from quota.settings import MAX_LEASE_SECONDS
+from quota.topology import Client, primaries
 
 OPERATIONS = (
     "check",
@@ -96,15 +97,20 @@ class Library:
         )
         self.source = f"#!lua name={self.name}\n{body}\n{registrations}\n"
 
-    def load(self, client: redis.Redis) -> None:
-        client.function_load(self.source, replace=True)
+    def load(self, client: Client) -> None:
+        """Load the library (on every primary of a Cluster)."""
+        for node in primaries(client):
+            node.function_load(self.source, replace=True)
 
-    def ensure(self, client: redis.Redis) -> bool:
-        """Load the library unless the server has it; True if it was loaded now."""
-        if client.function_list(library=self.name):
-            return False
-        self.load(client)
-        return True
+    def ensure(self, client: Client) -> bool:
+        """Load the library where a server (a Cluster's primary) lacks it; True if it
+        was loaded now anywhere."""
+        loaded = False
+        for node in primaries(client):
+            if not node.function_list(library=self.name):
+                node.function_load(self.source, replace=True)
+                loaded = True
+        return loaded
 
 
 @cache

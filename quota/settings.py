@@ -10,6 +10,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from quota._exceptions import InvalidInput
+from quota.topology import is_cluster, parse_cluster_url
+
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 #: The longest lease allowed. Open-reservation sets outlive their last write by this
 #: much, so no lease, whichever gate granted it, can outlast the set that tracks it.
@@ -27,6 +30,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUOTA_", frozen=True, extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: RQ's Redis (the job queue, the scheduler and its lease): a standalone server, as
+    #: RQ does not support Cluster. Defaults to ``redis_url`` when that is not a cluster.
+    rq_redis_url: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/quota"
     #: Number of shards (hash tags and streams). Fixed for the life of a deployment.
     shards: int = Field(default=16, ge=1, le=16384)
@@ -68,6 +74,18 @@ class Settings(BaseSettings):
     spool_dir: Path = Path("~/.local/state/quota/spool")
 
     @property
+    def rq_url(self) -> str:
+        """The URL of RQ's Redis (`rq_redis_url`, else `redis_url`)."""
+        if self.rq_redis_url:
+            return self.rq_redis_url
+        if is_cluster(self.redis_url):
+            raise InvalidInput(
+                "RQ does not support Redis Cluster: set QUOTA_RQ_REDIS_URL to a standalone "
+                "Redis for the job queue and the scheduler"
+            )
+        return self.redis_url
+
+    @property
     def queue(self) -> str:
         """The RQ queue of this deployment's jobs (named after the key prefix)."""
         return self.key_prefix
@@ -82,7 +100,23 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_url(cls, value: str) -> str:
+        if is_cluster(value):
+            parse_cluster_url(value)  # raises ValueError naming the problem
+            return value
+        return cls._redis_scheme(value)
+
+    @field_validator("rq_redis_url")
+    @classmethod
+    def _rq_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if is_cluster(value):
+            raise ValueError("rq_redis_url must be a standalone Redis: RQ does not support Cluster")
+        return cls._redis_scheme(value)
+
+    @staticmethod
+    def _redis_scheme(value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise ValueError(f"redis_url must be redis://host[:port][/db], not {value!r}")

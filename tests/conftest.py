@@ -18,7 +18,9 @@ from quota.entries import FIELDS, unpack
 from quota.housekeeping import forget_prefix
 from quota.schema import TABLES
 from quota.store import make_engine
+from quota.topology import is_cluster, sync_client
 from tests.gates import BlockingAsyncGate
+from tests.servers import ClusterServers
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +36,48 @@ def base_settings() -> Settings:
     return s
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The behavioural suite (integration tests taking the `gate` fixture) runs on a
+    single Redis and on a Redis Cluster of our own; a test marked ``standalone`` tests
+    what only a single server has (killing its clients, its INFO)."""
+    if (
+        "gate" in metafunc.fixturenames
+        and "redis_backend" in metafunc.fixturenames
+        and "integration" in metafunc.definition.nodeid.split("/")
+        and metafunc.definition.get_closest_marker("standalone") is None
+    ):
+        metafunc.parametrize("redis_backend", ["standalone", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def settings(base_settings: Settings, tmp_path: Path) -> Settings:
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterServers]:
+    """A Redis Cluster of our own (3 primaries, 3 replicas), for the whole session:
+    started when a test first needs it, stopped by PID at the end."""
+    servers = ClusterServers()
+    try:
+        yield servers.start()
+    finally:
+        servers.cleanup()
+
+
+@pytest.fixture
+def settings(
+    base_settings: Settings, tmp_path: Path, redis_backend: str, request: pytest.FixtureRequest
+) -> Settings:
     # A fresh key prefix per test: tests never see each other's keys (or a user's);
     # and a spool of its own.
-    return base_settings.model_copy(
-        update={"key_prefix": f"qt-{uuid.uuid4().hex[:10]}", "spool_dir": tmp_path / "spool"}
-    )
+    update: dict[str, object] = {
+        "key_prefix": f"qt-{uuid.uuid4().hex[:10]}",
+        "spool_dir": tmp_path / "spool",
+    }
+    if redis_backend == "cluster":
+        update["redis_url"] = request.getfixturevalue("cluster").url
+    return base_settings.model_copy(update=update)
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +96,11 @@ def pg(engine: Engine) -> Engine:
 
 
 @pytest.fixture
-def r(base_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(base_settings.redis_url, decode_responses=True)
-    yield client
+def r(settings: Settings) -> Iterator[redis.Redis]:
+    """A client of the test's Redis: the shared server, or the test cluster (typed as a
+    single server's: a test that needs more than both have is marked ``standalone``)."""
+    client = sync_client(settings.redis_url, decode_responses=True)
+    yield cast(redis.Redis, client)
     client.close()
 
 
@@ -89,7 +128,9 @@ def watched(gate: Gate, r: redis.Redis) -> None:
     """Wait until the gate's watch thread has written its epoch key (about a second after
     the gate starts), so that no background write falls inside a before/after check."""
     deadline = time.monotonic() + 10
-    while (gate._epoch is None or not r.exists(gate.layout.epoch)) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if gate._epoch is not None and all(r.exists(key) for key in gate._epochs):
+            return
         time.sleep(0.05)
 
 
@@ -126,17 +167,24 @@ def pg_counts(engine: Engine) -> dict[str, int]:
 
 
 @pytest.fixture
-def worker_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def worker_env(
+    settings: Settings, base_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
     """Make jobs and subprocesses (which read QUOTA_* variables) use this test's prefix."""
     from quota import runtime
 
+    if is_cluster(settings.redis_url):  # RQ's queue and lease on the shared server
+        monkeypatch.setenv("QUOTA_RQ_REDIS_URL", base_settings.redis_url)
+        settings = settings.model_copy(update={"rq_redis_url": base_settings.redis_url})
     monkeypatch.setenv("QUOTA_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("QUOTA_REDIS_URL", settings.redis_url)
     runtime.reset()
     yield settings
     runtime.reset()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    forget_prefix(client, settings.key_prefix)  # also what subprocesses (demo, cron) wrote
-    client.close()
+    for url in {settings.redis_url, settings.rq_url}:
+        client = sync_client(url, decode_responses=True)
+        forget_prefix(client, settings.key_prefix)  # also what subprocesses (demo, cron) wrote
+        client.close()
 
 
 def ledger_totals(engine: Engine) -> dict[str, int]:

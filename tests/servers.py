@@ -192,3 +192,104 @@ class PostgresServer:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class ClusterServers:
+    """A Redis Cluster of our own: ``primaries`` primaries with ``replicas`` replicas
+    each, on free loopback ports, made by ``redis-cli --cluster create``; a small
+    cluster-node-timeout, so that a replica takes over a killed primary in ~1-2 s."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
+        extra += ["--cluster-config-file", "nodes.conf", "--appendonly", "no"]
+        self.nodes: list[RedisServer] = []
+        for _ in range(primaries * (1 + replicas)):
+            node = RedisServer(extra=extra)
+            node.port = free_cluster_port()
+            self.nodes.append(node)
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def start(self) -> ClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        replicas = ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, *replicas],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, seconds: float = 30.0) -> None:
+        """Until every running node says the cluster is ok and agrees on the slot map."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if self._agree():
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not become ok")
+            time.sleep(0.1)
+
+    def _agree(self) -> bool:
+        maps = set()
+        for node in self.running():
+            with node.client() as c:
+                if "cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+                    return False
+                slots = c.execute_command("CLUSTER", "SLOTS")
+                maps.add(str(sorted((s[0], s[1], s[2][1]) for s in slots)))
+        return len(maps) == 1
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def role(self, node: RedisServer) -> str:
+        with node.client() as c:
+            return str(c.execute_command("ROLE")[0])
+
+    def primaries(self) -> list[RedisServer]:
+        return [n for n in self.running() if self.role(n) == "master"]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.running():
+            with node.client() as c:
+                role = c.execute_command("ROLE")
+            if role[0] == "slave" and int(role[2]) == primary.port:
+                return node
+        raise RuntimeError(f"no replica of {primary.port}")
+
+    def owner(self, key: str) -> RedisServer:
+        """The primary that owns ``key``'s slot now."""
+        with self.running()[0].client() as c:
+            slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise RuntimeError(f"no node owns {key}")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

@@ -63,7 +63,7 @@ def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
     if metrics_port:
         metrics_server.start(metrics_port)
     # RQ stores pickled jobs: its connection must not decode responses.
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = redis.Redis.from_url(settings.rq_url)
     if processes == 1:
         SimpleWorker([settings.queue], connection=conn).work(burst=burst)
     else:
@@ -84,7 +84,7 @@ def cron() -> None:
     os.environ["TZ"] = "UTC"  # RQ reads cron strings in local time; ours are UTC
     time.tzset()
     settings = Settings()
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = redis.Redis.from_url(settings.rq_url)
     lease = settings.cron_lease_seconds
     # thread_local=False: the lease is renewed from another thread than the one that took it.
     lock = conn.lock(f"{settings.key_prefix}:cron-leader", timeout=lease, thread_local=False)
@@ -196,12 +196,22 @@ def status(as_json: bool) -> None:
 def _check_redis() -> str:
     from quota.durability import redis_risks
     from quota.runtime import runtime
+    from quota.topology import primaries
 
-    info = runtime().redis.info()
-    failures, warnings = redis_risks(info)
+    nodes = primaries(runtime().redis)
+    failures, warnings, version = [], [], ""
+    for node in nodes:
+        info = node.info()
+        version = info["redis_version"]
+        bad, risky = redis_risks(info)
+        kw = node.get_connection_kwargs()
+        prefix = f"{kw.get('host')}:{kw.get('port')}: " if len(nodes) > 1 else ""
+        failures += [prefix + text for text in bad]
+        warnings += [prefix + text for text in risky]
     if failures:
         raise QuotaError("; ".join(failures))
-    return "; ".join([f"Redis {info['redis_version']} answers", *warnings])
+    what = f"Redis {version} answers" + (f" on {len(nodes)} primaries" if len(nodes) > 1 else "")
+    return "; ".join([what, *warnings])
 
 
 def _check_postgres() -> str:

@@ -15,6 +15,7 @@ import redis
 
 from quota.gate import Gate
 from quota.settings import Settings
+from quota.topology import Client
 from tests.benchmarks._measure import (
     Row,
     fmt,
@@ -51,7 +52,7 @@ def budgets(gate: Gate, ports: list[str]) -> None:
 
 
 def operations(
-    gate: Gate, raw: redis.Redis, ports: list[str], seed: int
+    gate: Gate, raw: Client, ports: list[str], seed: int
 ) -> tuple[dict[str, Callable[[], object]], deque[str]]:
     """The calls measured, by name, and the queue through which reserve hands its
     reservation ids to commit."""

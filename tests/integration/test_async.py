@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import Engine
 
 from quota import AsyncGate, Settings, WrongEventLoop
+from quota._acalls import AsyncScriptCaller
 from quota.drain import Drainer
 from quota.housekeeping import forget_prefix
 from quota.reconcile import Reconciler
@@ -33,6 +34,7 @@ def test_concurrent_calls_share_one_write(agate_settings: Settings) -> None:
     async def main() -> tuple[int, int]:
         async with AsyncGate(agate_settings) as gate:
             await gate.check("p", 1)  # connected, budget copy loaded
+            assert isinstance(gate._call, AsyncScriptCaller)
             wire = gate._call._wire
             assert wire is not None
             writes: list[int] = []

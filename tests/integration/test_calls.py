@@ -12,6 +12,9 @@ import redis
 
 from quota import Gate, RedisUnavailable
 
+# The sync transport's own connections to one server (the cluster's: test_cluster.py).
+pytestmark = pytest.mark.standalone
+
 
 @pytest.fixture
 def gate(sync_gate: Gate) -> Gate:

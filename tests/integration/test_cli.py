@@ -23,7 +23,13 @@ def gate(sync_gate: Gate) -> Gate:
 
 @pytest.fixture
 def cli(worker_env: Settings, gate: Gate) -> CliRunner:
-    return CliRunner(env={"QUOTA_KEY_PREFIX": worker_env.key_prefix, "COLUMNS": "120"})
+    return CliRunner(
+        env={
+            "QUOTA_KEY_PREFIX": worker_env.key_prefix,
+            "QUOTA_REDIS_URL": worker_env.redis_url,
+            "COLUMNS": "120",
+        }
+    )
 
 
 def run(cli: CliRunner, *args: str) -> Result:
@@ -243,7 +249,7 @@ def test_unreachable_backend_is_one_clear_line(cli: CliRunner) -> None:
 
 def test_health(cli: CliRunner, gate: Gate) -> None:
     healthy = run(cli, "health", "--json")
-    assert healthy.exit_code == 0
+    assert healthy.exit_code == 0, healthy.output
     report = as_json(healthy)
     assert report["healthy"] is True
     assert [c["check"] for c in report["checks"]] == ["redis", "postgres", "functions", "drain lag"]

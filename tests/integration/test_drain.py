@@ -31,7 +31,7 @@ def gate(sync_gate: Gate) -> Gate:
 
 def run_drain_jobs(settings: Settings) -> None:
     """Enqueue the drain of every shard and run them in-process (SimpleWorker, burst)."""
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = redis.Redis.from_url(settings.rq_url)
     queue = Queue(settings.queue, connection=conn)
     for shard in range(settings.shards):
         queue.enqueue("workers.jobs.drain", shard)

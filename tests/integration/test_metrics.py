@@ -102,7 +102,7 @@ def test_worker_serves_drain_metrics_from_all_its_processes(
     worker_env: Settings, gate: Gate, free_port: int, worker_proc: subprocess.Popen[bytes]
 ) -> None:
     record_many(gate, 90)
-    queue = Queue(worker_env.queue, connection=redis.Redis.from_url(worker_env.redis_url))
+    queue = Queue(worker_env.queue, connection=redis.Redis.from_url(worker_env.rq_url))
     for shard in range(worker_env.shards):
         queue.enqueue("workers.jobs.drain", shard)
     deadline = time.monotonic() + 60

@@ -227,6 +227,7 @@ def test_nothing_takes_the_event_so_it_is_logged_in_full(
         assert part in message
 
 
+@pytest.mark.standalone  # it points the gate's single-server client elsewhere
 def test_commit_during_a_redis_outage_goes_to_postgres(
     settings: Settings, gate: Gate, pg: Engine, r: redis.Redis
 ) -> None:
@@ -237,6 +238,7 @@ def test_commit_during_a_redis_outage_goes_to_postgres(
     assert e.reservation_id
     # Same process, Redis now gone: its connections are dropped by the server, and new
     # ones go to a port where nothing listens.
+    assert isinstance(gate.redis, redis.Redis)
     gate.redis.connection_pool.connection_kwargs.update(port=1, socket_connect_timeout=0.5)
     r.client_kill_filter(_type="normal", skipme=True)
     results = [

@@ -31,7 +31,7 @@ def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
     monkeypatch.setenv("QUOTA_RECONCILE_AT", "02:07")
     monkeypatch.setenv("QUOTA_SHARDS", "4")
     sys.modules.pop("workers.cron_config", None)
-    scheduler = CronScheduler(connection=redis.Redis.from_url(worker_env.redis_url))
+    scheduler = CronScheduler(connection=redis.Redis.from_url(worker_env.rq_url))
     scheduler.load_config_from_file("workers.cron_config")
     jobs = {job.name: job for job in scheduler.get_jobs()}
     prefix = worker_env.key_prefix  # names carry the deployment's prefix, as its queue
@@ -89,7 +89,7 @@ def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
 ) -> None:
     env = {**os.environ, "QUOTA_SHARDS": str(worker_env.shards), "QUOTA_CRON_LEASE_SECONDS": "2"}
     record_many(gate, 120)
-    conn = redis.Redis.from_url(worker_env.redis_url)
+    conn = redis.Redis.from_url(worker_env.rq_url)
     queue = Queue(worker_env.queue, connection=conn)
 
     def cron() -> subprocess.Popen[str]:

@@ -1,0 +1,117 @@
+"""Where Redis is: one server, or a Redis Cluster. Parses ``QUOTA_REDIS_URL`` and
+makes the redis-py clients for either (sync and asyncio); no calls of its own.
+
+A cluster URL names its seed nodes as `limits` does:
+``redis+cluster://[user:password@]host:port[,host:port...][?options]`` (or
+``rediss+cluster://`` for TLS). Every node is reached with the same credentials and
+options, as a ``redis://`` (``rediss://``) URL of its own (`node_url`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: A client of either kind.
+Client = redis.Redis | redis.cluster.RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterUrl:
+    """A parsed cluster URL: its seed nodes and what every node URL shares."""
+
+    tls: bool
+    userinfo: str  # "user:password@" or ""
+    seeds: tuple[tuple[str, int], ...]
+    query: str  # "?..." or ""
+
+    def node_url(self, host: str, port: int) -> str:
+        """The standalone URL of one node (a cluster has database 0 only)."""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.userinfo}{host}:{port}/0{self.query}"
+
+
+def is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """The seeds and shared options of a cluster URL; ValueError names what is wrong."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in CLUSTER_SCHEMES or not rest:
+        raise ValueError(f"a cluster URL is redis+cluster://host:port[,host:port...], not {url!r}")
+    netloc, _, query = rest.partition("?")
+    netloc, _, path = netloc.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"Redis Cluster has database 0 only: {url!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds = []
+    for part in hosts.split(","):
+        parts = urlsplit(f"//{part}")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"bad port in cluster URL: {part!r}") from None
+        if not parts.hostname:
+            raise ValueError(f"a cluster URL needs host:port for each node, not {part!r}")
+        seeds.append((parts.hostname, port))
+    return ClusterUrl(
+        tls=scheme.startswith("rediss"),
+        userinfo=userinfo + at,
+        seeds=tuple(seeds),
+        query=f"?{query}" if query else "",
+    )
+
+
+def sync_client(url: str, **kwargs: Any) -> Client:
+    """A redis-py client for ``url``: `RedisCluster` for a cluster URL. ``kwargs`` are
+    the connection options (timeouts, decode_responses, retry)."""
+    if not is_cluster(url):
+        return redis.Redis.from_url(url, **kwargs)
+    c = parse_cluster_url(url)
+    (host, port), rest = c.seeds[0], c.seeds[1:]
+    nodes = [redis.cluster.ClusterNode(h, p) for h, p in rest]  # type: ignore[no-untyped-call]
+    return redis.cluster.RedisCluster.from_url(
+        c.node_url(host, port), startup_nodes=nodes, **kwargs
+    )
+
+
+def async_client(
+    url: str, **kwargs: Any
+) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+    """The asyncio twin of `sync_client`."""
+    if not is_cluster(url):
+        return redis.asyncio.Redis.from_url(url, **kwargs)
+    c = parse_cluster_url(url)
+    (host, port), rest = c.seeds[0], c.seeds[1:]
+    nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in rest]
+    return redis.asyncio.cluster.RedisCluster.from_url(
+        c.node_url(host, port), startup_nodes=nodes, **kwargs
+    )
+
+
+def primaries(client: Client) -> list[redis.Redis]:
+    """A standalone client for each primary (the client itself when not a cluster):
+    for what covers every node (SCAN, INFO, loading the function library)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return [node.redis_connection for node in client.get_primaries()]  # type: ignore[no-untyped-call]
+    return [client]
+
+
+def node_of(client: Client, key: str) -> redis.Redis:
+    """The standalone client of the primary that owns ``key``'s slot."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        if node.redis_connection is None:  # created lazily by redis-py
+            client.nodes_manager.initialize()
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        conn: redis.Redis = node.redis_connection
+        return conn
+    return client
