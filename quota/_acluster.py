@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -20,8 +21,8 @@ import redis
 import redis.asyncio
 
 from quota._acalls import AsyncScriptCaller
-from quota._cluster import REDIRECTS, TRYAGAIN_SECONDS, WATCH_FOR_SECONDS, WATCH_SECONDS
-from quota._slots import SlotMap, redirect, slot_of
+from quota._cluster import WATCH_FOR_SECONDS, WATCH_SECONDS
+from quota._slots import Redirects, SlotMap, redirect, slot_of
 from quota.breaker import Breaker
 from quota.scripts import Library
 
@@ -42,6 +43,8 @@ class AsyncClusterCaller:
         self._new_breaker = new_breaker
         #: Awaited when a node lacks the function library.
         self.on_missing: Callable[[], Awaitable[None]] | None = None
+        #: Redirects followed, by kind (MOVED, ASK, TRYAGAIN): how often the map was stale.
+        self.redirected: Counter[str] = Counter()
         self._callers: dict[str, AsyncScriptCaller] = {}
         self._table: list[AsyncScriptCaller | None] = []
         self._built = -1  # the map version the table was built from
@@ -125,7 +128,8 @@ class AsyncClusterCaller:
 
     async def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         slot = slot_of(keys[0])
-        for _ in range(REDIRECTS):
+        redirects = Redirects()
+        while True:
             version = self.slots.version
             caller = await self._caller(slot)
             try:
@@ -138,24 +142,24 @@ class AsyncClusterCaller:
                 if moved is None:
                     raise
                 kind, _, node = moved
-            if kind == "MOVED":
-                await self.refresh(version)
-            elif kind == "ASK":
+            self.redirected[kind] += 1
+            if kind == "ASK":
                 reply = await (await self._node(node)).asking(op, keys, args)
-                if redirect(reply) is None:
+                again = redirect(reply)
+                if again is None:
                     if isinstance(reply, redis.exceptions.ResponseError):
                         raise reply
                     return reply
-            else:
-                await asyncio.sleep(TRYAGAIN_SECONDS)
-        raise redis.exceptions.ClusterError(
-            f"slot {slot}: still redirected after {REDIRECTS} tries"
-        )
+                kind = again[0]
+            await asyncio.sleep(redirects.pause(kind))
+            if kind == "MOVED":
+                await self.refresh(version)
 
     async def command(self, *args: Any) -> Any:
         """One single-key command (``args[1]`` is its key), on the key's primary."""
         slot = slot_of(args[1])
-        for _ in range(REDIRECTS):
+        redirects = Redirects()
+        while True:
             version = self.slots.version
             caller = await self._caller(slot)
             try:
@@ -164,10 +168,8 @@ class AsyncClusterCaller:
                 moved = redirect(exc)
                 if moved is None:
                     raise
-                await self.refresh(version)
-        raise redis.exceptions.ClusterError(
-            f"slot {slot}: still redirected after {REDIRECTS} tries"
-        )
+            await asyncio.sleep(redirects.pause(moved[0]))
+            await self.refresh(version)
 
     async def call_many(
         self, op: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
@@ -178,7 +180,8 @@ class AsyncClusterCaller:
         twice)."""
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        for _ in range(REDIRECTS):
+        redirects = Redirects()
+        while True:
             version = self.slots.version
             groups: dict[int, tuple[AsyncScriptCaller, list[int]]] = {}
             for i in todo:
@@ -196,6 +199,8 @@ class AsyncClusterCaller:
                 for i, reply in zip(places, got, strict=True):
                     replies[i] = reply
                     kind = redirect(reply)
+                    if kind is not None:
+                        self.redirected[kind[0]] += 1
                     if kind is not None and kind[0] == "MOVED":
                         todo.append(i)
                         moved = True
@@ -203,9 +208,9 @@ class AsyncClusterCaller:
                         replies[i] = await self._one(op, calls[i])
             if not todo:
                 return replies
+            await asyncio.sleep(redirects.pause("MOVED"))
             if moved:
                 await self.refresh(version)
-        raise redis.exceptions.ClusterError(f"{op}: still redirected after {REDIRECTS} tries")
 
     async def _one(self, op: str, call: tuple[Sequence[Any], Sequence[Any]]) -> Any:
         """One call of a batch by the single call's rules; an error reply as a value."""

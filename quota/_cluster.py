@@ -8,7 +8,8 @@ it changed:
 - ``MOVED``: the map is read again and the call sent to the new owner;
 - ``ASK`` (a slot being migrated): the call is sent once to the named node after
   ``ASKING``, in the same write;
-- ``TRYAGAIN`` (a migration split the call's keys): sent again after a short sleep;
+- ``TRYAGAIN`` (a migration split the call's keys): sent again after a short sleep,
+  for up to two seconds (quota/_slots.py `Redirects`);
 - a connection error: raised at once (the caller decides by its outage policy), and a
   thread reads the map until every slot's primary answers (a replica took over).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -29,15 +31,12 @@ import hiredis
 import redis
 
 from quota._calls import ScriptCaller
-from quota._slots import SlotMap, redirect, slot_of
+from quota._slots import Redirects, SlotMap, redirect, slot_of
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing
 
-#: Redirects followed per call before giving up.
-REDIRECTS = 5
 #: After a failed connection: read the map this often, for at most this long.
 WATCH_SECONDS, WATCH_FOR_SECONDS = 0.25, 120.0
-TRYAGAIN_SECONDS = 0.02
 
 
 class ClusterCaller:
@@ -56,6 +55,8 @@ class ClusterCaller:
         self._new_breaker = new_breaker
         #: Called when a node lacks the function library (it lost its data, or is new).
         self.on_missing: Callable[[], None] | None = None
+        #: Redirects followed, by kind (MOVED, ASK, TRYAGAIN): how often the map was stale.
+        self.redirected: Counter[str] = Counter()
         self._callers: dict[str, ScriptCaller] = {}
         self._table: list[ScriptCaller | None] = []
         self._lock = threading.Lock()
@@ -135,7 +136,8 @@ class ClusterCaller:
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         slot = slot_of(keys[0])
-        for _ in range(REDIRECTS):
+        redirects = Redirects()
+        while True:
             version = self.slots.version
             caller = self._slot_caller(slot, version)
             try:
@@ -148,19 +150,18 @@ class ClusterCaller:
                 if moved is None:
                     raise
                 kind, _, node = moved
-            if kind == "MOVED":
-                self.refresh(version)
-            elif kind == "ASK":
+            self.redirected[kind] += 1
+            if kind == "ASK":
                 reply = self._node(node).asking(op, keys, args)
-                if redirect(reply) is None:
+                again = redirect(reply)
+                if again is None:
                     if isinstance(reply, redis.exceptions.ResponseError):
                         raise reply
                     return reply
-            else:
-                time.sleep(TRYAGAIN_SECONDS)
-        raise redis.exceptions.ClusterError(
-            f"slot {slot}: still redirected after {REDIRECTS} tries"
-        )
+                kind = again[0]
+            time.sleep(redirects.pause(kind))
+            if kind == "MOVED":
+                self.refresh(version)
 
     def call_each(
         self,
@@ -173,7 +174,8 @@ class ClusterCaller:
         for all of them), each reply handed to ``handle`` with its place in ``calls``.
         Only for calls that may run twice: a redirect sends the whole batch again."""
         name = self._library.functions[op]
-        for _ in range(REDIRECTS):
+        redirects = Redirects()
+        while True:
             version = self.slots.version
             groups: dict[int, tuple[ScriptCaller, list[int], list[bytes]]] = {}
             for n, (keys, args) in enumerate(calls()):
@@ -192,12 +194,13 @@ class ClusterCaller:
                 moved = redirect(exc)
                 if moved is None:
                     raise
-                if moved[0] != "MOVED":  # a slot in migration: one by one (ASKING)
-                    for n, (keys, args) in enumerate(calls()):
-                        handle(n, self(op, keys, args))
-                    return
-                self.refresh(version)
-        raise redis.exceptions.ClusterError(f"{op}: still redirected after {REDIRECTS} tries")
+            self.redirected[moved[0]] += 1
+            if moved[0] != "MOVED":  # a slot in migration: one by one (ASKING)
+                for n, (keys, args) in enumerate(calls()):
+                    handle(n, self(op, keys, args))
+                return
+            time.sleep(redirects.pause("MOVED"))
+            self.refresh(version)
 
     @staticmethod
     def _send_groups(

@@ -8,6 +8,7 @@ reading of the replies that redirect a call (``MOVED``, ``ASK``, ``TRYAGAIN``).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import redis
@@ -18,6 +19,10 @@ from redis.retry import Retry
 from quota.topology import ClusterUrl
 
 SLOTS = 16384
+#: MOVED and ASK followed per call before giving up.
+REDIRECTS = 5
+#: A migration splitting a call's keys (TRYAGAIN): tried again this often, this long.
+TRYAGAIN_SECONDS, TRYAGAIN_FOR_SECONDS = 0.01, 2.0
 
 
 def slot_of(key: str | bytes) -> int:
@@ -37,6 +42,33 @@ def redirect(reply: object) -> tuple[str, int, str] | None:
     if text.startswith("TRYAGAIN"):
         return "TRYAGAIN", -1, ""
     return None
+
+
+class Redirects:
+    """How long one call follows redirects: `REDIRECTS` MOVED or ASK, and TRYAGAIN
+    (keys of one slot split by a migration, until the last of them moves) for up to
+    `TRYAGAIN_FOR_SECONDS`."""
+
+    __slots__ = ("moves", "until")
+
+    def __init__(self) -> None:
+        self.moves = 0
+        self.until = 0.0
+
+    def pause(self, kind: str) -> float:
+        """The seconds to wait before the next try; raises `ClusterError` when spent."""
+        if kind == "TRYAGAIN":
+            now = time.monotonic()
+            self.until = self.until or now + TRYAGAIN_FOR_SECONDS
+            if now >= self.until:
+                raise redis.exceptions.ClusterError(
+                    f"a slot's keys stayed split by a migration for {TRYAGAIN_FOR_SECONDS:g} s"
+                )
+            return TRYAGAIN_SECONDS
+        self.moves += 1
+        if self.moves > REDIRECTS:
+            raise redis.exceptions.ClusterError(f"still redirected after {REDIRECTS} tries")
+        return 0.0
 
 
 class SlotMap:

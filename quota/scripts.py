@@ -50,7 +50,9 @@ OPEN_SET_MS = (2 * MAX_LEASE_SECONDS + 1) * 1000
 
 
 # Error replies that mean the server cannot serve now (not that the call was wrong).
-_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+# Not TRYAGAIN: on a Cluster it means a slot in migration, which the cluster transport
+# waits out (quota/_slots.py); it says nothing of the server's health.
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN")
 
 
 def is_unavailable(reply: BaseException) -> bool:

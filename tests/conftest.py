@@ -39,18 +39,22 @@ def base_settings() -> Settings:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The behavioural suite (integration tests taking the `gate` fixture) runs on a
     single Redis and on a Redis Cluster of our own; a test marked ``standalone`` tests
-    what only a single server has (killing its clients, its INFO)."""
+    what only a single server has (killing its clients, its INFO), one marked
+    ``cluster`` what only a cluster has."""
     if (
         "gate" in metafunc.fixturenames
         and "redis_backend" in metafunc.fixturenames
         and "integration" in metafunc.definition.nodeid.split("/")
         and metafunc.definition.get_closest_marker("standalone") is None
+        and metafunc.definition.get_closest_marker("cluster") is None
     ):
         metafunc.parametrize("redis_backend", ["standalone", "cluster"], indirect=True)
 
 
 @pytest.fixture
 def redis_backend(request: pytest.FixtureRequest) -> str:
+    if request.node.get_closest_marker("cluster") is not None:
+        return "cluster"
     return str(getattr(request, "param", "standalone"))
 
 

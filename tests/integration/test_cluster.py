@@ -1,0 +1,243 @@
+"""What only a Redis Cluster has, on the session's local cluster (3 primaries, 3
+replicas: tests/servers.py): ports spread over every primary, one FCALL per decision
+with the slot worked out by the client, check_many across primaries, a slot migrated
+under load, and a primary that lost its data."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, cast
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from quota import Gate, Settings
+from quota._acluster import AsyncClusterCaller
+from quota._cluster import ClusterCaller
+from quota.keys import KeyLayout
+from quota.scripts import library
+from tests.conftest import watched
+from tests.servers import ClusterServers, RedisServer
+
+pytestmark = pytest.mark.cluster
+
+
+def ports_by_primary(cluster: ClusterServers, settings: Settings, per: int) -> dict[int, list[str]]:
+    """``per`` port ids on each primary (by its port number)."""
+    layout = KeyLayout(settings.key_prefix, settings.shards)
+    out: dict[int, list[str]] = {n.port: [] for n in cluster.primaries()}
+    i = 0
+    while any(len(v) < per for v in out.values()):
+        port = f"port-{i}"
+        owner = cluster.owner(layout.for_port(port).budget).port
+        if len(out[owner]) < per:
+            out[owner].append(port)
+        i += 1
+    return out
+
+
+def commandstats(node: RedisServer) -> Counter[str]:
+    with node.client() as c:
+        stats = c.info("commandstats")
+    return Counter({name: int(v["calls"]) for name, v in stats.items()})
+
+
+def reset_stats(cluster: ClusterServers) -> None:
+    for node in cluster.primaries():
+        with node.client() as c:
+            c.config_resetstat()
+
+
+def redirected(gate: Gate) -> Counter[str]:
+    call = cast(Any, gate)._call
+    assert isinstance(call, ClusterCaller | AsyncClusterCaller)
+    return call.redirected
+
+
+def test_every_operation_on_ports_of_every_primary_is_one_fcall(
+    gate: Gate, cluster: ClusterServers, settings: Settings, r: redis.Redis
+) -> None:
+    spread = ports_by_primary(cluster, settings, 2)
+    ports = [p for group in spread.values() for p in group]
+    for port in ports:
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=400, hard_cap_tokens=1000, updated_by="t"
+        )
+        gate.check(port, 1)  # budget copy in place
+    watched(gate, r)
+    time.sleep(0.2)
+    reset_stats(cluster)
+    calls = 0
+    for port in ports:
+        d = gate.reserve(port, 100, "chat")
+        assert d.ok
+        assert d.reservation_id
+        gate.commit(d.reservation_id, input_tokens=60, output_tokens=20, provider="x", model="m")
+        gate.record(
+            port_id=port, feature="ocr", provider="x", model="m", input_tokens=5, output_tokens=5
+        )
+        gate.release(gate.reserve(port, 10, "chat").reservation_id or "")
+        assert gate.check(port, 1).used_tokens == 90
+        calls += 6
+    stats = {n.port: commandstats(n) for n in cluster.primaries()}
+    # Every decision and report was one FCALL on the primary that owns its port...
+    assert sum(s["cmdstat_fcall"] + s["cmdstat_fcall_ro"] for s in stats.values()) == calls
+    for primary, group in spread.items():
+        assert stats[primary]["cmdstat_fcall"] + stats[primary]["cmdstat_fcall_ro"] == 6 * len(
+            group
+        )
+    # ...with no key lookup (COMMAND GETKEYS), no slot map read and no redirect.
+    for s in stats.values():
+        assert s["cmdstat_command|getkeys"] + s["cmdstat_command"] == 0
+        assert s["cmdstat_cluster|slots"] + s["cmdstat_asking"] == 0
+    assert not redirected(gate)
+    statuses = {p: gate.status(p).used_tokens for p in ports}
+    assert statuses == dict.fromkeys(ports, 90)
+
+
+def test_check_many_across_primaries_equals_check(
+    gate: Gate, cluster: ClusterServers, settings: Settings
+) -> None:
+    spread = ports_by_primary(cluster, settings, 3)
+    ports = [p for group in spread.values() for p in group]
+    for n, port in enumerate(ports):
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=1000, hard_cap_tokens=1000, updated_by="t"
+        )
+        gate.record(
+            port_id=port,
+            feature="f",
+            provider="x",
+            model="m",
+            input_tokens=n * 100,
+            output_tokens=0,
+        )
+    asked = [(p, 150) for p in ports] + [("never-seen", 5)]
+    many = gate.check_many(asked)
+    assert many == [gate.check(p, e) for p, e in asked]
+    assert [d.ok for d in many[:-1]] == [n * 100 + 150 <= 1000 for n in range(len(ports))]
+
+
+def _node_id(node: RedisServer) -> str:
+    with node.client() as c:
+        return str(c.execute_command("CLUSTER", "MYID"))
+
+
+def migrate_slot(
+    cluster: ClusterServers, slot: int, source: RedisServer, target: RedisServer
+) -> int:
+    """Move ``slot`` from ``source`` to ``target`` as redis-cli's reshard does (MIGRATE
+    of 10 keys at a time), with a pause between batches so that calls meet ASK and
+    TRYAGAIN; the keys moved."""
+    source_id, target_id = _node_id(source), _node_id(target)
+    with target.client() as t, source.client() as s:
+        t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+            s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(0.005)
+        for node in cluster.running():  # the new owner first, as redis-cli does
+            if cluster.role(node) == "master":
+                with node.client() as c:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    cluster.wait_ok()
+    return moved
+
+
+def test_a_slot_migrated_under_load_changes_no_counter(
+    gate: Gate, cluster: ClusterServers, settings: Settings
+) -> None:
+    spread = ports_by_primary(cluster, settings, 1)
+    source = next(n for n in cluster.primaries() if n.port in spread)
+    port = spread[source.port][0]
+    target = next(n for n in cluster.primaries() if n.port != source.port)
+    pk = gate.layout.for_port(port)
+    with source.client() as c:
+        slot = int(c.execute_command("CLUSTER", "KEYSLOT", pk.budget))
+    gate.set_budget(
+        port, enabled=True, soft_cap_tokens=10**9, hard_cap_tokens=10**9, updated_by="t"
+    )
+    spent: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                d = gate.reserve(port, 50, "chat")
+                assert (d.ok, d.degraded) == (True, False), d
+                gate.commit(
+                    d.reservation_id or "",
+                    input_tokens=n % 7,
+                    output_tokens=3,
+                    provider="x",
+                    model="m",
+                )
+                spent.append(n % 7 + 3)
+                assert gate.check_many([(port, 1)])[0].ok
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    time.sleep(0.3)
+    try:
+        moved = migrate_slot(cluster, slot, source, target)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not errors, errors[0]
+    assert moved >= 4  # the port's hash, open set, counters, stream...
+    assert cluster.owner(pk.budget).port == target.port
+    assert gate.current_period_tokens(port) == sum(spent)
+    assert gate.check(port, 0).reserved_tokens == 0
+    seen = redirected(gate)
+    assert seen["MOVED"] >= 1
+    assert seen["ASK"] + seen["TRYAGAIN"] >= 1, seen
+
+
+def test_a_primary_that_lost_its_data_is_rebuilt_and_the_others_are_untouched(
+    gate: Gate, cluster: ClusterServers, settings: Settings, r: redis.Redis, pg: Engine
+) -> None:
+    """FLUSHALL and FUNCTION FLUSH on one primary (its replica follows), as a restart
+    without persistence would leave it: its ports come back from the ledger and the
+    gate's journal, with their usage; ports on the other primaries never notice."""
+    spread = ports_by_primary(cluster, settings, 2)
+    ports = [p for group in spread.values() for p in group]
+    for port in ports:
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=10_000, hard_cap_tokens=10_000, updated_by="t"
+        )
+        gate.record(
+            port_id=port, feature="f", provider="x", model="m", input_tokens=700, output_tokens=0
+        )
+    watched(gate, r)
+    lost_node = cluster.primaries()[0]
+    with lost_node.client() as c:
+        c.execute_command("FUNCTION", "FLUSH")
+        c.flushall()
+    lost = spread[lost_node.port]
+    kept = [p for p in ports if p not in lost]
+    for port in kept:  # the other primaries answer as before, at once
+        d = gate.check(port, 1)
+        assert (d.ok, d.degraded, d.used_tokens) == (True, False, 700)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # held until every gate replayed its journal
+        d = gate.check(lost[0], 1)
+        if not d.degraded:
+            break
+        time.sleep(0.1)
+    for port in lost:
+        d = gate.check(port, 1)
+        assert (d.ok, d.degraded, d.used_tokens) == (True, False, 700), port
+    with lost_node.client() as c:
+        assert c.function_list(library=library().name)
