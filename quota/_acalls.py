@@ -27,8 +27,8 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from quota import process
-from quota._calls import CircuitOpen
+from quota import metrics, process
+from quota._calls import WAITED, CircuitOpen
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing, is_unavailable
@@ -154,6 +154,11 @@ class AsyncScriptCaller:
         self._connecting_loop: asyncio.AbstractEventLoop | None = None
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
+        self._wait = b""
+
+    def replica_ack(self, ms: int) -> None:
+        """As `ScriptCaller.replica_ack`: each commit and record followed by WAIT."""
+        self._wait = hiredis.pack_command(("WAIT", 1, ms)) if ms else b""  # type: ignore[arg-type]
 
     def _kwargs(self) -> dict[str, Any]:
         # No redis-py retry (with its backoff) inside a connect: this layer retries.
@@ -206,6 +211,9 @@ class AsyncScriptCaller:
             self._gate()
         name = self._library.functions[op]
         packed = hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))
+        wait = self._wait
+        if wait and op not in WAITED:
+            wait = b""
         for attempt in range(3):
             try:
                 wire = self._wire
@@ -216,7 +224,13 @@ class AsyncScriptCaller:
                     or wire.loop is not asyncio.get_running_loop()
                 ):
                     wire = await self._get_wire()
-                reply = await wire.send(packed)
+                if wait:
+                    replied, acked = wire.send(packed), wire.send(wait)
+                    reply = await replied
+                    if await acked == 0 and not isinstance(reply, Exception):
+                        metrics.UNREPLICATED.inc()  # counted on the primary alone
+                else:
+                    reply = await wire.send(packed)
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
                 continue

@@ -49,12 +49,19 @@ class AsyncClusterCaller:
         self._table: list[AsyncScriptCaller | None] = []
         self._built = -1  # the map version the table was built from
         self._watcher: asyncio.Task[None] | None = None
+        self._ack_ms = 0
         self._closed = False
 
     @property
     def breakers(self) -> dict[str, Breaker]:
         """Each primary's breaker, by "host:port"."""
         return {name: c.breaker for name, c in self._callers.items()}
+
+    def replica_ack(self, ms: int) -> None:
+        """Every primary's commits and records followed by ``WAIT 1 <ms>``."""
+        self._ack_ms = ms
+        for caller in list(self._callers.values()):
+            caller.replica_ack(ms)
 
     def owner(self, key: str) -> str:
         return self.slots.owners[slot_of(key)]
@@ -79,6 +86,7 @@ class AsyncClusterCaller:
                     self._node_client(name), self._library, self._new_breaker()
                 )
                 caller.on_missing = self._missing
+                caller.replica_ack(self._ack_ms)
                 self._callers[name] = caller
                 new.append(caller)
             table.append(caller)

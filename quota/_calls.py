@@ -33,11 +33,13 @@ from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
-from quota import process
+from quota import metrics, process
 from quota.breaker import Breaker
 from quota.scripts import Library, is_missing, is_unavailable
 
 _READ_SIZE = 65536
+#: The calls that count usage: with a replica ack they are followed by WAIT.
+WAITED = frozenset({"commit", "record"})
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -127,6 +129,13 @@ class ScriptCaller:
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
         self._prober_pid = 0
+        self._wait = b""  # WAIT 1 <ms>, packed: `replica_ack`
+
+    def replica_ack(self, ms: int) -> None:
+        """Follow each commit and record with ``WAIT 1 <ms>`` in the same write, so that
+        its reply comes once a replica has the change (0: do not wait). A failover then
+        cannot lose usage the caller was told was counted."""
+        self._wait = hiredis.pack_command(("WAIT", 1, ms)) if ms else b""  # type: ignore[arg-type]
 
     @property
     def open_connections(self) -> int:
@@ -203,11 +212,17 @@ class ScriptCaller:
         if breaker.state != "closed":
             self._gate()
         name = self._library.functions[op]
+        wait = self._wait
+        if wait and op not in WAITED:
+            wait = b""
         for attempt in range(3):
             try:
                 wire = self._wire()
-                wire.send(hiredis.pack_command(("FCALL", name, len(keys), *keys, *args)))
+                packed = hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))
+                wire.send(packed + wait if wait else packed)
                 reply = wire.read()
+                if wait and wire.read() == 0 and not isinstance(reply, Exception):
+                    metrics.UNREPLICATED.inc()  # counted on the primary alone
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
                 continue

@@ -61,6 +61,7 @@ class ClusterCaller:
         self._table: list[ScriptCaller | None] = []
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._ack_ms = 0
         self._closed = threading.Event()
         self.refresh()
 
@@ -72,6 +73,12 @@ class ClusterCaller:
     @property
     def open_connections(self) -> int:
         return sum(c.open_connections for c in self._callers.values())
+
+    def replica_ack(self, ms: int) -> None:
+        """Every primary's commits and records followed by ``WAIT 1 <ms>``."""
+        self._ack_ms = ms
+        for caller in list(self._callers.values()):
+            caller.replica_ack(ms)
 
     def owner(self, key: str) -> str:
         """The "host:port" of the primary that owns ``key``'s slot, as last read."""
@@ -90,6 +97,7 @@ class ClusterCaller:
         if caller is None:
             caller = ScriptCaller(self._node_client(name), self._library, self._new_breaker())
             caller.on_missing = self._missing
+            caller.replica_ack(self._ack_ms)
             self._callers[name] = caller
             with contextlib.suppress(redis.exceptions.RedisError):
                 caller.load()  # if down now, its caller loads it when it answers

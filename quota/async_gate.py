@@ -107,6 +107,8 @@ class AsyncGate(GateCore, Fallback):
                 self._new_breaker,
             )
         self._call.on_missing = self._library_missing
+        if settings.replica_ack:
+            self._call.replica_ack(settings.replica_ack)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -130,6 +130,8 @@ class Gate(GateCore, Fallback):
         else:
             self._call = ScriptCaller(cast(redis.Redis, self.redis), self._library, self.breaker)
         self._call.on_missing = self._library_missing
+        if settings.replica_ack and not isinstance(self._call, CannedTransport):
+            self._call.replica_ack(settings.replica_ack)
         self._init_fallback()
         self._owed_lock = threading.Lock()
         self._closed = threading.Event()

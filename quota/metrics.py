@@ -44,6 +44,10 @@ RECONCILE_DRIFTED_PORTS = Counter(
     "quota_reconcile_drifted_ports", "Ports whose counters reconciliation corrected."
 )
 
+UNREPLICATED = Counter(
+    "quota_unreplicated_usage",
+    "Commits and records no replica acknowledged within QUOTA_REPLICA_ACK ms.",
+)
 BREAKER_STATE = Gauge(
     "quota_redis_breaker_state",
     "The gate's circuit breaker to Redis: 0 closed, 1 half-open, 2 open.",

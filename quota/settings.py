@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     #: Under the `allowance` policy: estimated tokens one process admits per port
     #: during an outage before it refuses.
     outage_allowance_tokens: int = Field(default=10_000, ge=0, le=10**12)
+    #: Milliseconds each commit and record waits for one replica to acknowledge it
+    #: (``WAIT 1 <ms>`` in the same write), so that a failover cannot lose usage the
+    #: caller was told was counted; 0: do not wait (README: durability at failover).
+    replica_ack: int = Field(default=0, ge=0, le=60_000)
     #: Consecutive failed Redis calls that open the circuit breaker.
     breaker_failures: int = Field(default=5, ge=1, le=10_000)
     #: How long the breaker stays open before one call probes Redis again.

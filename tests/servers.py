@@ -216,6 +216,7 @@ class ClusterServers:
     def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
         extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
         extra += ["--cluster-config-file", "nodes.conf", "--appendonly", "no"]
+        extra += ["--repl-diskless-sync-delay", "0"]  # replicas in sync at once, not 5 s on
         self.nodes: list[RedisServer] = []
         for _ in range(primaries * (1 + replicas)):
             node = RedisServer(extra=extra)
@@ -241,7 +242,8 @@ class ClusterServers:
         return self
 
     def wait_ok(self, seconds: float = 30.0) -> None:
-        """Until every running node says the cluster is ok and agrees on the slot map."""
+        """Until every running node says the cluster is ok and agrees on the slot map,
+        and every replica is in sync with its primary."""
         deadline = time.monotonic() + seconds
         while True:
             try:
@@ -258,6 +260,9 @@ class ClusterServers:
         for node in self.running():
             with node.client() as c:
                 if "cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+                    return False
+                replication = c.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
                     return False
                 slots = c.execute_command("CLUSTER", "SLOTS")
                 maps.add(str(sorted((s[0], s[1], s[2][1]) for s in slots)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -18,6 +19,7 @@ from quota import Gate, Settings
 from quota._acluster import AsyncClusterCaller
 from quota._cluster import ClusterCaller
 from quota.keys import KeyLayout
+from quota.periods import period_id
 from quota.scripts import library
 from tests.conftest import watched
 from tests.servers import ClusterServers, RedisServer
@@ -241,3 +243,39 @@ def test_a_primary_that_lost_its_data_is_rebuilt_and_the_others_are_untouched(
         assert (d.ok, d.degraded, d.used_tokens) == (True, False, 700), port
     with lost_node.client() as c:
         assert c.function_list(library=library().name)
+
+
+def test_replica_ack_returns_once_a_replica_has_the_usage(
+    cluster: ClusterServers, settings: Settings, pg: Engine
+) -> None:
+    """QUOTA_REPLICA_ACK: commit and record wait (WAIT 1, in the same write) until a
+    replica has the change, so the replica a failover promotes has it too."""
+    acked = settings.model_copy(update={"replica_ack": 1000})
+    port = "acked"
+    with Gate(acked) as gate:
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=10**6, hard_cap_tokens=10**6, updated_by="t"
+        )
+        primary = cluster.owner(gate.layout.for_port(port).budget)
+        replica = cluster.replica_of(primary)
+        gate.check(port, 1)
+        reset_stats(cluster)
+        month = period_id("month", datetime.now(UTC))
+        key = gate.layout.for_port(port).usage("month", month)
+        with replica.client() as c:
+            c.execute_command("READONLY")
+            for n in range(1, 11):
+                d = gate.reserve(port, 10, "chat")
+                gate.commit(
+                    d.reservation_id or "", input_tokens=7, output_tokens=0, provider="x", model="m"
+                )
+                gate.record(
+                    port_id=port,
+                    feature="f",
+                    provider="x",
+                    model="m",
+                    input_tokens=3,
+                    output_tokens=0,
+                )
+                assert int(c.hget(key, "t") or 0) == 10 * n  # on the replica already
+        assert commandstats(primary)["cmdstat_wait"] == 20  # commits and records only
