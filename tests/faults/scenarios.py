@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -51,10 +51,12 @@ from quota.migrate import upgrade
 from quota.periods import Windows, from_ms
 from quota.reconcile import Reconciler
 from quota.store import make_engine
+from quota.topology import sync_client
 from tests.racing import run_threads
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import ClusterServers, PostgresServer, RedisServer
 
 EST, ACTUAL = 100, 90
+RedisClient = redis.Redis  # Env's field `redis` hides the module in its scope
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,24 @@ HEAVY = Load(processes=4, threads=8, ports=8, hard_cap=400_000, before=5.0, faul
 class Env:
     """The servers of one scenario run, and the settings its gates use."""
 
-    redis: RedisServer
+    redis: RedisServer  # on a cluster: the first node
     postgres: PostgresServer
     settings: Settings
     engine: Engine
+    cluster: ClusterServers | None = None
+    ports: list[str] = field(default_factory=list)  # the run's ports, for a fault to aim at
+    killed: RedisServer | None = None  # the node a fault killed, for the heal to start
+
+    def client(self) -> RedisClient:
+        """A client of the run's Redis (a `RedisCluster` on a cluster, typed alike)."""
+        client = sync_client(self.settings.redis_url, decode_responses=True, socket_timeout=5)
+        return cast(RedisClient, client)
+
+    def target(self) -> RedisServer:
+        """The cluster primary that owns the run's first port."""
+        assert self.cluster is not None
+        layout = KeyLayout(self.settings.key_prefix, self.settings.shards)
+        return self.cluster.owner(layout.for_port(self.ports[0]).budget)
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,8 @@ class Scenario:
     heal: Callable[[Env], None]
     policy: str = "closed"
     persist: bool = True  # Redis with AOF (appendfsync always)
+    cluster: bool = False  # on a local cluster of 3 primaries and 3 replicas
+    replica_ack: int = 0  # QUOTA_REPLICA_ACK
 
 
 @dataclass
@@ -107,6 +125,21 @@ class Result:
     lost: int = 0
     twice: int = 0
     settle_s: float | None = None
+    recovery_s: float = 0.0  # from the fault until the last degraded decision ended
+    raised: int = 0  # calls that raised instead of deciding
+
+    @property
+    def degraded(self) -> int:
+        return sum(n for k, n in self.decisions.items() if k.endswith("*"))
+
+    def cluster_line(self) -> str:
+        calls = sum(self.decisions.values())
+        settle = "never (60 s)" if self.settle_s is None else f"{self.settle_s:.1f}"
+        return (
+            f"| {self.scenario} | {calls:,} | {self.raised:,} | {self.degraded:,} "
+            f"({self.degraded / max(calls, 1):.2%}) | {self.recovery_s:.2f} | "
+            f"{self.lost:,} of {self.acknowledged:,} | {self.twice:,} | {settle} |"
+        )
 
     def line(self) -> str:
         outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(self.decisions.items()))
@@ -159,6 +192,28 @@ def _both_up(env: Env) -> None:
     env.redis.start()
 
 
+def _failover(env: Env) -> None:
+    """CLUSTER FAILOVER on the replica of the primary of the run's first port."""
+    assert env.cluster is not None
+    replica = env.cluster.replica_of(env.target())
+    with replica.client() as c:
+        c.execute_command("CLUSTER", "FAILOVER")
+
+
+def _kill_primary(env: Env) -> None:
+    """SIGKILL the primary of the run's first port: its replica takes over."""
+    env.killed = env.target()
+    env.killed.kill()
+
+
+def _restart_killed(env: Env) -> None:
+    """The killed node comes back (its nodes.conf kept): it rejoins as a replica."""
+    assert env.cluster is not None
+    assert env.killed is not None
+    env.killed.start()
+    env.cluster.wait_ok(60)
+
+
 _FAULT_SECONDS = [0.0]  # DEBUG SLEEP's length, set per run
 
 SCENARIOS = [
@@ -192,6 +247,36 @@ SCENARIOS = [
         lambda env: _started(env.postgres),
     ),
     Scenario("both-down", "Redis killed and Postgres SIGSTOPed", _both_down, _both_up),
+    Scenario(
+        "cluster-failover",
+        "CLUSTER FAILOVER of one primary's replica",
+        _failover,
+        _nothing,
+        cluster=True,
+    ),
+    Scenario(
+        "cluster-failover-ack",
+        "the same, QUOTA_REPLICA_ACK=100",
+        _failover,
+        _nothing,
+        cluster=True,
+        replica_ack=100,
+    ),
+    Scenario(
+        "cluster-primary-killed",
+        "one primary SIGKILLed, its replica takes over; restarted as a replica",
+        _kill_primary,
+        _restart_killed,
+        cluster=True,
+    ),
+    Scenario(
+        "cluster-primary-killed-ack",
+        "the same, QUOTA_REPLICA_ACK=100",
+        _kill_primary,
+        _restart_killed,
+        cluster=True,
+        replica_ack=100,
+    ),
 ]
 
 
@@ -325,14 +410,19 @@ def run_scenario(
     `AsyncGate` (tasks on one loop per process)."""
     tag = uuid.uuid4().hex[:6]
     ports = [f"{scenario.name}-{tag}-{i}" for i in range(load.ports)]
-    settings = env.settings.model_copy(update={"outage_policy": scenario.policy})
+    env.ports = ports
+    settings = env.settings.model_copy(
+        update={"outage_policy": scenario.policy, "replica_ack": scenario.replica_ack}
+    )
+    # On a cluster the caps are out of reach: the figures are of the failover.
+    cap = load.hard_cap * 1000 if scenario.cluster else load.hard_cap
     with Gate(settings) as admin:
         for port in ports:
             admin.set_budget(
                 port,
                 enabled=True,
-                soft_cap_tokens=load.hard_cap // 2,
-                hard_cap_tokens=load.hard_cap,
+                soft_cap_tokens=cap // 2,
+                hard_cap_tokens=cap,
                 updated_by="faults",
             )
     _FAULT_SECONDS[0] = load.fault
@@ -357,7 +447,7 @@ def run_scenario(
     def drain_loop() -> None:
         while not stop_draining.wait(1.0):
             try:
-                with env.redis.client() as c:
+                with env.client() as c:
                     _drain_cycle(env, c)
             except Exception as exc:  # a backend is down: the next cycle tries again
                 print(f"drain cycle: {exc!r:.300}", file=sys.stderr)
@@ -386,16 +476,18 @@ def run_scenario(
             result.decisions[outcome] += 1
             if fault_start <= started < fault_end:
                 during.append(took)
+            if outcome.endswith("*") and started >= fault_start:
+                result.recovery_s = max(result.recovery_s, started + took - fault_start)
         acked += part["acked"]
         spent.update(part["spent"])
     if len(during) >= 2:
         result.p99_fault_ms = statistics.quantiles(during, n=100)[98] * 1000
-    over = [max(0, spent[p] - load.hard_cap) for p in ports]
+    over = [max(0, spent[p] - cap) for p in ports]
     result.past_cap, result.worst_port = sum(over), max(over)
     # Settle: the drain job's cycle until the counters equal the ledger (and the
     # spooled events are in it: the workers are gone, so a gate that starts on the host
     # replays what they left, as the next process of a deployment would).
-    client = env.redis.client()
+    client = env.client()
     settled_at = None
     deadline = time.time() + 60
     with Gate(settings) as successor:
@@ -596,11 +688,15 @@ def other_rows(env: Env, heavy: bool) -> list[str]:
 
 
 @contextmanager
-def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterator[Env]:
-    """A fresh redis-server (AOF always when ``persist``) beside ``postgres``."""
-    server = RedisServer(persist=persist).start()
+def environment(
+    postgres: PostgresServer, persist: bool, spool: Path, cluster: bool = False
+) -> Iterator[Env]:
+    """A fresh redis-server (AOF always when ``persist``), or a cluster of 3 primaries
+    and 3 replicas, beside ``postgres``."""
+    servers = ClusterServers().start() if cluster else None
+    server = servers.nodes[0] if servers else RedisServer(persist=persist).start()
     settings = Settings(
-        redis_url=server.url,
+        redis_url=servers.url if servers else server.url,
         database_url=postgres.url(),
         key_prefix=f"qf-{uuid.uuid4().hex[:8]}",
         redis_timeout=0.5,
@@ -610,11 +706,14 @@ def environment(postgres: PostgresServer, persist: bool, spool: Path) -> Iterato
     )
     engine = make_engine(postgres.url())
     try:
-        yield Env(server, postgres, settings, engine)
+        yield Env(server, postgres, settings, engine, servers)
     finally:
         postgres.thaw()
         engine.dispose()
-        server.cleanup()
+        if servers:
+            servers.cleanup()
+        else:
+            server.cleanup()
 
 
 def run_all(
@@ -636,9 +735,10 @@ def run_all(
             print(f"== {scenario.name}: {scenario.what}", file=sys.stderr)
             if postgres.proc is None or postgres.proc.poll() is not None:
                 postgres.start()
-            with environment(postgres, scenario.persist, spool) as env:
+            with environment(postgres, scenario.persist, spool, scenario.cluster) as env:
                 results.append(run_scenario(env, scenario, load, label, gate))
-            print(results[-1].line(), file=sys.stderr)
+            line = results[-1].cluster_line() if scenario.cluster else results[-1].line()
+            print(line, file=sys.stderr)
         return results, others
     finally:
         postgres.cleanup()
@@ -680,6 +780,25 @@ the VM is noisy, so read the latencies as orders of magnitude.
 """
 
 
+CLUSTER_HEADER = """
+## Redis Cluster failover
+
+The same load on a local cluster of 3 primaries and 3 replicas (`cluster-node-timeout`
+1000 ms, no persistence) and ports on every primary, with hard caps out of reach; the
+fault hits the primary of one port. With `QUOTA_REPLICA_ACK=100` each commit is followed
+by `WAIT 1 100` in the same write.
+
+- **calls**: reserve decisions; **raised**: calls that raised instead of deciding.
+- **degraded**: decisions made by the outage policy (`closed`: refused) while the
+  primary of their port could not be asked, and their share of all decisions.
+- **recovery**: from the fault until the last degraded decision ended, s.
+- **lost**, **twice**, **counters = ledger after**: as above.
+
+| scenario | calls | raised | degraded | recovery (s) | lost | twice | counters = ledger after (s) |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faults")
     parser.add_argument("--heavy", action="store_true")
@@ -703,7 +822,11 @@ def main(argv: list[str] | None = None) -> int:
     text_out = HEADER.format(
         when=when, load=label, fault=load.fault, table_head=head, processes=load.processes
     )
-    text_out += "\n".join(r.line() for r in results) + "\n"
+    plain = [r for r in results if not r.scenario.startswith("cluster-")]
+    text_out += "\n".join(r.line() for r in plain) + "\n"
+    clustered = [r for r in results if r.scenario.startswith("cluster-")]
+    if clustered:
+        text_out += CLUSTER_HEADER + "\n".join(r.cluster_line() for r in clustered) + "\n"
     if others:
         text_out += "\n## Other faults\n\n| scenario | result |\n| --- | --- |\n"
         text_out += "\n".join(others) + "\n"

@@ -14,12 +14,13 @@ from tests.faults.scenarios import LIGHT, SCENARIOS, Result, Scenario, environme
 from tests.servers import PostgresServer
 
 SETTLE_S = 60  # the bound: counters equal the ledger within a minute of the fault
+RECOVERY_S = 5  # a killed cluster primary: calls decided normally again within 5 s
 
 
 def run(scenario: Scenario, postgres: PostgresServer, spool: Path, gate: str) -> Result:
     if postgres.proc is None or postgres.proc.poll() is not None:
         postgres.start()
-    with environment(postgres, scenario.persist, spool) as env:
+    with environment(postgres, scenario.persist, spool, scenario.cluster) as env:
         return run_scenario(env, scenario, LIGHT, "light", gate)
 
 
@@ -44,3 +45,8 @@ def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_p
         assert result.worst_port <= allowance * LIGHT.processes
     if "redis" in scenario.name and scenario.policy == "closed":
         assert result.decisions["unavailable*"] > 0  # the fault (or the hold) was met
+    if scenario.cluster:
+        # A replica takes over by itself, and calls find it without help.
+        assert result.recovery_s < RECOVERY_S
+        if "failover" in scenario.name:  # a planned failover: no call meets it
+            assert result.degraded == 0
