@@ -126,7 +126,11 @@ class Result:
     twice: int = 0
     settle_s: float | None = None
     recovery_s: float = 0.0  # from the fault until the last degraded decision ended
-    raised: int = 0  # calls that raised instead of deciding
+
+    @property
+    def raised(self) -> int:
+        """Calls that raised instead of deciding."""
+        return self.decisions["raised"]
 
     @property
     def degraded(self) -> int:
@@ -302,7 +306,11 @@ def _worker(
                 port = random.choice(ports)
                 started = time.time()
                 t0 = time.perf_counter()
-                d = gate.reserve(port, EST, "f")
+                try:
+                    d = gate.reserve(port, EST, "f")
+                except Exception:  # the gate decides by policy: a raise is a finding
+                    mine.append((started, time.perf_counter() - t0, "raised"))
+                    continue
                 took = time.perf_counter() - t0
                 outcome = ("ok" if d.ok else str(d.reason)) + ("*" if d.degraded else "")
                 mine.append((started, took, outcome))
@@ -350,7 +358,11 @@ def _async_worker(
                     port = random.choice(ports)
                     started = time.time()
                     t0 = time.perf_counter()
-                    d = await gate.reserve(port, EST, "f")
+                    try:
+                        d = await gate.reserve(port, EST, "f")
+                    except Exception:  # the gate decides by policy: a raise is a finding
+                        decisions.append((started, time.perf_counter() - t0, "raised"))
+                        continue
                     took = time.perf_counter() - t0
                     outcome = ("ok" if d.ok else str(d.reason)) + ("*" if d.degraded else "")
                     decisions.append((started, took, outcome))

@@ -30,6 +30,7 @@ def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_p
     """Each scenario with the workers on `Gate` (threads) and on `AsyncGate` (tasks)."""
     result = run(scenario, postgres, tmp_path / "spool", gate)
     assert result.acknowledged > 0
+    assert result.raised == 0  # every call decided (by the outage policy if need be)
     assert result.twice == 0  # nothing counted twice, whichever backends saw it
     assert result.settle_s is not None
     assert result.settle_s < SETTLE_S
