@@ -31,7 +31,7 @@ from quota import metrics, process
 from quota._calls import WAITED, CircuitOpen
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
-from quota.scripts import Library, is_missing, is_unavailable
+from quota.scripts import Library, is_demoted, is_missing, is_unavailable
 
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -228,7 +228,8 @@ class AsyncScriptCaller:
                     replied, acked = wire.send(packed), wire.send(wait)
                     reply = await replied
                     if await acked == 0 and not isinstance(reply, Exception):
-                        metrics.UNREPLICATED.inc()  # counted on the primary alone
+                        metrics.UNREPLICATED.inc()  # as ScriptCaller: stored elsewhere
+                        raise redis.exceptions.TimeoutError("no replica acknowledged the write")
                 else:
                     reply = await wire.send(packed)
             except _WIRE_ERRORS as exc:
@@ -240,6 +241,11 @@ class AsyncScriptCaller:
                 return reply
             if is_missing(reply):
                 await self._reload()
+                continue
+            if is_demoted(reply):  # not run: again, on a connection to the new primary
+                demoted = redis.exceptions.ConnectionError(str(reply))
+                wire.fail(demoted)
+                self._failed(demoted, attempt)
                 continue
             if is_unavailable(reply):
                 self._failure()

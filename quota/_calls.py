@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from quota import metrics, process
 from quota.breaker import Breaker
-from quota.scripts import Library, is_missing, is_unavailable
+from quota.scripts import Library, is_demoted, is_missing, is_unavailable
 
 _READ_SIZE = 65536
 #: The calls that count usage: with a replica ack they are followed by WAIT.
@@ -222,7 +222,10 @@ class ScriptCaller:
                 wire.send(packed + wait if wait else packed)
                 reply = wire.read()
                 if wait and wire.read() == 0 and not isinstance(reply, Exception):
-                    metrics.UNREPLICATED.inc()  # counted on the primary alone
+                    # Counted on the primary alone, which a failover may lose: as for a
+                    # timeout, the caller stores the usage elsewhere (it may have run).
+                    metrics.UNREPLICATED.inc()
+                    raise redis.exceptions.TimeoutError("no replica acknowledged the write")
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
                 continue
@@ -230,6 +233,9 @@ class ScriptCaller:
                 if breaker.failures or breaker.state != "closed":
                     breaker.success()
                 return reply
+            if is_demoted(reply):  # not run: again, on a connection to the new primary
+                self._failed(redis.exceptions.ConnectionError(str(reply)), attempt)
+                continue
             if not is_missing(reply):
                 if is_unavailable(reply):
                     self._failure()

@@ -61,6 +61,13 @@ def is_unavailable(reply: BaseException) -> bool:
     return str(reply).startswith(_UNAVAILABLE_REPLIES)
 
 
+def is_demoted(reply: BaseException) -> bool:
+    """True for a write refused by a replica: a failover demoted the server this
+    connection reached (Sentinel). The write did not run; a new connection finds the
+    new primary."""
+    return str(reply).startswith("READONLY")
+
+
 def is_missing(exc: BaseException) -> bool:
     """True for the server's answer to a call of a function it does not have."""
     return isinstance(exc, redis.exceptions.ResponseError) and "Function not found" in str(exc)

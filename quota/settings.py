@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quota._exceptions import InvalidInput
-from quota.topology import is_cluster, parse_cluster_url
+from quota.topology import is_cluster, is_sentinel, parse_cluster_url, parse_sentinel_url
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 #: The longest lease allowed. Open-reservation sets outlive their last write by this
@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     outage_allowance_tokens: int = Field(default=10_000, ge=0, le=10**12)
     #: Milliseconds each commit and record waits for one replica to acknowledge it
     #: (``WAIT 1 <ms>`` in the same write), so that a failover cannot lose usage the
-    #: caller was told was counted; 0: do not wait (README: durability at failover).
+    #: caller was told was counted; one no replica acknowledged in time is stored as
+    #: on a timeout (Postgres, then owed to Redis). 0: do not wait (README: failover).
     replica_ack: int = Field(default=0, ge=0, le=60_000)
     #: Consecutive failed Redis calls that open the circuit breaker.
     breaker_failures: int = Field(default=5, ge=1, le=10_000)
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
         if is_cluster(value):
             parse_cluster_url(value)  # raises ValueError naming the problem
             return value
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
         return cls._redis_scheme(value)
 
     @field_validator("rq_redis_url")
@@ -117,6 +121,9 @@ class Settings(BaseSettings):
             return None
         if is_cluster(value):
             raise ValueError("rq_redis_url must be a standalone Redis: RQ does not support Cluster")
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
         return cls._redis_scheme(value)
 
     @staticmethod

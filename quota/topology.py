@@ -1,5 +1,13 @@
-"""Where Redis is: one server, or a Redis Cluster. Parses ``QUOTA_REDIS_URL`` and
-makes the redis-py clients for either (sync and asyncio); no calls of its own.
+"""Where Redis is: one server, one behind Sentinel, or a Redis Cluster. Parses
+``QUOTA_REDIS_URL`` and makes the redis-py clients for each (sync and asyncio); no
+calls of its own.
+
+A Sentinel URL names its sentinels and the primary's name:
+``redis+sentinel://[user:password@]host:port[,host:port...]/<name>[?options]``
+(``rediss+sentinel://`` for TLS to the primary); the credentials and options are the
+primary's and its replicas'; ``sentinel_password`` in the query is the sentinels'.
+The client asks the sentinels for the primary at each connect, so after a failover a
+new connection reaches the new primary.
 
 A cluster URL names its seed nodes as `limits` does:
 ``redis+cluster://[user:password@]host:port[,host:port...][?options]`` (or
@@ -16,9 +24,13 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.cluster
+import redis.connection
+import redis.sentinel
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 #: A client of either kind.
 Client = redis.Redis | redis.cluster.RedisCluster
 
@@ -70,9 +82,60 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     )
 
 
+def is_sentinel(url: str) -> bool:
+    return url.split("://", 1)[0] in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """A parsed Sentinel URL: the sentinels, the primary's name, and the options of a
+    connection to the primary (`redis.connection.parse_url`'s, without host and port)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    name: str
+    options: dict[str, Any]
+    sentinel_password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """The sentinels, name and options of a Sentinel URL; ValueError says what is wrong."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"a Sentinel URL is redis+sentinel://host:port[,...]/name, not {url!r}")
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    name, _, db = path.partition("/")
+    if not name:
+        raise ValueError(f"a Sentinel URL names the primary after the hosts: {url!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    plain = parse_cluster_url(f"redis+cluster://{hosts}")  # the same host:port list
+    params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+    sentinel_password = params.pop("sentinel_password", None)
+    rebuilt = "&".join(f"{k}={v}" for k, v in params.items())
+    tls = "rediss" if scheme.startswith("rediss") else "redis"
+    first_host, first_port = plain.seeds[0]
+    options: dict[str, Any] = redis.connection.parse_url(  # type: ignore[no-untyped-call]
+        f"{tls}://{userinfo}{at}{first_host}:{first_port}/{db or 0}"
+        + (f"?{rebuilt}" if rebuilt else "")
+    )
+    for key in ("host", "port", "connection_class"):
+        options.pop(key, None)
+    if tls == "rediss":
+        options["ssl"] = True
+    return SentinelUrl(plain.seeds, name, options, sentinel_password)
+
+
 def sync_client(url: str, **kwargs: Any) -> Client:
-    """A redis-py client for ``url``: `RedisCluster` for a cluster URL. ``kwargs`` are
-    the connection options (timeouts, decode_responses, retry)."""
+    """A redis-py client for ``url``: `RedisCluster` for a cluster URL, the primary's
+    client through the sentinels for a Sentinel URL. ``kwargs`` are the connection
+    options (timeouts, decode_responses, retry)."""
+    if is_sentinel(url):
+        s = parse_sentinel_url(url)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(s, kwargs), **s.options, **kwargs
+        )
+        primary: redis.Redis = sentinel.master_for(s.name, redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+        return primary
     if not is_cluster(url):
         return redis.Redis.from_url(url, **kwargs)
     c = parse_cluster_url(url)
@@ -87,6 +150,13 @@ def async_client(
     url: str, **kwargs: Any
 ) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
     """The asyncio twin of `sync_client`."""
+    if is_sentinel(url):
+        s = parse_sentinel_url(url)
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(s, kwargs), **s.options, **kwargs
+        )
+        primary: redis.asyncio.Redis = sentinel.master_for(s.name, redis_class=redis.asyncio.Redis)
+        return primary
     if not is_cluster(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     c = parse_cluster_url(url)
@@ -95,6 +165,16 @@ def async_client(
     return redis.asyncio.cluster.RedisCluster.from_url(
         c.node_url(host, port), startup_nodes=nodes, **kwargs
     )
+
+
+def _sentinel_kwargs(s: SentinelUrl, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """How to reach the sentinels: the same timeouts, their own password."""
+    out: dict[str, Any] = {
+        k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs
+    }
+    if s.sentinel_password:
+        out["password"] = s.sentinel_password
+    return out
 
 
 def primaries(client: Client) -> list[redis.Redis]:

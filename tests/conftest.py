@@ -20,7 +20,7 @@ from quota.schema import TABLES
 from quota.store import make_engine
 from quota.topology import is_cluster, sync_client
 from tests.gates import BlockingAsyncGate
-from tests.servers import ClusterServers
+from tests.servers import ClusterServers, SentinelServers
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         and "integration" in metafunc.definition.nodeid.split("/")
         and metafunc.definition.get_closest_marker("standalone") is None
         and metafunc.definition.get_closest_marker("cluster") is None
+        and metafunc.definition.get_closest_marker("sentinel") is None
     ):
         metafunc.parametrize("redis_backend", ["standalone", "cluster"], indirect=True)
 
@@ -55,6 +56,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def redis_backend(request: pytest.FixtureRequest) -> str:
     if request.node.get_closest_marker("cluster") is not None:
         return "cluster"
+    if request.node.get_closest_marker("sentinel") is not None:
+        return "sentinel"
     return str(getattr(request, "param", "standalone"))
 
 
@@ -63,6 +66,16 @@ def cluster() -> Iterator[ClusterServers]:
     """A Redis Cluster of our own (3 primaries, 3 replicas), for the whole session:
     started when a test first needs it, stopped by PID at the end."""
     servers = ClusterServers()
+    try:
+        yield servers.start()
+    finally:
+        servers.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sentinels() -> Iterator[SentinelServers]:
+    """A primary, a replica and three sentinels of our own, for the whole session."""
+    servers = SentinelServers()
     try:
         yield servers.start()
     finally:
@@ -81,6 +94,8 @@ def settings(
     }
     if redis_backend == "cluster":
         update["redis_url"] = request.getfixturevalue("cluster").url
+    elif redis_backend == "sentinel":
+        update["redis_url"] = request.getfixturevalue("sentinels").url
     return base_settings.model_copy(update=update)
 
 

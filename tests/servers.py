@@ -298,3 +298,95 @@ class ClusterServers:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+class SentinelServers:
+    """A primary, a replica and three sentinels of our own (Redis high availability
+    without Cluster), on free loopback ports; quorum 2, a primary is down after 1 s."""
+
+    NAME = "quotaprimary"
+
+    def __init__(self) -> None:
+        self.primary = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.dir = tempfile.mkdtemp(prefix="quota-sentinel-")
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.NAME}"
+
+    def start(self) -> SentinelServers:
+        self.primary.start()
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = os.path.join(self.dir, f"sentinel-{port}.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {self.NAME} 127.0.0.1 {self.primary.port} 2\n"
+                    f"sentinel down-after-milliseconds {self.NAME} 1000\n"
+                    f"sentinel failover-timeout {self.NAME} 5000\n"
+                )
+            self.sentinels.append(
+                subprocess.Popen(
+                    ["redis-server", conf, "--sentinel", "--loglevel", "warning"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        self.wait_ready()
+        return self
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+
+    def primary_port(self) -> int | None:
+        """The primary the sentinels agree on (None while they do not)."""
+        seen = set()
+        for port in self.sentinel_ports:
+            try:
+                with self.sentinel(port) as s:
+                    addr = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME)
+            except redis.exceptions.RedisError:
+                return None
+            seen.add(int(addr[1]) if addr else None)
+        return seen.pop() if len(seen) == 1 else None
+
+    def wait_ready(self, seconds: float = 30.0) -> None:
+        """Until every sentinel knows the primary, its replica and the other sentinels,
+        and the replica is in sync."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                current = self.primary_port()
+                ready = current is not None
+                for port in self.sentinel_ports:
+                    with self.sentinel(port) as s:
+                        fields = s.sentinel_master(self.NAME)
+                        ready = ready and int(fields["num-other-sentinels"]) == 2
+                        ready = ready and int(fields["num-slaves"]) >= 1
+                standby = self.replica if current == self.primary.port else self.primary
+                with standby.client() as c:
+                    ready = ready and c.info("replication").get("master_link_status") == "up"
+                if ready:
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the test sentinels did not become ready")
+
+    def node(self, port: int) -> RedisServer:
+        return self.primary if self.primary.port == port else self.replica
+
+    def cleanup(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        self.primary.cleanup()
+        self.replica.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)

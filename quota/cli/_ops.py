@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.table import Table
@@ -16,6 +16,7 @@ from rich.table import Table
 from quota._exceptions import InvalidInput, QuotaError
 from quota.cli._common import console, json_option, print_json
 from quota.settings import Settings
+from quota.topology import sync_client
 
 
 @click.group()
@@ -63,7 +64,7 @@ def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
     if metrics_port:
         metrics_server.start(metrics_port)
     # RQ stores pickled jobs: its connection must not decode responses.
-    conn = redis.Redis.from_url(settings.rq_url)
+    conn = cast(redis.Redis, sync_client(settings.rq_url))
     if processes == 1:
         SimpleWorker([settings.queue], connection=conn).work(burst=burst)
     else:
@@ -84,7 +85,7 @@ def cron() -> None:
     os.environ["TZ"] = "UTC"  # RQ reads cron strings in local time; ours are UTC
     time.tzset()
     settings = Settings()
-    conn = redis.Redis.from_url(settings.rq_url)
+    conn = cast(redis.Redis, sync_client(settings.rq_url))
     lease = settings.cron_lease_seconds
     # thread_local=False: the lease is renewed from another thread than the one that took it.
     lock = conn.lock(f"{settings.key_prefix}:cron-leader", timeout=lease, thread_local=False)

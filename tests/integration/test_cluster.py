@@ -279,3 +279,43 @@ def test_replica_ack_returns_once_a_replica_has_the_usage(
                 )
                 assert int(c.hget(key, "t") or 0) == 10 * n  # on the replica already
         assert commandstats(primary)["cmdstat_wait"] == 20  # commits and records only
+
+
+def test_a_write_no_replica_acknowledged_is_stored_as_on_a_timeout(
+    cluster: ClusterServers, settings: Settings, pg: Engine
+) -> None:
+    """The replica hung: WAIT answers 0 after QUOTA_REPLICA_ACK ms. The commit may be
+    lost with the primary, so it is stored in Postgres and owed to Redis, where it is
+    counted once when paid."""
+    acked = settings.model_copy(update={"replica_ack": 200})
+    port = "hung-replica"
+    with Gate(acked) as gate:
+        gate.set_budget(
+            port, enabled=True, soft_cap_tokens=10**6, hard_cap_tokens=10**6, updated_by="t"
+        )
+        replica = cluster.replica_of(cluster.owner(gate.layout.for_port(port).budget))
+        d = gate.reserve(port, 10, "chat")
+        replica.pause()
+        try:
+            r = gate.commit(
+                d.reservation_id or "", input_tokens=7, output_tokens=0, provider="x", model="m"
+            )
+        finally:
+            replica.resume()
+        assert (r.stored, r.backend) == (True, "postgres")
+        cluster.wait_ok()
+        gate.breaker.reset()
+        for breaker in cast(ClusterCaller, gate._call).breakers.values():
+            breaker.reset()
+        deadline = time.monotonic() + 10
+        records = 0
+        while gate._owed and time.monotonic() < deadline:  # paid on a call that reaches Redis
+            gate.record(
+                port_id=port, feature="f", provider="x", model="m", input_tokens=1, output_tokens=0
+            )
+            records += 1
+            time.sleep(0.1)
+        assert not gate._owed
+        assert records >= 1
+        assert gate.current_period_tokens(port) == 7 + records  # the commit counted once
+        assert gate.check(port, 0).reserved_tokens == 0  # the hold went with the payment
