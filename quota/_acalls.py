@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quota import metrics, process
-from quota._calls import WAITED, CircuitOpen
+from quota._calls import WAITED, CircuitOpen, Unreplicated, counted
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
 from quota.scripts import Library, is_demoted, is_missing, is_unavailable
@@ -225,16 +225,17 @@ class AsyncScriptCaller:
                 ):
                     wire = await self._get_wire()
                 if wait:
-                    replied, acked = wire.send(packed), wire.send(wait)
+                    replied, waited = wire.send(packed), wire.send(wait)
                     reply = await replied
-                    if await acked == 0 and not isinstance(reply, Exception):
-                        metrics.UNREPLICATED.inc()  # as ScriptCaller: stored elsewhere
-                        raise redis.exceptions.TimeoutError("no replica acknowledged the write")
+                    acked = await waited
                 else:
-                    reply = await wire.send(packed)
+                    reply, acked = await wire.send(packed), 1
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
                 continue
+            if not acked and counted(reply):
+                metrics.UNREPLICATED.inc()  # as ScriptCaller
+                raise Unreplicated(reply)
             if not isinstance(reply, redis.exceptions.ResponseError):
                 if breaker.failures or breaker.state != "closed":
                     breaker.success()

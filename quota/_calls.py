@@ -47,6 +47,22 @@ class CircuitOpen(redis.exceptions.ConnectionError):
     """The breaker is open: the call was not sent."""
 
 
+class Unreplicated(redis.exceptions.RedisError):
+    """A commit or record counted on the primary that no replica acknowledged within
+    QUOTA_REPLICA_ACK ms (a failover may lose it): ``reply`` is the call's own reply.
+    The server is healthy, so the breaker does not count it; the gate keeps the event
+    in the ledger at once."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("no replica acknowledged the write")
+        self.reply = reply
+
+
+def counted(reply: object) -> bool:
+    """Whether a usage call's reply says it wrote (replies.py: codes below 0 did not)."""
+    return isinstance(reply, str) and not reply.startswith("-")
+
+
 def _close(conn: AbstractConnection) -> None:
     conn.disconnect()  # type: ignore[no-untyped-call]
 
@@ -221,14 +237,13 @@ class ScriptCaller:
                 packed = hiredis.pack_command(("FCALL", name, len(keys), *keys, *args))
                 wire.send(packed + wait if wait else packed)
                 reply = wire.read()
-                if wait and wire.read() == 0 and not isinstance(reply, Exception):
-                    # Counted on the primary alone, which a failover may lose: as for a
-                    # timeout, the caller stores the usage elsewhere (it may have run).
-                    metrics.UNREPLICATED.inc()
-                    raise redis.exceptions.TimeoutError("no replica acknowledged the write")
+                acked = wire.read() if wait else 1
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
                 continue
+            if not acked and counted(reply):
+                metrics.UNREPLICATED.inc()
+                raise Unreplicated(reply)
             if not isinstance(reply, redis.exceptions.ResponseError):
                 if breaker.failures or breaker.state != "closed":
                     breaker.success()

@@ -10,6 +10,7 @@ thread with the same statements as `Gate`'s. One `AsyncGate` per event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -26,6 +27,7 @@ from quota import metrics, process
 from quota import validation as v
 from quota._acalls import AsyncScriptCaller
 from quota._acluster import AsyncClusterCaller
+from quota._calls import Unreplicated
 from quota._exceptions import (
     BackendError,
     BudgetExceeded,
@@ -297,6 +299,8 @@ class AsyncGate(GateCore, Fallback):
             started = time.perf_counter()
             try:  # inline rather than _fcall: this is the hot path
                 reply: str = await self._call(op, call_keys, call_args)
+            except Unreplicated:
+                raise  # as Gate._run
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
@@ -435,6 +439,10 @@ class AsyncGate(GateCore, Fallback):
         try:
             keys, args = self._commit_parts(pk, ref, tin + tout, values)
             reply = await self._usage_reply("commit", pk, keys, args, req)
+        except Unreplicated as exc:
+            reply = exc.reply
+            event = self._commit_event(ref, prov, mod, tin, tout, req)
+            await asyncio.to_thread(self._durable, event)
         except RedisUnavailable as exc:
             event = self._commit_event(ref, prov, mod, tin, tout, req)
             result = await asyncio.to_thread(self._fallback, event, exc, ref)
@@ -480,6 +488,9 @@ class AsyncGate(GateCore, Fallback):
             reply = await self._usage_reply(
                 "record", pk, (pk.stream,), (e.feature, total, _value_of(e)), e.request_id
             )
+        except Unreplicated as exc:
+            reply = exc.reply
+            await asyncio.to_thread(self._durable, e)
         except RedisUnavailable as exc:
             return await asyncio.to_thread(self._fallback, e, exc)
         result = await self._usage_result(pk, reply, total, e.event_id)
@@ -537,7 +548,8 @@ class AsyncGate(GateCore, Fallback):
         await self.db.unreconciled(e.event_id)
         total = e.input_tokens + e.output_tokens
         keys, args = self._commit_parts(pk, ref, total, _value_of(e))
-        await self._usage_reply("commit", pk, keys, args, e.request_id)
+        with contextlib.suppress(Unreplicated):  # the ledger has the event already
+            await self._usage_reply("commit", pk, keys, args, e.request_id)
 
     # ------------------------------------------------------------------- status
 

@@ -154,6 +154,16 @@ class Fallback:
             event_id=event.event_id if fresh else None,
         )
 
+    def _durable(self, event: UsageEvent) -> None:
+        """Redis counted ``event`` but no replica acknowledged it (QUOTA_REPLICA_ACK): a
+        failover may lose it there, so the ledger takes it now (the drain drops its
+        stream twin by event id), else the spool. Nothing is owed to Redis."""
+        try:
+            self.store.insert_events([event])
+        except BackendError as exc:
+            log.warning("usage no replica acknowledged, and Postgres failed (%s): spooled", exc)
+            self._spool_all([event])
+
     def _replay_journal(self, events: list[UsageEvent]) -> None:
         """The journal into the ledger (what the drain stored already is recognised by
         its event id), in transactions small enough for QUOTA_DATABASE_TIMEOUT. What

@@ -14,6 +14,7 @@ that reaches Redis again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -32,7 +33,7 @@ from redis.retry import Retry
 from quota import metrics
 from quota import validation as v
 from quota._backend import redis_errors
-from quota._calls import ScriptCaller
+from quota._calls import ScriptCaller, Unreplicated
 from quota._cluster import ClusterCaller
 from quota._exceptions import (
     BackendError,
@@ -425,6 +426,9 @@ class Gate(GateCore, Fallback):
         try:
             keys, args = self._commit_parts(pk, ref, tin + tout, values)
             reply = self._usage_reply("commit", pk, keys, args, req)
+        except Unreplicated as exc:
+            reply = exc.reply
+            self._durable(self._commit_event(ref, prov, mod, tin, tout, req))
         except RedisUnavailable as exc:
             event = self._commit_event(ref, prov, mod, tin, tout, req)
             return metrics.count_usage("commit", self._fallback(event, exc, ref))
@@ -480,6 +484,9 @@ class Gate(GateCore, Fallback):
             reply = self._usage_reply(
                 "record", pk, (pk.stream,), (e.feature, total, values), e.request_id
             )
+        except Unreplicated as exc:
+            reply = exc.reply
+            self._durable(e)
         except RedisUnavailable as exc:
             return self._fallback(e, exc)
         result = self._usage_result(pk, reply, total, e.event_id)
@@ -540,6 +547,8 @@ class Gate(GateCore, Fallback):
                 reply: str = self._call(
                     op, (*self._period_keys(pk, w).leading, *keys), (w.day, *args)
                 )
+            except Unreplicated:
+                raise  # counted, and healthy: the caller keeps the event (_durable)
             except redis.exceptions.RedisError as exc:
                 raise RedisUnavailable(f"Redis failed: {exc}") from exc
             timer.observe(time.perf_counter() - started)
@@ -675,7 +684,8 @@ class Gate(GateCore, Fallback):
         values = _value_of(e)
         total = e.input_tokens + e.output_tokens
         keys, args = self._commit_parts(pk, ref, total, values)
-        self._usage_reply("commit", pk, keys, args, e.request_id)
+        with contextlib.suppress(Unreplicated):  # the ledger has the event already
+            self._usage_reply("commit", pk, keys, args, e.request_id)
 
 
 @dataclasses.dataclass

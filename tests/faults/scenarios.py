@@ -53,7 +53,7 @@ from quota.reconcile import Reconciler
 from quota.store import make_engine
 from quota.topology import sync_client
 from tests.racing import run_threads
-from tests.servers import ClusterServers, PostgresServer, RedisServer
+from tests.servers import ClusterServers, PostgresServer, RedisServer, SentinelServers
 
 EST, ACTUAL = 100, 90
 RedisClient = redis.Redis  # Env's field `redis` hides the module in its scope
@@ -85,6 +85,7 @@ class Env:
     settings: Settings
     engine: Engine
     cluster: ClusterServers | None = None
+    sentinels: SentinelServers | None = None
     ports: list[str] = field(default_factory=list)  # the run's ports, for a fault to aim at
     killed: RedisServer | None = None  # the node a fault killed, for the heal to start
 
@@ -94,7 +95,11 @@ class Env:
         return cast(RedisClient, client)
 
     def target(self) -> RedisServer:
-        """The cluster primary that owns the run's first port."""
+        """The primary the sentinels name, or the cluster primary of the first port."""
+        if self.sentinels is not None:
+            port = self.sentinels.primary_port()
+            assert port is not None
+            return self.sentinels.node(port)
         assert self.cluster is not None
         layout = KeyLayout(self.settings.key_prefix, self.settings.shards)
         return self.cluster.owner(layout.for_port(self.ports[0]).budget)
@@ -109,6 +114,7 @@ class Scenario:
     policy: str = "closed"
     persist: bool = True  # Redis with AOF (appendfsync always)
     cluster: bool = False  # on a local cluster of 3 primaries and 3 replicas
+    sentinel: bool = False  # on a primary and a replica behind three sentinels
     replica_ack: int = 0  # QUOTA_REPLICA_ACK
 
 
@@ -211,11 +217,14 @@ def _kill_primary(env: Env) -> None:
 
 
 def _restart_killed(env: Env) -> None:
-    """The killed node comes back (its nodes.conf kept): it rejoins as a replica."""
-    assert env.cluster is not None
+    """The killed node comes back (a cluster node with its nodes.conf kept; a Sentinel
+    primary empty): it rejoins as a replica."""
     assert env.killed is not None
     env.killed.start()
-    env.cluster.wait_ok(60)
+    if env.cluster is not None:
+        env.cluster.wait_ok(60)
+    if env.sentinels is not None:
+        env.sentinels.wait_ready(60)
 
 
 _FAULT_SECONDS = [0.0]  # DEBUG SLEEP's length, set per run
@@ -279,6 +288,21 @@ SCENARIOS = [
         _kill_primary,
         _restart_killed,
         cluster=True,
+        replica_ack=100,
+    ),
+    Scenario(
+        "sentinel-primary-killed",
+        "Sentinel: the primary SIGKILLed, the replica promoted; restarted empty",
+        _kill_primary,
+        _restart_killed,
+        sentinel=True,
+    ),
+    Scenario(
+        "sentinel-primary-killed-ack",
+        "the same, QUOTA_REPLICA_ACK=100",
+        _kill_primary,
+        _restart_killed,
+        sentinel=True,
         replica_ack=100,
     ),
 ]
@@ -426,8 +450,8 @@ def run_scenario(
     settings = env.settings.model_copy(
         update={"outage_policy": scenario.policy, "replica_ack": scenario.replica_ack}
     )
-    # On a cluster the caps are out of reach: the figures are of the failover.
-    cap = load.hard_cap * 1000 if scenario.cluster else load.hard_cap
+    # At a failover the caps are out of reach: the figures are of the failover.
+    cap = load.hard_cap * 1000 if scenario.cluster or scenario.sentinel else load.hard_cap
     with Gate(settings) as admin:
         for port in ports:
             admin.set_budget(
@@ -701,14 +725,21 @@ def other_rows(env: Env, heavy: bool) -> list[str]:
 
 @contextmanager
 def environment(
-    postgres: PostgresServer, persist: bool, spool: Path, cluster: bool = False
+    postgres: PostgresServer, persist: bool, spool: Path, scenario: Scenario | None = None
 ) -> Iterator[Env]:
-    """A fresh redis-server (AOF always when ``persist``), or a cluster of 3 primaries
-    and 3 replicas, beside ``postgres``."""
-    servers = ClusterServers().start() if cluster else None
-    server = servers.nodes[0] if servers else RedisServer(persist=persist).start()
+    """A fresh redis-server (AOF always when ``persist``), a cluster of 3 primaries and
+    3 replicas, or a primary and a replica behind 3 sentinels, beside ``postgres``."""
+    servers = ClusterServers().start() if scenario and scenario.cluster else None
+    sentinels = SentinelServers().start() if scenario and scenario.sentinel else None
+    if servers:
+        server, url = servers.nodes[0], servers.url
+    elif sentinels:
+        server, url = sentinels.primary, sentinels.url
+    else:
+        server = RedisServer(persist=persist).start()
+        url = server.url
     settings = Settings(
-        redis_url=servers.url if servers else server.url,
+        redis_url=url,
         database_url=postgres.url(),
         key_prefix=f"qf-{uuid.uuid4().hex[:8]}",
         redis_timeout=0.5,
@@ -718,12 +749,14 @@ def environment(
     )
     engine = make_engine(postgres.url())
     try:
-        yield Env(server, postgres, settings, engine, servers)
+        yield Env(server, postgres, settings, engine, servers, sentinels)
     finally:
         postgres.thaw()
         engine.dispose()
         if servers:
             servers.cleanup()
+        elif sentinels:
+            sentinels.cleanup()
         else:
             server.cleanup()
 
@@ -747,9 +780,10 @@ def run_all(
             print(f"== {scenario.name}: {scenario.what}", file=sys.stderr)
             if postgres.proc is None or postgres.proc.poll() is not None:
                 postgres.start()
-            with environment(postgres, scenario.persist, spool, scenario.cluster) as env:
+            with environment(postgres, scenario.persist, spool, scenario) as env:
                 results.append(run_scenario(env, scenario, load, label, gate))
-            line = results[-1].cluster_line() if scenario.cluster else results[-1].line()
+            failover = scenario.cluster or scenario.sentinel
+            line = results[-1].cluster_line() if failover else results[-1].line()
             print(line, file=sys.stderr)
         return results, others
     finally:
@@ -793,12 +827,14 @@ the VM is noisy, so read the latencies as orders of magnitude.
 
 
 CLUSTER_HEADER = """
-## Redis Cluster failover
+## Failover: Redis Cluster and Sentinel
 
 The same load on a local cluster of 3 primaries and 3 replicas (`cluster-node-timeout`
-1000 ms, no persistence) and ports on every primary, with hard caps out of reach; the
-fault hits the primary of one port. With `QUOTA_REPLICA_ACK=100` each commit is followed
-by `WAIT 1 100` in the same write.
+1000 ms, no persistence) with ports on every primary, and on a primary and a replica
+behind three sentinels (`down-after-milliseconds` 1000, quorum 2), with hard caps out of
+reach; the fault hits the primary of one port. With `QUOTA_REPLICA_ACK=100` each commit
+is followed by `WAIT 1 100` in the same write, and one no replica acknowledged is stored
+in Postgres as on a timeout.
 
 - **calls**: reserve decisions; **raised**: calls that raised instead of deciding.
 - **degraded**: decisions made by the outage policy (`closed`: refused) while the
@@ -834,9 +870,10 @@ def main(argv: list[str] | None = None) -> int:
     text_out = HEADER.format(
         when=when, load=label, fault=load.fault, table_head=head, processes=load.processes
     )
-    plain = [r for r in results if not r.scenario.startswith("cluster-")]
+    failovers = ("cluster-", "sentinel-")
+    plain = [r for r in results if not r.scenario.startswith(failovers)]
     text_out += "\n".join(r.line() for r in plain) + "\n"
-    clustered = [r for r in results if r.scenario.startswith("cluster-")]
+    clustered = [r for r in results if r.scenario.startswith(failovers)]
     if clustered:
         text_out += CLUSTER_HEADER + "\n".join(r.cluster_line() for r in clustered) + "\n"
     if others:

@@ -20,7 +20,7 @@ RECOVERY_S = 5  # a killed cluster primary: calls decided normally again within 
 def run(scenario: Scenario, postgres: PostgresServer, spool: Path, gate: str) -> Result:
     if postgres.proc is None or postgres.proc.poll() is not None:
         postgres.start()
-    with environment(postgres, scenario.persist, spool, scenario.cluster) as env:
+    with environment(postgres, scenario.persist, spool, scenario) as env:
         return run_scenario(env, scenario, LIGHT, "light", gate)
 
 
@@ -46,7 +46,7 @@ def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_p
         assert result.worst_port <= allowance * LIGHT.processes
     if "redis" in scenario.name and scenario.policy == "closed":
         assert result.decisions["unavailable*"] > 0  # the fault (or the hold) was met
-    if scenario.cluster:
+    if scenario.cluster or scenario.sentinel:
         # A replica takes over by itself, and calls find it without help.
         assert result.recovery_s < RECOVERY_S
         if "failover" in scenario.name:  # a planned failover: no call meets it
