@@ -168,10 +168,12 @@ def async_client(
 
 
 def _sentinel_kwargs(s: SentinelUrl, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """How to reach the sentinels: the same timeouts, their own password."""
+    """How to reach the sentinels: the same timeouts and TLS as the primary, their own
+    password."""
     out: dict[str, Any] = {
         k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs
     }
+    out.update({k: v for k, v in s.options.items() if k.startswith("ssl")})
     if s.sentinel_password:
         out["password"] = s.sentinel_password
     return out

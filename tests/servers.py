@@ -4,6 +4,7 @@ stopped (or paused, or killed) by their own PID, never the shared instance."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 from redis.backoff import NoBackoff
@@ -25,24 +27,83 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server of our own. ``persist`` turns on AOF (appendfsync always)."""
+@dataclass(frozen=True)
+class Tls:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
 
-    def __init__(self, *, persist: bool = False, extra: Sequence[str] = ()) -> None:
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, folder: str) -> Tls:
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=quota test CA", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "redis.key", "-out", "redis.csr")  # fmt: skip
+        with open(os.path.join(folder, "san.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", "redis.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext",
+            "-out", "redis.crt")  # fmt: skip
+        path = functools.partial(os.path.join, folder)
+        return cls(path("ca.crt"), path("redis.crt"), path("redis.key"))
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert-file", self.cert, "--tls-key-file", self.key,
+                "--tls-ca-cert-file", self.ca, "--tls-auth-clients", "no"]  # fmt: skip
+
+
+#: The ACL user the secured servers' tests give the gate, and its password.
+ACL_USER, ACL_PASSWORD = "quota", "quota-secret"
+#: The default user's password on the secured servers (the harness's own commands).
+ADMIN_PASSWORD = "admin-secret"
+
+
+class RedisServer:
+    """One redis-server of our own. ``persist`` turns on AOF (appendfsync always).
+    ``secured``: AUTH for the default user (ADMIN_PASSWORD), an ACL user (ACL_USER),
+    and, with ``tls``, a TLS port beside the plain one."""
+
+    def __init__(
+        self,
+        *,
+        persist: bool = False,
+        extra: Sequence[str] = (),
+        secured: bool = False,
+        tls: Tls | None = None,
+    ) -> None:
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
         self.dir = tempfile.mkdtemp(prefix="quota-redis-")
         self.persist = persist
         self.extra = list(extra)
+        self.secured = secured
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client_url(self) -> str:
+        """The gate's URL: the ACL user's, over TLS (the CA in the URL) when there is TLS."""
+        user = f"{ACL_USER}:{ACL_PASSWORD}@" if self.secured else ""
+        if self.tls:
+            return f"rediss://{user}127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls.ca}"
+        return f"redis://{user}127.0.0.1:{self.port}/0"
+
     def client(self) -> redis.Redis:
         # No retry: a test's command is sent once (redis-py retries timeouts by default).
         return redis.Redis(
-            port=self.port, decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+            password=ADMIN_PASSWORD if self.secured else None,
         )
 
     def start(self) -> RedisServer:
@@ -50,6 +111,11 @@ class RedisServer:
         args += ["--dir", self.dir, "--save", "", "--daemonize", "no", "--loglevel", "warning"]
         args += ["--enable-debug-command", "local"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else []
+        if self.secured:
+            args += ["--requirepass", ADMIN_PASSWORD, "--masterauth", ADMIN_PASSWORD]
+            args += ["--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"]
+        if self.tls:
+            args += ["--tls-port", str(self.tls_port), *self.tls.server_args()]
         self.proc = subprocess.Popen([*args, *self.extra], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -213,28 +279,51 @@ class ClusterServers:
     each, on free loopback ports, made by ``redis-cli --cluster create``; a small
     cluster-node-timeout, so that a replica takes over a killed primary in ~1-2 s."""
 
-    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        *,
+        secured: bool = False,
+        tls: Tls | None = None,
+    ) -> None:
         extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
         extra += ["--cluster-config-file", "nodes.conf", "--appendonly", "no"]
         extra += ["--repl-diskless-sync-delay", "0"]  # replicas in sync at once, not 5 s on
+        if tls:  # clients, the bus and replication over TLS; the plain port for the harness
+            extra += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         self.nodes: list[RedisServer] = []
         for _ in range(primaries * (1 + replicas)):
-            node = RedisServer(extra=extra)
+            node = RedisServer(extra=extra, secured=secured, tls=tls)
             node.port = free_cluster_port()
+            if tls:  # the nodes meet at the TLS port: its bus is 10000 above it
+                node.tls_port = free_cluster_port()
+                node.extra = [*extra, "--cluster-port", str(node.tls_port + 10000)]
             self.nodes.append(node)
         self.replicas = replicas
+        self.secured, self.tls = secured, tls
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        user = f"{ACL_USER}:{ACL_PASSWORD}@" if self.secured else ""
+        if self.tls:
+            hosts = ",".join(f"127.0.0.1:{n.tls_port}" for n in self.nodes[:3])
+            return f"rediss+cluster://{user}{hosts}?ssl_ca_certs={self.tls.ca}"
+        return f"redis+cluster://{user}" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
 
     def start(self) -> ClusterServers:
         for node in self.nodes:
             node.start()
-        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        auth = ["-a", ADMIN_PASSWORD, "--no-auth-warning"] if self.secured else []
+        if self.tls:
+            auth += ["--tls", "--cacert", self.tls.ca]
+            addresses = [f"127.0.0.1:{n.tls_port}" for n in self.nodes]
+        else:
+            addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         replicas = ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, *replicas],
+            ["redis-cli", *auth, "--cluster", "create", *addresses, *replicas],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -306,31 +395,60 @@ class SentinelServers:
 
     NAME = "quotaprimary"
 
-    def __init__(self) -> None:
-        self.primary = RedisServer()
-        self.replica = RedisServer()
+    def __init__(self, *, secured: bool = False, tls: Tls | None = None) -> None:
+        self.primary = RedisServer(secured=secured, tls=tls)
+        self.replica = RedisServer(secured=secured, tls=tls)
         self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_tls_ports = [free_port() if tls else 0 for _ in range(3)]
         self.dir = tempfile.mkdtemp(prefix="quota-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.secured, self.tls = secured, tls
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{self.NAME}"
+        """The gate's: the ACL user, TLS to the sentinels and the primary, when secured."""
+        user = f"{ACL_USER}:{ACL_PASSWORD}@" if self.secured else ""
+        query = [f"sentinel_password={ADMIN_PASSWORD}"] if self.secured else []
+        if self.tls:
+            hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_tls_ports)
+            query.append(f"ssl_ca_certs={self.tls.ca}")
+            scheme = "rediss+sentinel"
+        else:
+            hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+            scheme = "redis+sentinel"
+        return f"{scheme}://{user}{hosts}/{self.NAME}" + (f"?{'&'.join(query)}" if query else "")
+
+    def client_port(self, node: RedisServer) -> int:
+        """The port clients (and the sentinels) reach ``node`` at."""
+        return node.tls_port or node.port
 
     def start(self) -> SentinelServers:
         self.primary.start()
-        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.client_port(self.primary))]
+        if self.tls:
+            self.replica.extra += ["--tls-replication", "yes"]
+            self.primary.extra += ["--tls-replication", "yes"]  # once it is a replica
         self.replica.start()
-        for port in self.sentinel_ports:
+        for port, tls_port in zip(self.sentinel_ports, self.sentinel_tls_ports, strict=True):
             conf = os.path.join(self.dir, f"sentinel-{port}.conf")
+            lines = [f"port {port}", "bind 127.0.0.1", f"dir {self.dir}"]
+            lines.append(
+                f"sentinel monitor {self.NAME} 127.0.0.1 {self.client_port(self.primary)} 2"
+            )
+            lines.append(f"sentinel down-after-milliseconds {self.NAME} 1000")
+            lines.append(f"sentinel failover-timeout {self.NAME} 5000")
+            if self.secured:
+                lines += [
+                    f"requirepass {ADMIN_PASSWORD}",
+                    f"sentinel auth-pass {self.NAME} {ADMIN_PASSWORD}",
+                ]
+            if self.tls:
+                lines += [f"tls-port {tls_port}", "tls-replication yes"]
+                lines += [
+                    f"{k[2:]} {v}" for k, v in zip(*[iter(self.tls.server_args())] * 2, strict=True)
+                ]
             with open(conf, "w") as f:
-                f.write(
-                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                    f"sentinel monitor {self.NAME} 127.0.0.1 {self.primary.port} 2\n"
-                    f"sentinel down-after-milliseconds {self.NAME} 1000\n"
-                    f"sentinel failover-timeout {self.NAME} 5000\n"
-                )
+                f.write("\n".join(lines) + "\n")
             self.sentinels.append(
                 subprocess.Popen(
                     ["redis-server", conf, "--sentinel", "--loglevel", "warning"],
@@ -342,7 +460,8 @@ class SentinelServers:
         return self
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+        password = ADMIN_PASSWORD if self.secured else None
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=5, password=password)
 
     def primary_port(self) -> int | None:
         """The primary the sentinels agree on (None while they do not)."""
@@ -369,7 +488,9 @@ class SentinelServers:
                         fields = s.sentinel_master(self.NAME)
                         ready = ready and int(fields["num-other-sentinels"]) == 2
                         ready = ready and int(fields["num-slaves"]) >= 1
-                standby = self.replica if current == self.primary.port else self.primary
+                standby = (
+                    self.replica if current == self.client_port(self.primary) else self.primary
+                )
                 with standby.client() as c:
                     ready = ready and c.info("replication").get("master_link_status") == "up"
                 if ready:
@@ -380,7 +501,7 @@ class SentinelServers:
         raise RuntimeError("the test sentinels did not become ready")
 
     def node(self, port: int) -> RedisServer:
-        return self.primary if self.primary.port == port else self.replica
+        return self.primary if self.client_port(self.primary) == port else self.replica
 
     def cleanup(self) -> None:
         for proc in self.sentinels:
