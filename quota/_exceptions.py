@@ -53,6 +53,10 @@ class BudgetExceeded(QuotaError):
         self.decision = decision
 
 
+class ShardMismatch(QuotaError):
+    """QUOTA_SHARDS is not the shard count this deployment's data was written with."""
+
+
 class WrongEventLoop(QuotaError):
     """An `AsyncGate` was used from an event loop other than the one it runs on (make
     one per loop)."""

@@ -33,6 +33,7 @@ from quota._exceptions import (
     BudgetExceeded,
     DatabaseUnavailable,
     RedisUnavailable,
+    ShardMismatch,
     UnknownReservation,
     WrongEventLoop,
 )
@@ -96,6 +97,11 @@ class AsyncGate(GateCore, Fallback):
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
         GateCore.__init__(self, settings, self.store.outage_policies)
+        try:
+            self._check_shards(self.store)
+        except ShardMismatch:
+            self.store.engine.dispose()
+            raise
         self._init_fallback()
         self._call: AsyncScriptCaller | AsyncClusterCaller
         if isinstance(self.redis, redis.asyncio.Redis):

@@ -10,11 +10,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from quota import metrics
 from quota import validation as v
-from quota._exceptions import InvalidInput, UnknownReservation
+from quota._exceptions import DatabaseUnavailable, InvalidInput, UnknownReservation
 from quota.breaker import Breaker, State
 from quota.counters import counter_writes, fold_days
 from quota.decisions import state_of
@@ -45,6 +45,9 @@ from quota.scripts import library
 from quota.settings import OutagePolicy, Settings
 from quota.spool import Spool
 from quota.throttle import Every
+
+if TYPE_CHECKING:  # the shells own the stores; the core only asks them
+    from quota.store import Store
 
 log = logging.getLogger("quota")
 
@@ -128,6 +131,15 @@ class GateCore:
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
         self._period_cache: dict[str, _PeriodKeys] = {}
+
+    def _check_shards(self, store: Store) -> None:
+        """Refuse (`ShardMismatch`) to run with another shard count than the deployment's
+        data: every port would be looked for in another shard. Postgres down: checked
+        by the next process, or the workers, instead."""
+        try:
+            store.check_shards(self.settings.shards)
+        except DatabaseUnavailable as exc:
+            log.warning("shard count not checked against the deployment's (%s)", exc)
 
     def _new_breaker(self) -> Breaker:
         """A breaker of this gate's settings (a Cluster caller keeps one per primary)."""

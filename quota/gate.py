@@ -40,6 +40,7 @@ from quota._exceptions import (
     BudgetExceeded,
     DatabaseUnavailable,
     RedisUnavailable,
+    ShardMismatch,
     UnknownReservation,
 )
 from quota._slots import SlotMap
@@ -117,6 +118,11 @@ class Gate(GateCore, Fallback):
             make_engine(settings.database_url, settings.database_timeout), settings.key_prefix
         )
         GateCore.__init__(self, settings, self.store.outage_policies)
+        try:
+            self._check_shards(self.store)
+        except ShardMismatch:
+            self.store.engine.dispose()
+            raise
         self._call: ScriptCaller | ClusterCaller | CannedTransport
         if transport is not None:
             self._call = transport

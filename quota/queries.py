@@ -16,7 +16,14 @@ from sqlalchemy import Executable, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from quota.models import Budget, BudgetChange, DailyUsage, FeatureUsage, SoftCapAlert
-from quota.schema import budget_history, budgets, ledger_daily, ledger_direct, soft_cap_alerts
+from quota.schema import (
+    budget_history,
+    budgets,
+    deployments,
+    ledger_daily,
+    ledger_direct,
+    soft_cap_alerts,
+)
 from quota.settings import OutagePolicy
 
 T = TypeVar("T")
@@ -177,3 +184,28 @@ def daily(prefix: str, port: str, start: date, end: date) -> Procedure[list[Dail
         .order_by(d.day, d.feature)
     )
     return [DailyUsage(day, f, int(t), int(c)) for day, f, t, c in rows]
+
+
+def claim_shards(prefix: str, shards: int) -> Procedure[int]:
+    """Record ``shards`` for the deployment unless a count is recorded; the recorded
+    count. (A deployment from before counts were recorded ran with the QUOTA_SHARDS its
+    processes have: the first to ask records it.)"""
+    yield (
+        pg_insert(deployments)
+        .values(key_prefix=prefix, shards=shards, changed_at=func.now())
+        .on_conflict_do_nothing()
+    )
+    rows = yield select(deployments.c.shards).where(deployments.c.key_prefix == prefix)
+    return int(next(iter(rows))[0])
+
+
+def set_shards(prefix: str, shards: int) -> Procedure[None]:
+    """Record a changed shard count (quota/shards.py `reshard`)."""
+    yield (
+        pg_insert(deployments)
+        .values(key_prefix=prefix, shards=shards, changed_at=func.now())
+        .on_conflict_do_update(
+            index_elements=[deployments.c.key_prefix],
+            set_={"shards": shards, "changed_at": func.now()},
+        )
+    )

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from quota.drain import Drainer
 from quota.reconcile import Reconciler
 from quota.settings import Settings
-from quota.store import make_engine
+from quota.store import Store, make_engine
 from quota.topology import Client, sync_client
 
 
@@ -29,6 +29,7 @@ class Runtime:
             settings.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5
         )
         engine = make_engine(settings.database_url)
+        Store(engine, settings.key_prefix).check_shards(settings.shards)
         drainer = Drainer(settings, client, engine)
         return cls(settings, client, engine, drainer, Reconciler(settings, client, engine, drainer))
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -106,6 +107,15 @@ ledger_direct = Table(
     Column("reconciled", Boolean, nullable=False),
 )
 
+# The shard count each deployment (key prefix) runs with (quota/shards.py).
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("key_prefix", Text, primary_key=True),
+    Column("shards", Integer, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
 #: Every table quota owns (for the demo's reset and the tests' clean slate).
 TABLES = (
     "budgets",
@@ -114,4 +124,5 @@ TABLES = (
     "ledger",
     "ledger_daily",
     "ledger_direct",
+    "deployments",
 )

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 
 from quota import queries as q
 from quota._backend import database_errors
+from quota._exceptions import ShardMismatch
 from quota.ledger import DIRECT_LOCK, StagedEvent, write_events
 from quota.models import (
     Budget,
@@ -131,6 +132,24 @@ class Store:
     def _write(self, proc: Procedure[T]) -> T:
         with database_errors(), self.engine.begin() as conn:
             return run(conn, proc)
+
+    def recorded_shards(self, shards: int) -> int:
+        """The shard count this deployment's data was written with (``shards`` is
+        recorded if none is: the first process to ask records its own)."""
+        return self._write(q.claim_shards(self.prefix, shards))
+
+    def check_shards(self, shards: int) -> None:
+        """Raise `ShardMismatch` unless ``shards`` is the deployment's recorded count."""
+        recorded = self.recorded_shards(shards)
+        if recorded != shards:
+            raise ShardMismatch(
+                f"QUOTA_SHARDS is {shards}, but deployment {self.prefix!r} runs with "
+                f"{recorded} shards: set QUOTA_SHARDS={recorded}, or change the count with "
+                "`quota shards change` (README: shards)"
+            )
+
+    def set_shards(self, shards: int) -> None:
+        self._write(q.set_shards(self.prefix, shards))
 
     def load_budget(self, port: str) -> tuple[Budget, int]:
         return self._read(q.load_budget(port))

@@ -17,7 +17,7 @@ import click
 from pydantic import ValidationError
 
 from quota._exceptions import QuotaError
-from quota.cli import _budget, _ops, _usage
+from quota.cli import _budget, _ops, _shards, _usage
 
 #: Exit codes: 0 done (or allowed), 1 refused / unhealthy / not stored, 2 bad input or
 #: backend failure.
@@ -85,5 +85,6 @@ for command in (
     _ops.status,
     _ops.health,
     _ops.demo,
+    _shards.shards,
 ):
     main.add_command(command)

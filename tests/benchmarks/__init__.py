@@ -24,6 +24,7 @@ from tests.benchmarks import (
     app,
     asyncgate,
     client,
+    cluster,
     hotpath,
     instructions,
     ledger,
@@ -61,6 +62,9 @@ SECTIONS: dict[str, Section] = {
     "async": lambda s, c, q: asyncgate.bench_async(s, c, 2_000 if q else 40_000, 4 if q else 10),
     "app": lambda s, c, q: app.bench_app(s, c, 2 if q else 10, 1 if q else 3),
     "ratelimit": lambda s, c, q: ratelimits.bench_rate_race(s, c, 1.0 if q else 8.0),
+    "cluster": lambda s, c, q: cluster.bench_cluster(
+        s, 0.5 if q else 4.0, 2 if q else 6, 2 if q else 20
+    ),
 }
 
 
@@ -111,6 +115,20 @@ TARGETS: list[tuple[str, str, str, float, bool]] = [
         True,
     ),
     ("example app with AsyncGate vs no gate", "example app, AsyncGate", "ratio", 0.85, True),
+    (
+        "reserve+commit on a 3-primary cluster vs one server, same machine",
+        "reserve+commit, cluster of 3 primaries + 3 replicas",
+        "ratio",
+        0.9,
+        True,
+    ),
+    (
+        "FCALLs per call on the cluster (one round trip)",
+        "FCALLs per call on the cluster",
+        "value",
+        1.0,
+        False,
+    ),
     (
         "reserve with 2 rate limits + a feature cap, Redis instructions vs without",
         "Redis instructions per call: reserve, 2 rate limits + a feature cap",

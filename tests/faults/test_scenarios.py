@@ -49,5 +49,9 @@ def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_p
     if scenario.cluster or scenario.sentinel:
         # A replica takes over by itself, and calls find it without help.
         assert result.recovery_s < RECOVERY_S
-        if "failover" in scenario.name:  # a planned failover: no call meets it
-            assert result.degraded == 0
+        if "failover" in scenario.name:
+            # A planned failover: calls follow MOVED. With QUOTA_REPLICA_ACK the old
+            # primary drops its clients blocked in WAIT as it turns replica, and an
+            # AsyncGate's calls in flight on that connection are decided by policy.
+            calls = sum(result.decisions.values())
+            assert result.degraded <= (0.01 * calls if scenario.replica_ack else 0)
