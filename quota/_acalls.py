@@ -149,6 +149,9 @@ class AsyncScriptCaller:
         self._timeout: float | None = self._pool_kwargs.get("socket_timeout")
         #: Awaited when the server lacks the function library.
         self.on_missing: Callable[[], Awaitable[None]] | None = None
+        #: Called when a new connection reaches another server than the last one did.
+        self.on_failover: Callable[[], None] | None = None
+        self._peer: Any = None
         self._wire: _Wire | None = None
         self._connecting: asyncio.Lock | None = None
         self._connecting_loop: asyncio.AbstractEventLoop | None = None
@@ -188,6 +191,10 @@ class AsyncScriptCaller:
             conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs()))
             await conn.connect()  # type: ignore[no-untyped-call]
             self._wire = wire = _Wire(conn, self._decode, self._timeout)
+            peer = wire.transport.get_extra_info("peername")
+            last, self._peer = self._peer, peer
+            if last is not None and last != peer and self.on_failover is not None:
+                self.on_failover()  # Sentinel named a new primary (ScriptCaller._seen_peer)
             return wire
 
     async def command(self, *args: Any) -> Any:

@@ -21,7 +21,7 @@ import redis
 import redis.asyncio
 
 from quota._acalls import AsyncScriptCaller
-from quota._cluster import WATCH_FOR_SECONDS, WATCH_SECONDS
+from quota._cluster import WATCH_FOR_SECONDS, WATCH_SECONDS, failed_over
 from quota._slots import Redirects, SlotMap, redirect, slot_of
 from quota.breaker import Breaker
 from quota.scripts import Library
@@ -43,6 +43,8 @@ class AsyncClusterCaller:
         self._new_breaker = new_breaker
         #: Awaited when a node lacks the function library.
         self.on_missing: Callable[[], Awaitable[None]] | None = None
+        #: As `ClusterCaller.on_failover`.
+        self.on_failover: Callable[[set[int]], None] | None = None
         #: Redirects followed, by kind (MOVED, ASK, TRYAGAIN): how often the map was stale.
         self.redirected: Counter[str] = Counter()
         self._callers: dict[str, AsyncScriptCaller] = {}
@@ -90,7 +92,10 @@ class AsyncClusterCaller:
                 self._callers[name] = caller
                 new.append(caller)
             table.append(caller)
-        self._table, self._built = table, version
+        before, self._table, self._built = self._table, table, version
+        taken = failed_over(before, table)
+        if taken and self.on_failover is not None:
+            self.on_failover(taken)
         for caller in new:
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 await caller.load()  # if down now, its caller loads it when it answers

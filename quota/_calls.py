@@ -131,6 +131,9 @@ class ScriptCaller:
         #: Called when the server lacks the function library: it lost its data (a
         #: restart without persistence, a flush), or never had it.
         self.on_missing: Callable[[], None] | None = None
+        #: Called when a new connection reaches another server than the last one did.
+        self.on_failover: Callable[[], None] | None = None
+        self._peer: Any = None
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
@@ -169,7 +172,19 @@ class ScriptCaller:
             self._local.wire = wire
             with self._lock:
                 self._all.add(wire)
+            self._seen_peer(wire.sock)
         return wire
+
+    def _seen_peer(self, sock: socket.socket) -> None:
+        """A new connection reached another server than the last (Sentinel named a new
+        primary): tell `on_failover`, as writes the old one took may be lost."""
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return
+        last, self._peer = self._peer, peer
+        if last is not None and last != peer and self.on_failover is not None:
+            self.on_failover()
 
     def _drop(self) -> None:
         wire: _Wire | None = getattr(self._local, "wire", None)

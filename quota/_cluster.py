@@ -39,6 +39,16 @@ from quota.scripts import Library, is_missing
 WATCH_SECONDS, WATCH_FOR_SECONDS = 0.25, 120.0
 
 
+def failed_over(before: Sequence[Any], after: Sequence[Any]) -> set[int]:
+    """The slots whose primary changed from one whose breaker is not closed (it failed:
+    a replica took over), as opposed to a slot migrated off a healthy primary."""
+    return {
+        slot
+        for slot, (old, new) in enumerate(zip(before, after, strict=False))
+        if old is not None and old is not new and old.breaker.state != "closed"
+    }
+
+
 class ClusterCaller:
     """`ScriptCaller`'s interface over every primary of a cluster."""
 
@@ -55,6 +65,9 @@ class ClusterCaller:
         self._new_breaker = new_breaker
         #: Called when a node lacks the function library (it lost its data, or is new).
         self.on_missing: Callable[[], None] | None = None
+        #: Called with the slots a failed primary's replica took over: writes the old
+        #: primary acknowledged may not have reached it.
+        self.on_failover: Callable[[set[int]], None] | None = None
         #: Redirects followed, by kind (MOVED, ASK, TRYAGAIN): how often the map was stale.
         self.redirected: Counter[str] = Counter()
         self._callers: dict[str, ScriptCaller] = {}
@@ -90,7 +103,11 @@ class ClusterCaller:
         if seen is None or seen == self.slots.version:
             self.slots.read(seen)
         with self._lock:
+            before = self._table
             self._table = [self._caller(name) if name else None for name in self.slots.owners]
+        taken = failed_over(before, self._table)
+        if taken and self.on_failover is not None:
+            self.on_failover(taken)
 
     def _caller(self, name: str) -> ScriptCaller:
         caller = self._callers.get(name)

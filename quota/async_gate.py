@@ -115,6 +115,7 @@ class AsyncGate(GateCore, Fallback):
                 self._new_breaker,
             )
         self._call.on_missing = self._library_missing
+        self._call.on_failover = self._failed_over
         if settings.replica_ack:
             self._call.replica_ack(settings.replica_ack)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -631,13 +632,7 @@ class AsyncGate(GateCore, Fallback):
         if events or self._epoch is not None:
             await self._hold(HOLD_MS, start=True)
         if events:
-            # A thread of its own, not the loop's executor: queued behind fallback writes
-            # there, a replay could start after the hold ended.
-            replay = threading.Thread(
-                target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
-            )
-            self._replays = [t for t in self._replays if t.is_alive()] + [replay]
-            replay.start()
+            self._start_replay(events)
 
 
 class AsyncReservation:

@@ -31,6 +31,7 @@ class CannedTransport:
         self.calls: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]] = []
         self.breaker: Breaker | None = None
         self.on_missing: Callable[[], None] | None = None
+        self.on_failover: Callable[..., None] | None = None  # a canned server never fails over
 
     def _answer(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Reply:
         queue = self._replies.get(op)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from quota._exceptions import BackendError, DatabaseUnavailable
 from quota.core import SoftCapCallback
+from quota.journal import Journal
 from quota.models import SoftCapAlert, UsageEvent, UsageResult
 from quota.reservations import ReservationRef
 from quota.settings import Settings
@@ -61,6 +62,8 @@ class Fallback:
     _fallback_log: Every
     _spool_log: Every
     _alert_log: Every
+    _journal: Journal
+    _replays: list[threading.Thread]
 
     def _init_fallback(self) -> None:
         self._replay_after = 0.0
@@ -153,6 +156,29 @@ class Fallback:
             total_tokens=total,
             event_id=event.event_id if fresh else None,
         )
+
+    def _start_replay(self, events: list[UsageEvent]) -> None:
+        """`_replay_journal` on a thread of its own (not an executor's: queued behind
+        fallback writes there, a replay could start after a loss's hold ended)."""
+        replay = threading.Thread(
+            target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
+        )
+        self._replays = [t for t in self._replays if t.is_alive()] + [replay]
+        replay.start()
+
+    def _failed_over(self, slots: object = None) -> None:
+        """A replica took over from a primary that failed (on a Cluster, the primary of
+        ``slots``): Redis replicates asynchronously, so the last writes that primary
+        acknowledged may be missing on the replica, counters and stream entries alike.
+        The ledger takes what this gate counted lately (it drops what the drain stored
+        already); the drain job then reconciles those ports' counters to it."""
+        events = self._journal.take()
+        if events:
+            log.warning(
+                "a Redis primary failed over: its last %d events replayed into the ledger",
+                len(events),
+            )
+            self._start_replay(events)
 
     def _durable(self, event: UsageEvent) -> None:
         """Redis counted ``event`` but no replica acknowledged it (QUOTA_REPLICA_ACK): a

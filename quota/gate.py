@@ -137,6 +137,7 @@ class Gate(GateCore, Fallback):
         else:
             self._call = ScriptCaller(cast(redis.Redis, self.redis), self._library, self.breaker)
         self._call.on_missing = self._library_missing
+        self._call.on_failover = self._failed_over
         if settings.replica_ack and not isinstance(self._call, CannedTransport):
             self._call.replica_ack(settings.replica_ack)
         self._init_fallback()
@@ -653,11 +654,7 @@ class Gate(GateCore, Fallback):
         if events or self._epoch is not None:  # a loss, not a first deployment
             self._hold(HOLD_MS, start=True)
         if events:
-            replay = threading.Thread(
-                target=self._replay_journal, args=(events,), name="quota-journal", daemon=True
-            )
-            self._replays = [t for t in self._replays if t.is_alive()] + [replay]
-            replay.start()
+            self._start_replay(events)
 
     def _pay_owed(self) -> None:
         """Redis answers again: settle there the commits the fallback stored. One thread

@@ -28,6 +28,8 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -174,6 +176,9 @@ def _sentinel_kwargs(s: SentinelUrl, kwargs: dict[str, Any]) -> dict[str, Any]:
         k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs
     }
     out.update({k: v for k, v in s.options.items() if k.startswith("ssl")})
+    # One try a sentinel: a discovery asks the next sentinel, and the gate's transport
+    # retries the call (redis-py's default backoff would hold a caller for seconds).
+    out["retry"] = Retry(NoBackoff(), 0)
     if s.sentinel_password:
         out["password"] = s.sentinel_password
     return out

@@ -24,8 +24,13 @@ def run(scenario: Scenario, postgres: PostgresServer, spool: Path, gate: str) ->
         return run_scenario(env, scenario, LIGHT, "light", gate)
 
 
+# Sentinel's failover with QUOTA_REPLICA_ACK runs heavy only (./scripts/faults): its
+# WAIT path is the cluster's, asserted here, and each Sentinel run costs ~25 s.
+LIGHT_SCENARIOS = [s for s in SCENARIOS if not (s.sentinel and s.replica_ack)]
+
+
 @pytest.mark.parametrize("gate", ["sync", "async"])
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", LIGHT_SCENARIOS, ids=[s.name for s in LIGHT_SCENARIOS])
 def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_path: Path) -> None:
     """Each scenario with the workers on `Gate` (threads) and on `AsyncGate` (tasks)."""
     result = run(scenario, postgres, tmp_path / "spool", gate)

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -238,8 +239,8 @@ def test_commit_during_a_redis_outage_goes_to_postgres(
     assert e.reservation_id
     # Same process, Redis now gone: its connections are dropped by the server, and new
     # ones go to a port where nothing listens.
-    assert isinstance(gate.redis, redis.Redis)
-    gate.redis.connection_pool.connection_kwargs.update(port=1, socket_connect_timeout=0.5)
+    pool = cast(Any, gate.redis).connection_pool  # a single server's, sync or asyncio
+    pool.connection_kwargs.update(port=1, socket_connect_timeout=0.5)
     r.client_kill_filter(_type="normal", skipme=True)
     results = [
         gate.commit(rid, input_tokens=30, output_tokens=3, provider="a", model="b")

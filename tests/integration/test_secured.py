@@ -96,6 +96,6 @@ def test_without_the_ca_tls_is_refused(
 ) -> None:
     other = Tls.make(str(tmp_path))  # a CA that did not sign the servers' certificate
     url = secured[0].split("ssl_ca_certs=")[0] + f"ssl_ca_certs={other.ca}"
-    with Gate(settings.model_copy(update={"redis_url": url, "redis_timeout": 1.0})) as gate:
+    with Gate(settings.model_copy(update={"redis_url": url, "redis_timeout": 0.3})) as gate:
         d = gate.check("p", 1)
     assert (d.ok, d.degraded) == (False, True)
