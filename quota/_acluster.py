@@ -141,10 +141,13 @@ class AsyncClusterCaller:
 
     async def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         slot = slot_of(keys[0])
-        redirects = Redirects()
+        redirects: Redirects | None = None  # made on the first redirect only
         while True:
             version = self.slots.version
-            caller = await self._caller(slot)
+            table = self._table
+            caller = table[slot] if table and self._built == version else None
+            if caller is None:
+                caller = await self._caller(slot)
             try:
                 return await caller(op, keys, args)
             except redis.exceptions.ConnectionError:
@@ -164,6 +167,7 @@ class AsyncClusterCaller:
                         raise reply
                     return reply
                 kind = again[0]
+            redirects = redirects or Redirects()
             await asyncio.sleep(redirects.pause(kind))
             if kind == "MOVED":
                 await self.refresh(version)

@@ -161,10 +161,10 @@ class ClusterCaller:
 
     def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         slot = slot_of(keys[0])
-        redirects = Redirects()
+        redirects: Redirects | None = None  # made on the first redirect only
         while True:
             version = self.slots.version
-            caller = self._slot_caller(slot, version)
+            caller = self._table[slot] or self._slot_caller(slot, version)
             try:
                 return caller(op, keys, args)
             except redis.exceptions.ConnectionError:
@@ -184,6 +184,7 @@ class ClusterCaller:
                         raise reply
                     return reply
                 kind = again[0]
+            redirects = redirects or Redirects()
             time.sleep(redirects.pause(kind))
             if kind == "MOVED":
                 self.refresh(version)

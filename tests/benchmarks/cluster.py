@@ -1,6 +1,7 @@
 """The gate on a Redis Cluster beside one Redis server, in the same run: a private
-redis-server and a private cluster of 3 primaries and 3 replicas (tests/servers.py),
-both on this machine, so the ratio says what the cluster transport costs, not how a
+redis-server, a private cluster of 3 primaries and 3 replicas, and one of 3 primaries
+alone (tests/servers.py), all on this machine, so the ratios say what the cluster
+costs here (the transport; the replicas' replication, on the same cores), not how a
 cluster scales. 4 processes × 4 threads do reserve+commit pairs on 1,000 ports,
 rounds alternating between the two; check_many asks 1,000 ports per call, which the
 cluster transport splits across the primaries and sends together."""
@@ -21,7 +22,7 @@ from tests.benchmarks._measure import Row, fmt
 from tests.servers import ClusterServers, RedisServer
 
 PROCESSES, THREADS, PORTS = 4, 4, 1000
-BACKENDS = ("one server", "cluster")
+BACKENDS = ("one server", "cluster", "cluster, no replicas")
 
 
 def _budgets(settings: Settings, ports: list[str]) -> None:
@@ -87,9 +88,9 @@ def _fcalls(cluster: ClusterServers) -> int:
 def _check_many(
     settings: Settings, urls: dict[str, str], ports: list[str], batches: int
 ) -> dict[str, float]:
-    gates = {b: Gate(settings.model_copy(update={"redis_url": urls[b]})) for b in BACKENDS}
+    gates = {b: Gate(settings.model_copy(update={"redis_url": urls[b]})) for b in urls}
     asked = [(p, 100) for p in ports]
-    rates: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    rates: dict[str, list[float]] = {b: [] for b in urls}
     for _ in range(3):
         for backend, gate in gates.items():
             gate.check_many(asked)  # warm
@@ -105,8 +106,9 @@ def _check_many(
 def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int) -> list[Row]:
     server = RedisServer().start()
     cluster = ClusterServers().start()
+    bare = ClusterServers(replicas=0).start()
     try:
-        urls = {"one server": server.url, "cluster": cluster.url}
+        urls = {"one server": server.url, "cluster": cluster.url, "cluster, no replicas": bare.url}
         ports = [f"tenant-{i}" for i in range(PORTS)]
         for url in urls.values():
             _budgets(settings.model_copy(update={"redis_url": url}), ports)
@@ -131,16 +133,18 @@ def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int)
         }
         calls = sum(sum(part["cluster"]) for part in parts)
         fcalls = _fcalls(cluster)
-        ratios = sorted(
-            c / s for s, c in zip(per_round["one server"], per_round["cluster"], strict=True)
-        )
+        ratios = {
+            b: sorted(c / s for s, c in zip(per_round["one server"], per_round[b], strict=True))
+            for b in BACKENDS[1:]
+        }
         medians = {b: sorted(v)[len(v) // 2] for b, v in per_round.items()}
-        many = _check_many(settings, urls, ports, batches)
+        many = _check_many(settings, {b: urls[b] for b in BACKENDS[:2]}, ports, batches)
         spread = Counter(
             cluster.owner(f"{settings.key_prefix}:{{q{s}}}:events").port
             for s in range(settings.shards)
         )
     finally:
+        bare.cleanup()
         cluster.cleanup()
         server.cleanup()
     note = (
@@ -152,14 +156,20 @@ def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int)
     )
     return [
         base,
-        Row(
-            "cluster",
-            "reserve+commit, cluster of 3 primaries + 3 replicas",
-            medians["cluster"],
-            "calls/s",
-            ratio=ratios[len(ratios) // 2],
-            note=note
-            + f"; ratio: median of the rounds' paired ratios ({fmt(ratios[0])}-{fmt(ratios[-1])})",
+        *(
+            Row(
+                "cluster",
+                f"reserve+commit, {what}",
+                medians[b],
+                "calls/s",
+                ratio=ratios[b][len(ratios[b]) // 2],
+                note=note + "; ratio: median of the rounds' paired ratios "
+                f"({fmt(ratios[b][0])}-{fmt(ratios[b][-1])})",
+            )
+            for b, what in (
+                ("cluster", "cluster of 3 primaries + 3 replicas"),
+                ("cluster, no replicas", "cluster of 3 primaries, no replicas"),
+            )
         ),
         Row(
             "cluster",
