@@ -312,31 +312,17 @@ class ScriptCaller:
                 for keys, args in calls():
                     wire.send(hiredis.pack_command(("FCALL", name, len(keys), *keys, *args)))
                     sent += 1
-                missing = False
-                error: redis.exceptions.ResponseError | None = None
-                for n in range(sent):
-                    reply = wire.read()  # every reply is read, whatever came before
-                    if isinstance(reply, redis.exceptions.ResponseError):
-                        if is_missing(reply):
-                            missing = True
-                        else:
-                            error = error or reply
-                    elif not missing and error is None:
-                        try:
-                            handle(n, reply)
-                        except BaseException:
-                            self._drop()  # unread replies would answer the next call
-                            raise
-                if error is not None:
-                    if is_unavailable(error):
-                        self._failure()
-                    raise error
-                self.breaker.success()
-                if not missing:
-                    return
-                self._missing()
             except _WIRE_ERRORS as exc:
                 self._failed(exc, attempt)
+                continue
+            try:
+                self.read_batch(wire, sent, handle, attempt)
+                return
+            except _WIRE_ERRORS:
+                continue  # read_batch raised for good unless this attempt may go again
+            except redis.exceptions.ResponseError as exc:
+                if not is_missing(exc):
+                    raise  # else loaded by read_batch: the batch again
         raise redis.exceptions.ResponseError(f"function library {self._library.name} not loaded")
 
     def asking(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -374,10 +360,13 @@ class ScriptCaller:
             raise
         return wire
 
-    def read_batch(self, wire: _Wire, count: int, handle: Callable[[int, Any], None]) -> None:
-        """Read ``count`` replies of `write_batch`, by `call_each`'s rules; raises the
-        first error reply once all are read, and a missing library's (after loading
-        it), so that the caller sends the batch again."""
+    def read_batch(
+        self, wire: _Wire, count: int, handle: Callable[[int, Any], None], attempt: int = 2
+    ) -> None:
+        """Read ``count`` replies of a batch, by `call_each`'s rules; raises the first
+        error reply once all are read, and a missing library's (after loading it), so
+        that the caller sends the batch again. A failed connection raises: for good
+        (`_failed`) unless ``attempt`` may go again."""
         missing: redis.exceptions.ResponseError | None = None
         error: redis.exceptions.ResponseError | None = None
         try:
@@ -391,7 +380,7 @@ class ScriptCaller:
                 elif missing is None and error is None:
                     handle(n, reply)
         except _WIRE_ERRORS as exc:
-            self._failed(exc, 2)
+            self._failed(exc, attempt)
             raise
         except BaseException:
             self._drop()  # unread replies would answer the next call

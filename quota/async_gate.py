@@ -617,14 +617,18 @@ class AsyncGate(GateCore, Fallback):
             await self._redis_lost()
 
     async def _library_missing(self) -> None:
-        """As `Gate._library_missing`."""
-        if self._epochs:
-            try:
-                await self._check_epoch()
-                return
-            except redis.exceptions.RedisError:
-                pass
-        await self._redis_lost()
+        """As `Gate._library_missing`: the epoch keys read, not written."""
+        call = self._call
+        try:
+            owner = call.owner if isinstance(call, AsyncClusterCaller) else None
+            keys = self._epoch_keys(owner) if self._epochs else []
+            same = bool(keys)
+            for key in keys:
+                same = same and await call.command("GET", key) == self._epochs.get(key, "")
+        except redis.exceptions.RedisError:
+            same = False
+        if not same:
+            await self._redis_lost()
 
     async def _redis_lost(self) -> None:
         """As `Gate._redis_lost`: hold the ports, replay the journal in a thread."""

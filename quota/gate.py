@@ -634,14 +634,20 @@ class Gate(GateCore, Fallback):
 
     def _library_missing(self) -> None:
         """A server lacks the function library: it lost its data, or only the library
-        (FUNCTION FLUSH). The epoch keys we saw last still there say the latter."""
-        if self._epochs:
-            try:
-                self._check_epoch()  # a changed one calls _redis_lost
-                return
-            except redis.exceptions.RedisError:
-                pass
-        self._redis_lost()
+        (FUNCTION FLUSH). The epoch keys we saw last still there say the latter. They
+        are only read here: the watch thread writes a new epoch, and calls
+        `_redis_lost` again when it sees it, which keeps the loss's hold a while
+        longer."""
+        try:
+            owner = self._call.owner if isinstance(self._call, ClusterCaller) else None
+            keys = self._epoch_keys(owner) if self._epochs else []
+            same = bool(keys) and all(
+                self.redis.get(key) == self._epochs.get(key, "") for key in keys
+            )
+        except redis.exceptions.RedisError:
+            same = False
+        if not same:
+            self._redis_lost()
 
     def _redis_lost(self) -> None:
         """Redis lost its data (a restart without persistence, a flush), and with it the
