@@ -4,6 +4,7 @@ and a throwaway certificate (tests/servers.py), the CA given in the URL."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ pytestmark = pytest.mark.standalone  # its own servers, not the shared one nor t
 
 
 @pytest.fixture(scope="module")
-def tls() -> Tls:
-    return Tls.make(tempfile.mkdtemp(prefix="quota-tls-"))
+def tls() -> Iterator[Tls]:
+    folder = tempfile.mkdtemp(prefix="quota-tls-")
+    yield Tls.make(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["standalone", "sentinel", "cluster"])
