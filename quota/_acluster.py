@@ -21,13 +21,13 @@ import redis
 import redis.asyncio
 
 from quota._acalls import AsyncScriptCaller
-from quota._cluster import WATCH_FOR_SECONDS, WATCH_SECONDS, failed_over
+from quota._cluster import WATCH_FOR_SECONDS, WATCH_SECONDS, Primaries, failed_over
 from quota._slots import Redirects, SlotMap, redirect, slot_of
 from quota.breaker import Breaker
 from quota.scripts import Library
 
 
-class AsyncClusterCaller:
+class AsyncClusterCaller(Primaries[AsyncScriptCaller]):
     """`AsyncScriptCaller`'s interface over every primary of a cluster."""
 
     def __init__(
@@ -53,20 +53,6 @@ class AsyncClusterCaller:
         self._watcher: asyncio.Task[None] | None = None
         self._ack_ms = 0
         self._closed = False
-
-    @property
-    def breakers(self) -> dict[str, Breaker]:
-        """Each primary's breaker, by "host:port"."""
-        return {name: c.breaker for name, c in self._callers.items()}
-
-    def replica_ack(self, ms: int) -> None:
-        """Every primary's commits and records followed by ``WAIT 1 <ms>``."""
-        self._ack_ms = ms
-        for caller in list(self._callers.values()):
-            caller.replica_ack(ms)
-
-    def owner(self, key: str) -> str:
-        return self.slots.owners[slot_of(key)]
 
     async def refresh(self, seen: int | None = None) -> None:
         """Read the map again (in a thread) unless it changed since ``seen``; load the
@@ -135,8 +121,7 @@ class AsyncClusterCaller:
         while not self._closed and time.monotonic() < deadline:
             await asyncio.sleep(WATCH_SECONDS)
             await self.refresh()
-            serving = {id(c): c for c in self._table if c is not None}.values()
-            if serving and all(c.breaker.state == "closed" for c in serving):
+            if self._all_serving():
                 return
 
     async def __call__(self, op: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:

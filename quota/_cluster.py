@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import hiredis
 import redis
@@ -49,7 +49,46 @@ def failed_over(before: Sequence[Any], after: Sequence[Any]) -> set[int]:
     }
 
 
-class ClusterCaller:
+class _NodeCaller(Protocol):
+    breaker: Breaker
+
+    def replica_ack(self, ms: int) -> None: ...
+
+
+C = TypeVar("C", bound=_NodeCaller)
+
+
+class Primaries(Generic[C]):
+    """What both cluster transports keep per primary: its caller (sync or asyncio), by
+    "host:port", and the table of each slot's caller."""
+
+    slots: SlotMap
+    _callers: dict[str, C]
+    _table: list[C | None]
+    _ack_ms: int
+
+    @property
+    def breakers(self) -> dict[str, Breaker]:
+        """Each primary's breaker, by "host:port"."""
+        return {name: c.breaker for name, c in self._callers.items()}
+
+    def replica_ack(self, ms: int) -> None:
+        """Every primary's commits and records followed by ``WAIT 1 <ms>``."""
+        self._ack_ms = ms
+        for caller in list(self._callers.values()):
+            caller.replica_ack(ms)
+
+    def owner(self, key: str) -> str:
+        """The "host:port" of the primary that owns ``key``'s slot, as last read."""
+        return self.slots.owners[slot_of(key)]
+
+    def _all_serving(self) -> bool:
+        """Whether every primary that serves a slot answers (its breaker is closed)."""
+        serving = {id(c): c for c in self._table if c is not None}.values()
+        return bool(serving) and all(c.breaker.state == "closed" for c in serving)
+
+
+class ClusterCaller(Primaries[ScriptCaller]):
     """`ScriptCaller`'s interface over every primary of a cluster."""
 
     def __init__(
@@ -79,23 +118,8 @@ class ClusterCaller:
         self.refresh()
 
     @property
-    def breakers(self) -> dict[str, Breaker]:
-        """Each primary's breaker, by "host:port"."""
-        return {name: c.breaker for name, c in self._callers.items()}
-
-    @property
     def open_connections(self) -> int:
         return sum(c.open_connections for c in self._callers.values())
-
-    def replica_ack(self, ms: int) -> None:
-        """Every primary's commits and records followed by ``WAIT 1 <ms>``."""
-        self._ack_ms = ms
-        for caller in list(self._callers.values()):
-            caller.replica_ack(ms)
-
-    def owner(self, key: str) -> str:
-        """The "host:port" of the primary that owns ``key``'s slot, as last read."""
-        return self.slots.owners[slot_of(key)]
 
     def refresh(self, seen: int | None = None) -> None:
         """Read the slot map again (unless another thread did since ``seen``); a primary
@@ -145,8 +169,7 @@ class ClusterCaller:
         deadline = time.monotonic() + WATCH_FOR_SECONDS
         while not self._closed.wait(WATCH_SECONDS) and time.monotonic() < deadline:
             self.refresh()
-            serving = {id(c): c for c in self._table if c is not None}.values()
-            if serving and all(c.breaker.state == "closed" for c in serving):
+            if self._all_serving():
                 return
 
     def _slot_caller(self, slot: int, version: int) -> ScriptCaller:
