@@ -24,8 +24,8 @@ from typing import Any, cast
 import hiredis
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from quota import metrics, process
 from quota._calls import WAITED, CircuitOpen, Unreplicated, counted

@@ -40,12 +40,13 @@ WATCH_SECONDS, WATCH_FOR_SECONDS = 0.25, 120.0
 
 
 def failed_over(before: Sequence[Any], after: Sequence[Any]) -> set[int]:
-    """The slots whose primary changed from one whose breaker is not closed (it failed:
-    a replica took over), as opposed to a slot migrated off a healthy primary."""
+    """The slots whose primary changed from one whose breaker ever opened (it failed: a
+    replica took over, or it came back and serves stale state until it hears of that),
+    as opposed to a slot migrated off a primary that never failed."""
     return {
         slot
         for slot, (old, new) in enumerate(zip(before, after, strict=False))
-        if old is not None and old is not new and old.breaker.state != "closed"
+        if old is not None and old is not new and old.breaker.has_opened
     }
 
 

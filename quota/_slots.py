@@ -21,6 +21,9 @@ from quota.topology import ClusterUrl
 SLOTS = 16384
 #: MOVED and ASK followed per call before giving up.
 REDIRECTS = 5
+#: A MOVED again after the map was read again: the nodes read have not all heard of a
+#: failover yet (gossip). Waited before the 2nd, 3rd... try (0.3 s in all), not 0.
+MOVED_AGAIN_SECONDS = (0.0, 0.02, 0.04, 0.08, 0.16)
 #: A migration splitting a call's keys (TRYAGAIN): tried again this often, this long.
 TRYAGAIN_SECONDS, TRYAGAIN_FOR_SECONDS = 0.01, 2.0
 
@@ -45,9 +48,9 @@ def redirect(reply: object) -> tuple[str, int, str] | None:
 
 
 class Redirects:
-    """How long one call follows redirects: `REDIRECTS` MOVED or ASK, and TRYAGAIN
-    (keys of one slot split by a migration, until the last of them moves) for up to
-    `TRYAGAIN_FOR_SECONDS`."""
+    """How long one call follows redirects: `REDIRECTS` MOVED or ASK (each MOVED
+    after its `MOVED_AGAIN_SECONDS`), and TRYAGAIN (keys of one slot split by a
+    migration, until the last of them moves) for up to `TRYAGAIN_FOR_SECONDS`."""
 
     __slots__ = ("moves", "until")
 
@@ -68,7 +71,7 @@ class Redirects:
         self.moves += 1
         if self.moves > REDIRECTS:
             raise redis.exceptions.ClusterError(f"still redirected after {REDIRECTS} tries")
-        return 0.0
+        return MOVED_AGAIN_SECONDS[self.moves - 1] if kind == "MOVED" else 0.0
 
 
 class SlotMap:

@@ -43,6 +43,9 @@ class Breaker:
         self.failures = 0  # consecutive, while closed
         self._opened_at = 0.0
         self._probing = False
+        #: Whether it ever opened: a node that failed once may come back serving stale
+        #: state (a restarted cluster primary), so its slots moving away is a failover.
+        self.has_opened = False
 
     def allow(self) -> bool:
         """May a caller's call go to the backend now? Only while closed."""
@@ -86,6 +89,7 @@ class Breaker:
                     return
             self.failures = 0
             self._opened_at = self._clock()
+            self.has_opened = True
             if self.state != "open":
                 self._set("open")
 

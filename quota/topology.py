@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
@@ -133,10 +134,13 @@ def sync_client(url: str, **kwargs: Any) -> Client:
     options (timeouts, decode_responses, retry)."""
     if is_sentinel(url):
         s = parse_sentinel_url(url)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(s, kwargs), **s.options, **kwargs
+        sentinel = redis.sentinel.Sentinel(
+            list(s.sentinels),
+            sentinel_kwargs=_sentinel_kwargs(s, kwargs, Retry(NoBackoff(), 0)),
+            **s.options,
+            **kwargs,
         )
-        primary: redis.Redis = sentinel.master_for(s.name, redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+        primary: redis.Redis = sentinel.master_for(s.name, redis_class=redis.Redis)
         return primary
     if not is_cluster(url):
         return redis.Redis.from_url(url, **kwargs)
@@ -154,8 +158,11 @@ def async_client(
     """The asyncio twin of `sync_client`."""
     if is_sentinel(url):
         s = parse_sentinel_url(url)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(s, kwargs), **s.options, **kwargs
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            list(s.sentinels),
+            sentinel_kwargs=_sentinel_kwargs(s, kwargs, redis.asyncio.retry.Retry(NoBackoff(), 0)),
+            **s.options,
+            **kwargs,
         )
         primary: redis.asyncio.Redis = sentinel.master_for(s.name, redis_class=redis.asyncio.Redis)
         return primary
@@ -169,16 +176,16 @@ def async_client(
     )
 
 
-def _sentinel_kwargs(s: SentinelUrl, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _sentinel_kwargs(s: SentinelUrl, kwargs: dict[str, Any], retry: Any) -> dict[str, Any]:
     """How to reach the sentinels: the same timeouts and TLS as the primary, their own
-    password."""
+    password, and ``retry`` (the sync or asyncio no-retry, as redis-py wants each)."""
     out: dict[str, Any] = {
         k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs
     }
     out.update({k: v for k, v in s.options.items() if k.startswith("ssl")})
     # One try a sentinel: a discovery asks the next sentinel, and the gate's transport
     # retries the call (redis-py's default backoff would hold a caller for seconds).
-    out["retry"] = Retry(NoBackoff(), 0)
+    out["retry"] = retry
     if s.sentinel_password:
         out["password"] = s.sentinel_password
     return out

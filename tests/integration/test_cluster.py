@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from quota import Gate, Settings
 from quota._acluster import AsyncClusterCaller
 from quota._cluster import ClusterCaller
+from quota._slots import SlotMap, slot_of
 from quota.drain import Drainer
 from quota.keys import KeyLayout
 from quota.periods import period_id
@@ -207,6 +208,40 @@ def test_a_slot_migrated_under_load_changes_no_counter(
     seen = redirected(gate)
     assert seen["MOVED"] >= 1
     assert seen["ASK"] + seen["TRYAGAIN"] >= 1, seen
+
+
+def test_a_moved_reply_waits_for_the_nodes_to_hear_of_the_change(
+    gate: Gate, cluster: ClusterServers, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Just after a failover the nodes a map read asks may not have heard of it yet
+    (gossip takes a moment): a call sent back by the stale owner (MOVED) waits a little
+    between reads of the map instead of spending its redirects at once."""
+    spread = ports_by_primary(cluster, settings, 1)
+    owner_port, (port, *_) = next(iter(spread.items()))
+    gate.set_budget(port, enabled=True, soft_cap_tokens=400, hard_cap_tokens=1000, updated_by="t")
+    assert gate.check(port, 1).ok
+    call = cast(Any, gate)._call
+    slot = slot_of(gate.layout.for_port(port).budget)
+    stale = next(f"127.0.0.1:{n.port}" for n in cluster.primaries() if n.port != owner_port)
+    take = SlotMap._take
+    stale_until = time.monotonic() + 0.1  # the nodes hear of the change 0.1 s from now
+
+    def stale_take(self: SlotMap, slots: list[Any], asked: str) -> None:
+        take(self, slots, asked)
+        if time.monotonic() < stale_until:
+            self.owners[slot] = stale
+
+    monkeypatch.setattr(SlotMap, "_take", stale_take)
+    if isinstance(call, AsyncClusterCaller):
+        cast(Any, gate).run(call.refresh())
+    else:
+        call.refresh()
+    assert call.slots.owners[slot] == stale
+    d = gate.reserve(port, 10, "chat")
+    assert (d.ok, d.degraded) == (True, False)
+    assert redirected(gate)["MOVED"] >= 2  # the map read again was stale at least once
+    assert call.slots.owners[slot] == f"127.0.0.1:{owner_port}"
+    assert gate.status(port).reserved_tokens == 10
 
 
 def test_a_primary_that_lost_its_data_is_rebuilt_and_the_others_are_untouched(
