@@ -4,5 +4,5 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY quota ./quota
 COPY workers ./workers
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[serve]"
 ENTRYPOINT ["quota"]

@@ -590,6 +590,13 @@ class AsyncGate(GateCore, Fallback):
         """The soft-cap alerts stored for the port, oldest first."""
         return await self.db.alerts(v.port_id(port_id))
 
+    def breaker_states(self) -> dict[str, str]:
+        """This gate's circuit breakers to Redis: ``closed``, ``half-open`` or ``open``,
+        by primary ("host:port") on a cluster, else under "redis"."""
+        if isinstance(self._call, AsyncClusterCaller):
+            return {name: b.state for name, b in sorted(self._call.breakers.items())}
+        return {"redis": self.breaker.state}
+
     # ------------------------------------------------------------------ outages
 
     async def _watch(self) -> None:

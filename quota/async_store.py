@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from quota import queries as q
 from quota._backend import database_errors
-from quota.models import Budget, BudgetChange, DailyUsage, FeatureUsage, SoftCapAlert
+from quota.models import (
+    Budget,
+    BudgetChange,
+    DailyUsage,
+    FeatureUsage,
+    ModelUsage,
+    SoftCapAlert,
+)
 from quota.queries import Procedure
 from quota.settings import sqlalchemy_url
 from quota.store import unanswered
@@ -132,6 +139,12 @@ class AsyncStore:
 
     async def breakdown(self, port: str, since: date) -> list[FeatureUsage]:
         return await self._read(q.breakdown(self.prefix, port, since))
+
+    async def by_model(self, port: str, since: date) -> list[ModelUsage]:
+        return await self._read(q.by_model(self.prefix, port, since))
+
+    async def enabled_caps(self) -> dict[str, tuple[int, int]]:
+        return await self._read(q.enabled_caps())
 
     async def daily(self, port: str, start: date, end: date) -> list[DailyUsage]:
         return await self._read(q.daily(self.prefix, port, start, end))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from sqlalchemy import text
 
 from quota.drain import Drainer
@@ -27,6 +25,9 @@ from quota.models import Budget
 from quota.reconcile import Reconciler
 from quota.schema import TABLES
 from quota.settings import Settings
+from quota.tables import compact
+from quota.tables import console as cli_console
+from quota.tables import table as make_table
 
 THREADS = 4
 FEATURES = {  # feature: (typical input tokens, typical output tokens)
@@ -148,9 +149,12 @@ def _reset(gate: Gate, ports: list[DemoPort]) -> None:
         gate.set_budget(p.port_id, updated_by="demo", **p.budget.model_dump())
 
 
+#: Where `./scripts/demo serve` serves the dashboard over the demo's data.
+SERVE_URL = "http://127.0.0.1:8000/"
+
+
 def run(settings: Settings, *, processes: int, seconds: float, ports: int) -> None:
-    # Wide enough for the table even when the output is piped (CI logs, `| less`).
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = cli_console()
     require_own(settings, "demo")
     demo = demo_ports(ports)
     with Gate(settings) as gate:
@@ -194,19 +198,9 @@ def run(settings: Settings, *, processes: int, seconds: float, ports: int) -> No
 
 
 def _report(console: Console, gate: Gate, demo: list[DemoPort], totals: Counter[str]) -> None:
-    table = Table(title="Ports after the run", title_justify="left")
-    for col in (
-        "port",
-        "budget",
-        "period",
-        "used",
-        "soft cap",
-        "hard cap",
-        "state",
-        "refused",
-        "soft alert",
-    ):
-        table.add_column(col, justify="right" if col not in ("port", "budget", "state") else "left")
+    numbers = ("used", "soft cap", "hard cap", "refused")
+    table = make_table("Ports after the run", "port", "period", *numbers[:3], "state",
+                       numbers[3], "alert", right=numbers)  # fmt: skip
     style = {"ok": "green", "soft": "yellow", "hard": "red"}
     for p in demo:
         s = gate.status(p.port_id)
@@ -214,12 +208,11 @@ def _report(console: Console, gate: Gate, demo: list[DemoPort], totals: Counter[
         alerts = gate.alerts(p.port_id)
         table.add_row(
             p.port_id,
-            "on" if s.enabled else "off",
             s.period,
-            f"{s.used_tokens:,}",
-            f"{s.soft_cap_tokens:,}",
-            f"{s.hard_cap_tokens:,}",
-            f"[{style[s.state]}]{s.state}[/]",
+            compact(s.used_tokens),  # three figures: the table fits 80 columns
+            compact(s.soft_cap_tokens),
+            compact(s.hard_cap_tokens),
+            f"[{style[s.state]}]{s.state}[/]" if s.enabled else "off",
             f"{refused:,}",
             "yes" if alerts else "-",
         )
@@ -251,14 +244,8 @@ def _ledger_report(console: Console, gate: Gate, demo: list[DemoPort]) -> None:
         f"drained {drained:,} usage events into the Postgres ledger in "
         f"{time.monotonic() - started:.2f} s"
     )
-    table = Table(
-        title="Per-feature breakdown, current period (read back from Postgres)",
-        title_justify="left",
-    )
-    for col in ("port", "feature", "tokens", "calls"):
-        table.add_column(
-            col, justify="right" if col in ("tokens", "calls") else "left", no_wrap=True
-        )
+    table = make_table("Per-feature breakdown, current period (from Postgres)", "port",
+                       "feature", "tokens", "calls", right=["tokens", "calls"])  # fmt: skip
     for p in demo:
         for i, f in enumerate(gate.breakdown(p.port_id)):
             table.add_row(
@@ -275,4 +262,8 @@ def _ledger_report(console: Console, gate: Gate, demo: list[DemoPort]) -> None:
         f"reconciliation: {report.ports_checked} ports checked against the ledger, "
         f"{report.ports_drifted} drifted, {report.tokens_corrected:,} tokens corrected, "
         f"in {report.seconds:.2f} s"
+    )
+    console.print(
+        "See these ports in a browser: [bold]./scripts/demo serve[/], then open "
+        f"[bold]{SERVE_URL}[/] (it prints a login token)"
     )

@@ -48,6 +48,12 @@ _NODE_OPTIONS = ("socket_timeout", "socket_connect_timeout", "decode_responses")
 Entry = tuple[str, list[str]]
 
 
+def drain_group(group: int, shards: int, jobs: int) -> range:
+    """The shards drain job ``group`` of ``jobs`` reads: every shard s with
+    s mod jobs == group (more jobs than shards: one shard each, the rest none)."""
+    return range(group, shards, min(jobs, shards)) if group < min(jobs, shards) else range(0)
+
+
 @dataclass
 class DrainStats:
     shard: int

@@ -94,6 +94,11 @@ class KeyLayout:
         no port is rebuilt from the ledger, which still lacks some gates' journals."""
         return f"{self.prefix}:recovering"
 
+    @property
+    def last_reconcile(self) -> str:
+        """The last full reconciliation's report (JSON, no TTL), for the dashboard."""
+        return f"{self.prefix}:reconcile:last"
+
     def shard_epoch(self, shard: int) -> str:
         """The epoch of the Cluster primary that owns ``shard`` (each primary can lose
         its data alone): gone or changed means that primary lost its data."""

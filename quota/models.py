@@ -310,12 +310,29 @@ class BudgetChange:
     before: Budget | None
     after: Budget
 
+    def fields_changed(self) -> list[tuple[str, Any, Any]]:
+        """(field, before, after) of each field this change set: every field when the
+        budget was created (before None)."""
+        after = self.after.model_dump()
+        before = self.before.model_dump() if self.before else {}
+        return [(k, before.get(k), v) for k, v in after.items() if not before or before[k] != v]
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureUsage:
     """Tokens and calls of one feature over a period (from the Postgres ledger)."""
 
     feature: str
+    tokens: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Tokens and calls of one provider's model over a period (from the daily rollups)."""
+
+    provider: str
+    model: str
     tokens: int
     calls: int
 

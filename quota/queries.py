@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 from sqlalchemy import Executable, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from quota.models import Budget, BudgetChange, DailyUsage, FeatureUsage, SoftCapAlert
+from quota.models import (
+    Budget,
+    BudgetChange,
+    DailyUsage,
+    FeatureUsage,
+    ModelUsage,
+    SoftCapAlert,
+)
 from quota.schema import (
     budget_history,
     budgets,
@@ -99,6 +106,13 @@ def ports_with_budgets(*, enabled_only: bool = False) -> Procedure[list[str]]:
     return [row.port_id for row in rows]
 
 
+def enabled_caps() -> Procedure[dict[str, tuple[int, int]]]:
+    """Every enabled budget's (soft, hard) cap by port: the dashboard's ranking."""
+    b = budgets.c
+    rows = yield select(b.port_id, b.soft_cap_tokens, b.hard_cap_tokens).where(b.enabled)
+    return {r.port_id: (int(r.soft_cap_tokens), int(r.hard_cap_tokens)) for r in rows}
+
+
 def budget_history_of(port: str) -> Procedure[list[BudgetChange]]:
     rows = yield (
         select(budget_history).where(budget_history.c.port_id == port).order_by(budget_history.c.id)
@@ -172,6 +186,18 @@ def breakdown(prefix: str, port: str, since: date) -> Procedure[list[FeatureUsag
         .order_by(func.sum(d.total_tokens).desc(), d.feature)
     )
     return [FeatureUsage(f, int(t), int(c)) for f, t, c in rows]
+
+
+def by_model(prefix: str, port: str, since: date) -> Procedure[list[ModelUsage]]:
+    """Tokens and calls per provider and model from ``since`` on, largest first."""
+    d = ledger_daily.c
+    rows = yield (
+        select(d.provider, d.model, func.sum(d.total_tokens), func.sum(d.calls))
+        .where(d.key_prefix == prefix, d.port_id == port, d.day >= since)
+        .group_by(d.provider, d.model)
+        .order_by(func.sum(d.total_tokens).desc(), d.provider, d.model)
+    )
+    return [ModelUsage(p, m, int(t), int(c)) for p, m, t, c in rows]
 
 
 def daily(prefix: str, port: str, start: date, end: date) -> Procedure[list[DailyUsage]]:

@@ -11,11 +11,13 @@ every budget copy is refreshed from Postgres as well.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select, text
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 CHUNK = 400  # ports per snapshot script (3 keys each)
 _PERIODS: tuple[Period, ...] = ("day", "week", "month")
+#: Ports whose drift the kept report lists (the largest).
+KEPT_DRIFT = 200
 
 
 @dataclass
@@ -108,7 +112,11 @@ class Reconciler:
         if not dry_run and ports is None:
             report.budgets_refreshed = self.refresh_budgets()
         report.seconds = time.monotonic() - started
-        log.info(
+        if not dry_run and ports is None:
+            self._keep(report)
+        # A full run is news; the drain's runs over a few ports are counted by its job.
+        log.log(
+            logging.INFO if ports is None else logging.DEBUG,
             "reconciled %d ports: %d drifted, %d tokens corrected in %.2f s",
             report.ports_checked,
             report.ports_drifted,
@@ -117,16 +125,33 @@ class Reconciler:
         )
         return report
 
-    def reconcile_shard(self, shard: int) -> ReconcileReport:
-        """Reconcile every active port of one shard: the drain found its consumer group
-        missing, so Redis may have lost the shard's counters (within seconds, rather
-        than at the nightly run)."""
+    def _keep(self, report: ReconcileReport) -> None:
+        """Keep the full run's report in Redis (`quota serve` shows it); losing it
+        loses only the page's figures."""
+        with redis_errors():
+            sec, usec = self.redis.time()
+            finished = datetime.fromtimestamp(sec + usec / 1e6, UTC).isoformat()
+            kept = report.as_dict()
+            worst = sorted(report.drift.items(), key=lambda kv: -sum(map(abs, kv[1].values())))
+            kept["drift"] = dict(worst[:KEPT_DRIFT])  # a bounded page, and a bounded key
+            kept["drift_omitted"] = max(0, len(worst) - KEPT_DRIFT)
+            kept["finished_at"] = finished
+            self.redis.set(self.layout.last_reconcile, json.dumps(kept))
+
+    def reconcile_shards(self, shards: Collection[int]) -> ReconcileReport:
+        """Reconcile every active port of these shards: the drain found their consumer
+        groups missing, so Redis may have lost their counters (within seconds, rather
+        than at the nightly run). One pass over the keyspace for all of them."""
+        wanted = set(shards)
+        if not wanted:
+            return ReconcileReport()
         w = self._server_windows()
-        ports = [p for p in self.active_ports(w) if shard_of(p, self.settings.shards) == shard]
+        n = self.settings.shards
+        ports = [p for p in self.active_ports(w) if shard_of(p, n) in wanted]
         return self.run(ports=ports)
 
-    def repair_direct(self, shard: int, limit: int = 10_000) -> int:
-        """Reconcile the shard's ports with usage written straight to Postgres (the
+    def repair_direct(self, shards: Collection[int], limit: int = 10_000) -> int:
+        """Reconcile the shards' ports with usage written straight to Postgres (the
         gate's fallback, a spool replay) that no reconciliation has counted yet, then
         mark those rows counted; returns how many ports. Rows written meanwhile wait for
         the next run: only rows read before the reconcile summed the ledger are marked."""
@@ -136,7 +161,8 @@ class Reconciler:
         )
         with database_errors(), self.engine.connect() as conn:
             rows = conn.execute(query, {"prefix": self.settings.key_prefix, "limit": limit}).all()
-        mine = [(e, p) for e, p in rows if shard_of(p, self.settings.shards) == shard]
+        wanted = set(shards)
+        mine = [(e, p) for e, p in rows if shard_of(p, self.settings.shards) in wanted]
         if not mine:
             return 0
         ports = sorted({p for _, p in mine})

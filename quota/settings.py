@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quota._exceptions import InvalidInput
@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     #: RQ does not support Cluster. Defaults to ``redis_url`` when that is not a cluster.
     rq_redis_url: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/quota"
-    #: Number of shards (hash tags and streams). Fixed for the life of a deployment.
-    shards: int = Field(default=16, ge=1, le=16384)
+    #: Number of shards (hash tags and streams). Fixed for the life of a deployment; 256
+    #: spreads a cluster of up to ~30 primaries evenly (README: shards on a cluster).
+    shards: int = Field(default=256, ge=1, le=16384)
+    #: Drain jobs `quota cron` enqueues every second; job j drains the shards s with
+    #: s mod drain_jobs == j, so many shards cost no more RQ jobs (or log lines).
+    drain_jobs: int = Field(default=16, ge=1, le=16384)
     #: Prefix of every Redis key; lets a demo or a test share a server without touching data.
     key_prefix: str = "quota"
     #: How long a reservation holds tokens before it expires by itself.
@@ -44,6 +48,8 @@ class Settings(BaseSettings):
     idempotency_seconds: int = Field(default=2 * 86400, ge=60)
     #: How long a settled reservation is remembered, so a repeated commit/release is a no-op.
     settled_seconds: int = Field(default=3600, ge=1)
+    #: A worker logs what it drained once per this many seconds (not once per job).
+    worker_summary_seconds: float = Field(default=60.0, ge=0, le=86_400)
     #: Stream entries read per drain batch.
     drain_batch: int = Field(default=5000, ge=1, le=100_000)
     #: A pending entry idle this long is taken over from its (presumed crashed) consumer.
@@ -77,6 +83,10 @@ class Settings(BaseSettings):
     #: Where usage is spooled (fsync'd) when neither Redis nor Postgres takes it, in a
     #: folder per key prefix.
     spool_dir: Path = Path("~/.local/state/quota/spool")
+    #: `quota serve`'s bearer tokens, JSON: ``[{"name", "token", "scope", "ports"?}]``
+    #: (scope gate, read or admin); or the file named by ``api_tokens_file``.
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
 
     @property
     def rq_url(self) -> str:

@@ -19,13 +19,13 @@ QUEUE = settings.queue
 # named "<prefix>:...", as the deployment's keys are (a prefix holds no ":"), two
 # deployments sharing a Redis keep apart there too, and forgetting a prefix finds them.
 
-for shard in range(settings.shards):
+for group in range(min(settings.drain_jobs, settings.shards)):
     cron.register(
         jobs.drain,
         QUEUE,
-        args=(shard,),
+        args=(group,),
         interval=1,
-        name=f"{QUEUE}:drain-{shard}",
+        name=f"{QUEUE}:drain-{group}",
         # A run waiting longer than this is dropped: the next one is right behind it,
         # so a slow worker never faces a pile of stale drains.
         ttl=10,

@@ -17,14 +17,15 @@ import click
 from pydantic import ValidationError
 
 from quota._exceptions import QuotaError
-from quota.cli import _budget, _ops, _shards, _usage
+from quota.cli import _budget, _ops, _serve, _shards, _usage
+from quota.cli._common import WholeHelpGroup
 
 #: Exit codes: 0 done (or allowed), 1 refused / unhealthy / not stored, 2 bad input or
 #: backend failure.
 EXIT_ERROR = 2
 
 
-class _QuotaGroup(click.Group):
+class _QuotaGroup(WholeHelpGroup):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
@@ -50,7 +51,10 @@ class _QuotaGroup(click.Group):
 @click.group(
     cls=_QuotaGroup,
     context_settings={"auto_envvar_prefix": "QUOTA", "help_option_names": ["-h", "--help"]},
+    epilog='Shell completion: eval "$(_QUOTA_COMPLETE=bash_source quota)" (zsh_source, '
+    "fish_source for those shells).",
 )
+@click.version_option(package_name="quota", prog_name="quota")
 @click.option("--redis-url", envvar="QUOTA_REDIS_URL", help="Redis URL [QUOTA_REDIS_URL].")
 @click.option(
     "--database-url", envvar="QUOTA_DATABASE_URL", help="Postgres URL [QUOTA_DATABASE_URL]."
@@ -86,5 +90,6 @@ for command in (
     _ops.health,
     _ops.demo,
     _shards.shards,
+    _serve.serve,
 ):
     main.add_command(command)

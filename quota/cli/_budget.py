@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
 from rich.table import Table
 
-from quota.cli._common import console, gate, json_option, print_json
+from quota.cli._common import WholeHelpGroup, console, gate, json_option, print_json
+from quota.cli._common import table as make_table
 from quota.models import Budget, RateLimit
 
 _RATE = re.compile(r"(requests|tokens)=(\d+)/(\d+)(?:\+(\d+))?")
@@ -37,9 +39,7 @@ def _cap(value: str) -> tuple[str, int | None]:
 
 
 def _budget_table(port: str, budget: Budget) -> Table:
-    table = Table(title=f"Budget of {port}", title_justify="left", show_header=False)
-    table.add_column("field")
-    table.add_column("value", justify="right")
+    table = make_table(f"Budget of {port}", "field", "value", right=["value"], header=False)
     table.add_row("enabled", "yes" if budget.enabled else "no")
     table.add_row("soft cap", f"{budget.soft_cap_tokens:,} tokens")
     table.add_row("hard cap", f"{budget.hard_cap_tokens:,} tokens")
@@ -52,15 +52,30 @@ def _budget_table(port: str, budget: Budget) -> Table:
     return table
 
 
-def _extras(b: Budget) -> str:
-    """Rate limits and feature caps, short: ``600 req/60s, 90,000 tok/60s; ocr ≤ 50,000``."""
-    short = {"requests": "req", "tokens": "tok"}
-    limits = ", ".join(f"{r.limit:,} {short[r.kind]}/{r.per_seconds}s" for r in b.rate_limits)
-    caps = ", ".join(f"{f} ≤ {c:,}" for f, c in sorted(b.feature_caps.items()))
-    return "; ".join(x for x in (limits, caps) if x) or "-"
+_LABELS = {
+    "enabled": "enabled",
+    "soft_cap_tokens": "soft cap",
+    "hard_cap_tokens": "hard cap",
+    "period": "period",
+    "outage_policy": "outage policy",
+    "rate_limits": "rate limits",
+    "feature_caps": "feature caps",
+}
 
 
-@click.group()
+def _shown(field: str, value: Any) -> str:
+    if field == "rate_limits":
+        return ", ".join(rate_text(RateLimit(**r)) for r in value) or "none"
+    if field == "feature_caps":
+        return ", ".join(f"{f} {c:,}" for f, c in sorted(value.items())) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "default" if value is None else str(value)
+
+
+@click.group(cls=WholeHelpGroup)
 def budget() -> None:
     """Set and inspect a port's budget."""
 
@@ -173,26 +188,18 @@ def budget_history(port: str, as_json: bool) -> None:
     if as_json:
         print_json(changes)
         return
-    table = Table(title=f"Budget history of {port}", title_justify="left")
-    for col in ("when (UTC)", "by", "enabled", "soft cap", "hard cap", "period", "limits, caps"):
-        table.add_column(col)
-
-    def cell(before: object, after: object) -> str:
-        shown = (
-            f"{after:,}" if isinstance(after, int) and not isinstance(after, bool) else str(after)
-        )
-        return shown if before is None or before == after else f"[bold]{shown}[/]"
-
+    out = console()
+    out.print(f"[bold]Budget history of {port}[/] ({len(changes)} changes, oldest first)")
     for c in changes:
-        b = c.before.model_dump() if c.before else {}
-        a = c.after.model_dump()
-        table.add_row(
-            f"{c.changed_at:%Y-%m-%d %H:%M:%S}",
-            c.changed_by,
-            *(
-                cell(b.get(k), a[k])
-                for k in ("enabled", "soft_cap_tokens", "hard_cap_tokens", "period")
-            ),
-            cell(_extras(c.before) if c.before else None, _extras(c.after)),
-        )
-    console().print(table)
+        # A block per change, a line per field: fits 80 columns however long a value.
+        verb = "created" if c.before is None else "changed"
+        out.print(f"{c.changed_at:%Y-%m-%d %H:%M:%S} UTC  {verb} by [bold]{c.changed_by}[/]")
+        for name, before, after in c.fields_changed():
+            label = _LABELS.get(name, name)
+            if c.before is None:
+                out.print(f"  {label}: {_shown(name, after)}", highlight=False)
+            else:
+                out.print(
+                    f"  {label}: {_shown(name, before)} -> [bold]{_shown(name, after)}[/]",
+                    highlight=False,
+                )

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
-from rich.console import Console
 
 from quota.gate import Gate
 from quota.settings import Settings
+from quota.tables import console as console  # re-exported: the CLI's output
+from quota.tables import table as table
+
+
+class WholeHelpGroup(click.Group):
+    """A group whose command list shows each command's first sentence whole (click
+    cuts it at the terminal's width with "..."); it wraps instead."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def console() -> Console:
-    # Wide enough for tables when piped (CI logs, `| less`).
-    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -11,15 +12,16 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import click
-from rich.table import Table
 
 from quota._exceptions import InvalidInput, QuotaError
-from quota.cli._common import console, json_option, print_json
+from quota.cli._common import WholeHelpGroup, console, json_option, print_json
+from quota.cli._common import table as make_table
 from quota.settings import Settings
+from quota.tables import plural
 from quota.topology import sync_client
 
 
-@click.group()
+@click.group(cls=WholeHelpGroup)
 def db() -> None:
     """Database maintenance."""
 
@@ -29,8 +31,39 @@ def db_upgrade() -> None:
     """Create the database if it is missing, apply every migration, add partitions ahead."""
     from quota.migrate import upgrade
 
-    upgrade(Settings().database_url)
-    click.echo("database is up to date", err=True)
+    click.echo(upgrade(Settings().database_url).describe(), err=True)
+
+
+@db.command("current")
+@json_option
+def db_current(as_json: bool) -> int:
+    """The database's schema revision, and whether it is the newest (exit 1 if not)."""
+    from quota.migrate import current, history
+
+    url = Settings().database_url
+    now, head = current(url), history()[-1][0]
+    if as_json:
+        print_json({"current": now, "head": head, "up_to_date": now == head})
+    elif now == head:
+        click.echo(f"{now} (head): up to date")
+    else:
+        click.echo(f"{now or 'no schema'}; newest is {head}: run quota db upgrade")
+    return 0 if now == head else 1
+
+
+@db.command("history")
+@json_option
+def db_history(as_json: bool) -> None:
+    """Every migration, oldest first, with the database's current one marked."""
+    from quota.migrate import current, history
+
+    now = current(Settings().database_url)
+    steps = history()
+    if as_json:
+        print_json([{"revision": r, "doc": d, "current": r == now} for r, d in steps])
+        return
+    for revision, doc in steps:
+        click.echo(f"{revision}{' (current)' if revision == now else ''}  {doc}")
 
 
 @click.command()
@@ -45,7 +78,15 @@ def db_upgrade() -> None:
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port."
 )
-def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="info: a summary line per QUOTA_WORKER_SUMMARY_SECONDS and every problem; "
+    "debug: every job (RQ's lines too).",
+)
+def worker(burst: bool, processes: int, metrics_port: int | None, log_level: str) -> None:
     """Run RQ workers for the drain and reconcile jobs."""
     if metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # prometheus-client picks its multi-process mode when first imported, which has
@@ -55,22 +96,27 @@ def worker(burst: bool, processes: int, metrics_port: int | None) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quota-metrics-")
         os.execv(sys.executable, [sys.executable, "-m", "quota", *sys.argv[1:]])
     import redis
-    from rq import SimpleWorker
     from rq.worker_pool import WorkerPool
 
     from quota import metrics_server
+    from quota.worker import Worker
 
+    level = log_level.upper()
+    logging.getLogger("quota").setLevel(level)
+    logging.getLogger("workers").setLevel(level)
+    # RQ logs several lines per job: only its warnings, unless every job is wanted.
+    rq_level = "DEBUG" if level == "DEBUG" else "WARNING"
     settings = Settings()
     if metrics_port:
         metrics_server.start(metrics_port)
     # RQ stores pickled jobs: its connection must not decode responses.
     conn = cast(redis.Redis, sync_client(settings.rq_url))
     if processes == 1:
-        SimpleWorker([settings.queue], connection=conn).work(burst=burst)
+        Worker([settings.queue], connection=conn).work(burst=burst, logging_level=rq_level)
     else:
         WorkerPool(
-            [settings.queue], connection=conn, num_workers=processes, worker_class=SimpleWorker
-        ).start(burst=burst)
+            [settings.queue], connection=conn, num_workers=processes, worker_class=Worker
+        ).start(burst=burst, logging_level=rq_level)
 
 
 @click.command()
@@ -125,10 +171,15 @@ def drain(shard: tuple[int, ...], as_json: bool) -> None:
     if as_json:
         print_json(results)
         return
-    table = Table(title="Drain", title_justify="left")
-    for col in ("shard", "read", "claimed", "inserted", "trimmed", "seconds"):
-        table.add_column(col, justify="right")
-    for r in results:
+    busy = [r for r in results if r.read or r.claimed or r.trimmed]
+    total = sum(r.inserted for r in results)
+    title = f"Drain: {plural(total, 'event')} inserted from {len(busy)} of {len(results)} shards"
+    if not busy:
+        console().print(title)
+        return
+    cols = ("shard", "read", "claimed", "inserted", "trimmed", "seconds")
+    table = make_table(title, *cols, right=cols)
+    for r in busy:
         table.add_row(
             str(r.shard),
             f"{r.read:,}",
@@ -163,10 +214,8 @@ def reconcile(dry_run: bool, ports: tuple[str, ...], as_json: bool) -> None:
         f"budget copies refreshed, in {report.seconds:.2f} s"
     )
     if report.drift:
-        table = Table(title="Drift (Postgres minus Redis)", title_justify="left")
-        table.add_column("port")
-        table.add_column("counter")
-        table.add_column("delta", justify="right")
+        table = make_table("Drift (Postgres minus Redis)", "port", "counter", "delta",
+                           right=["delta"])  # fmt: skip
         for port, fields in sorted(report.drift.items()):
             for name, delta in sorted(fields.items()):
                 table.add_row(port, name, f"{delta:+,}")
@@ -176,17 +225,23 @@ def reconcile(dry_run: bool, ports: tuple[str, ...], as_json: bool) -> None:
 @click.command()
 @json_option
 def status(as_json: bool) -> None:
-    """Per-shard drain lag: stream length, pending entries, age of the oldest undrained."""
+    """Per-shard drain lag of the shards with undrained usage: stream length, pending
+    entries, age of the oldest undrained."""
     from quota.runtime import runtime
 
     lags = runtime().drainer.lag()
     if as_json:
         print_json(lags)
         return
-    table = Table(title="Usage streams", title_justify="left")
-    for col in ("shard", "length", "pending", "undelivered", "oldest undrained"):
-        table.add_column(col, justify="right")
-    for lag in lags:
+    waiting = [lag for lag in lags if lag.pending or lag.undelivered]
+    idle = len(lags) - len(waiting)
+    if not waiting:
+        console().print(f"Usage streams: all {len(lags)} shards drained")
+        return
+    cols = ("shard", "length", "pending", "undelivered", "oldest undrained")
+    title = f"Usage streams: {plural(len(waiting), 'shard')} waiting ({idle} drained)"
+    table = make_table(title, *cols, right=cols)
+    for lag in waiting:
         age = "-" if lag.oldest_undrained_age_s is None else f"{lag.oldest_undrained_age_s:.1f} s"
         table.add_row(
             str(lag.shard), f"{lag.length:,}", f"{lag.pending:,}", f"{lag.undelivered:,}", age
@@ -284,12 +339,12 @@ def health(max_lag: float, as_json: bool) -> int:
     if as_json:
         print_json({"healthy": healthy, "checks": results})
     else:
-        table = Table(title="quota health", title_justify="left")
-        for col in ("check", "", "detail"):
-            table.add_column(col)
+        out = console()
+        out.print("[bold]quota health[/]")
         for r in results:
-            table.add_row(r["check"], "[green]ok[/]" if r["ok"] else "[red]FAIL[/]", r["detail"])
-        console().print(table)
+            # A paragraph per check: a long detail wraps under its check, not in a cell.
+            mark = "[green]ok  [/]" if r["ok"] else "[red]FAIL[/]"
+            out.print(f"{mark} [bold]{r['check']}[/]: {r['detail']}", highlight=False)
     return 0 if healthy else 1
 
 

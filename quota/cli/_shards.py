@@ -1,4 +1,4 @@
-"""`quota shards show|change`: the deployment's shard count (quota/reshard.py)."""
+"""`quota shards show|change|adopt`: the deployment's shard count (quota/reshard.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from quota._exceptions import QuotaError
-from quota.cli._common import console, json_option, print_json
+from quota.cli._common import WholeHelpGroup, console, json_option, print_json
 from quota.settings import Settings
 
 if TYPE_CHECKING:  # imported when run: the CLI starts fast
@@ -26,7 +26,7 @@ def _backends(settings: Settings) -> tuple[Engine, Client, Store]:
     return engine, client, Store(engine, settings.key_prefix)
 
 
-@click.group()
+@click.group(cls=WholeHelpGroup)
 def shards() -> None:
     """The deployment's shard count (hash tags and streams): show it, or change it."""
 
@@ -86,3 +86,30 @@ def change(count: int, yes: bool, as_json: bool) -> None:
         f"{done.drained:,} events drained, {done.deleted:,} keys deleted in "
         f"{done.seconds:.1f} s. Set QUOTA_SHARDS={done.new} for every process."
     )
+
+
+@shards.command()
+@click.argument("count", type=click.IntRange(1, 16384))
+@click.option("--yes", is_flag=True, help="Do it (COUNT must be what the deployment runs with).")
+@json_option
+def adopt(count: int, yes: bool, as_json: bool) -> None:
+    """Record COUNT as the deployment's shard count, moving nothing: for a deployment
+    that ran with QUOTA_SHARDS=COUNT before counts were recorded (the upgrade recorded
+    the old default, 16). A wrong COUNT makes every port look empty: check first."""
+    if not yes:
+        raise click.UsageError(
+            "a wrong count makes every port look unused: run it again with --yes if the "
+            f"deployment has always run with QUOTA_SHARDS={count}"
+        )
+    settings = Settings()
+    engine, client, store = _backends(settings)
+    try:
+        old = store.recorded_shards(count)
+        store.set_shards(count)
+    finally:
+        client.close()
+        engine.dispose()
+    if as_json:
+        print_json({"key_prefix": settings.key_prefix, "old": old, "new": count})
+        return
+    console().print(f"deployment {settings.key_prefix}: {old} -> {count} shards recorded")

@@ -7,8 +7,10 @@ from rich.table import Table
 from rich.text import Text
 
 from quota.cli._common import console, gate, json_option, print_json
+from quota.cli._common import table as make_table
 from quota.models import Decision, Status
 from quota.ratelimits import duration
+from quota.tables import compact, fits
 
 _STYLE = {"ok": "green", "soft": "yellow", "hard": "red"}
 
@@ -44,9 +46,8 @@ def check(port: str, estimate: int, as_json: bool) -> int:
 
 def rate_table(d: Decision) -> Table:
     """Each rate limit's headroom, as a decision left it."""
-    table = Table(title="Rate limits", title_justify="left")
-    for col, justify in (("limit", "left"), ("left now", "right"), ("full again in", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = make_table("Rate limits", "limit", "left now", "full again in",
+                       right=["left now", "full again in"])  # fmt: skip
     for s in d.rate:
         table.add_row(
             f"{s.limit:,} {s.kind} / {s.per_seconds:,} s", f"{s.remaining:,}", duration(s.reset_ms)
@@ -151,21 +152,20 @@ def usage(port: str, as_json: bool) -> None:
         f"soft cap {s.soft_cap_tokens:,} · hard cap {s.hard_cap_tokens:,}"
         + ("" if s.enabled else " (budget disabled)")
     )
-    table = Table(title="By feature (Postgres ledger)", title_justify="left")
-    table.add_column("feature")
-    table.add_column("tokens", justify="right")
-    table.add_column("calls", justify="right")
-    table.add_column("share", justify="right")
-    total = sum(f.tokens for f in features) or 1
-    for f in features:
-        table.add_row(f.feature, f"{f.tokens:,}", f"{f.calls:,}", f"{f.tokens / total:.0%}")
-    out.print(table)
+    if not features:
+        out.print(f"By feature: nothing in the ledger this {s.period} yet (see quota status)")
+    else:
+        table = make_table("By feature (Postgres ledger)", "feature", "tokens", "calls", "share",
+                           right=["tokens", "calls", "share"])  # fmt: skip
+        total = sum(f.tokens for f in features) or 1
+        for f in features:
+            table.add_row(f.feature, f"{f.tokens:,}", f"{f.calls:,}", f"{f.tokens / total:.0%}")
+        out.print(table)
     if rates.rate:
         out.print(rate_table(rates))
     if capped:
-        cap_table = Table(title="Feature caps (this period, Redis)", title_justify="left")
-        for col in ("feature", "used", "cap", "left"):
-            cap_table.add_column(col, justify="left" if col == "feature" else "right")
+        cap_table = make_table("Feature caps (this period, Redis)", "feature", "used", "cap",
+                               "left", right=["used", "cap", "left"])  # fmt: skip
         for feature, used in capped.items():
             cap = caps[feature]
             cap_table.add_row(feature, f"{used:,}", f"{cap:,}", f"{max(cap - used, 0):,}")
@@ -184,16 +184,30 @@ def top(limit: int, as_json: bool) -> None:
     if as_json:
         print_json(statuses)
         return
-    table = Table(title="Closest to their hard caps", title_justify="left")
-    for col in ("port", "period", "used", "hard cap", "usage", "state"):
-        table.add_column(col, justify="right" if col in ("used", "hard cap") else "left")
+    table = make_table("Closest to their hard caps", "port", "period", "used", "hard cap",
+                       "usage", "state", right=["used", "hard cap"])  # fmt: skip
     for s in statuses:
         table.add_row(
             s.port_id,
             s.period,
-            f"{s.used_tokens:,}",
-            f"{s.hard_cap_tokens:,}",
-            usage_bar(s, 20),
+            compact(s.used_tokens),
+            compact(s.hard_cap_tokens),
+            usage_bar(s, 10),
             Text(s.state, style=_STYLE[s.state]),
         )
-    console().print(table)
+    out = console()
+    if fits(out, table):
+        out.print(table)
+        return
+    # Port names too long for a row: a block per port (--json has every figure).
+    out.print("[bold]Closest to their hard caps[/]")
+    for s in statuses:
+        out.print(f"[bold]{s.port_id}[/]", highlight=False)
+        out.print(
+            Text.assemble(
+                f"  {s.period}  {compact(s.used_tokens)} of {compact(s.hard_cap_tokens)}  ",
+                usage_bar(s, 10),
+                "  ",
+                Text(s.state, style=_STYLE[s.state]),
+            )
+        )

@@ -31,6 +31,7 @@ from tests.benchmarks import (
     peers,
     ratelimits,
     scale,
+    serve,
 )
 from tests.benchmarks._measure import Row, fmt, reset, write_markdown
 
@@ -62,6 +63,10 @@ SECTIONS: dict[str, Section] = {
     "async": lambda s, c, q: asyncgate.bench_async(s, c, 2_000 if q else 40_000, 4 if q else 10),
     "app": lambda s, c, q: app.bench_app(s, c, 2 if q else 10, 1 if q else 3),
     "ratelimit": lambda s, c, q: ratelimits.bench_rate_race(s, c, 1.0 if q else 8.0),
+    "serve": lambda s, c, q: serve.bench_serve(s, c, 1.0 if q else 8.0, 1 if q else 5),
+    "dashboard": lambda s, c, q: serve.bench_dashboard(
+        s, c, 200 if q else 10_000, 20_000 if q else 10_000_000, 5 if q else 60
+    ),
     "cluster": lambda s, c, q: cluster.bench_cluster(
         s, 0.5 if q else 4.0, 2 if q else 6, 2 if q else 20
     ),

@@ -5,9 +5,7 @@ with AsyncGate, and with the sync Gate in the thread pool take turns round by ro
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -20,8 +18,10 @@ import redis
 
 from quota.gate import Gate
 from quota.settings import Settings
+from tests.benchmarks._load import stop, wrk
 from tests.benchmarks._measure import Row, reset
 from tests.benchmarks.hotpath import HUGE
+from tests.servers import free_port
 
 VARIANTS = {
     "no gate": "tests.benchmarks.apps:nogate_app",
@@ -32,12 +32,6 @@ _POST = """wrk.method = "POST"
 wrk.body = '{"prompt": "Summarise the quarterly report in three lines.", "max_tokens": 100}'
 wrk.headers["Content-Type"] = "application/json"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(target: str, port: int, settings: Settings) -> subprocess.Popen[bytes]:
@@ -64,35 +58,8 @@ def _serve(target: str, port: int, settings: Settings) -> subprocess.Popen[bytes
     raise RuntimeError(f"uvicorn did not start {target}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the workers with it
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert m, text
-    return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
-
-
-def _wrk(port: int, seconds: float, script: Path) -> tuple[float, float, float]:
-    """Requests/s (non-2xx included, counted apart), p50 and p99 latency in ms."""
-    out = subprocess.run(
-        ["wrk", "-t2", "-c200", f"-d{seconds:g}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{port}/ports/bench-app/completions"],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    if "Non-2xx" in out:
-        raise RuntimeError(f"refused or failed requests under load:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    # The "Latency Distribution" block: lines that are a percentile and a latency alone.
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M)[1])  # type: ignore[index]
-    return rps, p50, p99
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/ports/bench-app/completions"
 
 
 def bench_app(settings: Settings, client: redis.Redis, seconds: float, rounds: int) -> list[Row]:
@@ -111,13 +78,13 @@ def bench_app(settings: Settings, client: redis.Redis, seconds: float, rounds: i
     try:
         for _ in range(rounds):
             for name, target in VARIANTS.items():
-                port = _free_port()
+                port = free_port()
                 proc = _serve(target, port, settings)
                 try:
-                    _wrk(port, 2, script)  # warm: connections, budget copies
-                    results[name].append(_wrk(port, seconds, script))
+                    wrk(_url(port), 2, script, 200)  # warm: connections, budget copies
+                    results[name].append(wrk(_url(port), seconds, script, 200))
                 finally:
-                    _stop(proc)
+                    stop(proc)
     finally:
         shutil.rmtree(script.parent, ignore_errors=True)
     base = results["no gate"]

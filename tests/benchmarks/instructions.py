@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,15 +26,10 @@ from quota.gate import Gate
 from quota.settings import Settings
 from tests.benchmarks._measure import Row
 from tests.benchmarks.hotpath import HUGE, budgets, operations
+from tests.servers import free_port
 
 _TOOLS = ("valgrind", "callgrind_control", "redis-server")
 _TRIVIAL = "trivial one-key INCRBY script"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Callgrind:
@@ -43,7 +37,7 @@ class _Callgrind:
 
     def __init__(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="quota-callgrind-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._proc = subprocess.Popen(
             [
                 "valgrind",

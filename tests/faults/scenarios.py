@@ -412,11 +412,13 @@ def _drain_cycle(env: Env, client: redis.Redis) -> None:
     """What the drain job does for every shard."""
     drainer = Drainer(env.settings, client, env.engine)
     reconciler = Reconciler(env.settings, client, env.engine, drainer)
-    for shard in range(env.settings.shards):
-        stats = drainer.drain_shard(shard, max_seconds=5)
-        reconciler.repair_direct(shard)
-        if stats.group_created:
-            reconciler.reconcile_shard(shard)
+    created = [
+        shard
+        for shard in range(env.settings.shards)
+        if drainer.drain_shard(shard, max_seconds=5).group_created
+    ]
+    reconciler.reconcile_shards(created)
+    reconciler.repair_direct(range(env.settings.shards))
 
 
 def _counters_equal_ledger(env: Env, client: redis.Redis, ports: list[str]) -> bool:

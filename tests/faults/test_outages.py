@@ -28,7 +28,7 @@ def drain(gate: Gate, server: RedisServer, pg: Engine) -> None:
         reconciler = Reconciler(gate.settings, c, pg, drainer)
         for shard in range(gate.settings.shards):
             drainer.drain_shard(shard, max_seconds=30)
-            reconciler.repair_direct(shard)
+        reconciler.repair_direct(range(gate.settings.shards))
 
 
 def ledger(pg: Engine) -> list[tuple[str, int, str | None]]:
@@ -367,11 +367,12 @@ def test_a_shard_redis_lost_is_reconciled_by_its_next_drain(
         ports = [f"port-{i}" for i in range(6)]
         for i, port in enumerate(ports):
             rec(fgate, 100 + i, port=port)
-        for shard in range(fgate.settings.shards):
-            jobs.drain(shard)
+        groups = range(fgate.settings.drain_jobs)
+        for group in groups:
+            jobs.drain(group)
         server.restart()
         runtime.reset()  # the job's connections were to the old process
-        repaired = sum(int(jobs.drain(shard)["repaired"]) for shard in range(fgate.settings.shards))
+        repaired = sum(int(jobs.drain(group)["repaired"]) for group in groups)
         assert repaired == len(ports)
         with server.client() as c:
             sec, _ = c.time()

@@ -9,6 +9,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
+import warnings
 from typing import Any
 
 import pytest
@@ -102,7 +103,7 @@ def test_cancelled_calls_never_desynchronise_the_connection(
     reconciler = Reconciler(agate_settings, r, pg, drainer)
     for shard in range(agate_settings.shards):
         drainer.drain_shard(shard, max_seconds=30)
-    drifted = sum(reconciler.reconcile_shard(s).ports_drifted for s in range(agate_settings.shards))
+    drifted = reconciler.reconcile_shards(range(agate_settings.shards)).ports_drifted
     assert drifted == 0  # what Redis counted is what the ledger holds
 
 
@@ -134,6 +135,28 @@ def test_a_dropped_connection_is_reopened_silently(
             assert (await gate.check("p", 1)).degraded is False
 
     asyncio.run(main())
+
+
+def test_no_sync_redis_parts_reach_the_asyncio_clients(agate_settings: Settings) -> None:
+    """redis-py warns (UserWarning) and converts when a sync Retry reaches an asyncio
+    connection: every connection the gate opens gets the asyncio one."""
+
+    async def main() -> None:
+        async with AsyncGate(agate_settings) as gate:
+            await gate.set_budget(
+                "p", enabled=True, soft_cap_tokens=50, hard_cap_tokens=100, updated_by="u"
+            )
+            d = await gate.reserve("p", 10, "f")
+            assert d.ok
+            assert d.reservation_id
+            await gate.commit(
+                d.reservation_id, input_tokens=4, output_tokens=1, provider="x", model="m"
+            )
+            assert (await gate.status("p")).used_tokens == 5
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(main())
 
 
 def _forked(settings: Settings, gate: AsyncGate, out: mp.Queue[tuple[int, int]]) -> None:

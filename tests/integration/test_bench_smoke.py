@@ -19,7 +19,7 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         env=dict(os.environ),
         check=True,
         capture_output=True,
-        timeout=240,
+        timeout=420,
     )
     report = out.read_text()
     for row in (
@@ -40,6 +40,8 @@ def test_quick_bench_writes_every_section(worker_env: Settings, pg: Engine, tmp_
         "Redis instructions per call: reserve",
         "Python per call, FCALL answered in-process: gate.commit",
         "Python per port, FCALLs answered in-process: gate.check_many",
+        "dashboard overview, 200 ports, 20,000 ledger rows",
+        "statements the pages run that scan the ledger",
     ):
         assert row in report
     assert "Redis 7" in report

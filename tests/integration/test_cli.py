@@ -108,7 +108,9 @@ def test_rate_limits_and_feature_caps_from_the_command_line(cli: CliRunner) -> N
     cleared = as_json(run(cli, "budget", "set", "acme", "--no-rate-limits", "--no-feature-caps",
                           "--by", "ops", "--json"))  # fmt: skip
     assert (cleared["rate_limits"], cleared["feature_caps"]) == ([], {})
-    assert "limits, caps" in run(cli, "budget", "history", "acme").stdout
+    history = run(cli, "budget", "history", "acme").stdout
+    assert "rate limits: 90,000 tokens / 60 s, 3 requests / 60 s (burst 5) -> none" in history
+    assert "feature caps: chat 7 -> none" in history
 
 
 def test_check_exit_codes(cli: CliRunner) -> None:
@@ -217,7 +219,7 @@ def test_record_usage_and_top(cli: CliRunner, worker_env: Settings, pg: Engine) 
         ),
         (["budget", "set", "p", "--feature-cap", "ocr", "--by", "u"], "give FEATURE=TOKENS"),
         (["budget", "set", "p", "--rpm", "0", "--by", "u"], "0 is not in the range x>=1"),
-        (["drain", "--shard", "99"], "no shard 99"),
+        (["drain", "--shard", "999"], "no shard 999"),
         (["no-such-command"], "No such command"),
     ],
 )
@@ -297,3 +299,58 @@ def test_demo_and_bench_refuse_what_is_not_their_own(cli: CliRunner, settings: S
         r = cli.invoke(entry, args, env={**db, "QUOTA_KEY_PREFIX": "quota"})
         assert r.exit_code == 2
         assert f"ending in -{command}" in r.stderr
+
+
+def test_tables_fit_80_columns(worker_env: Settings, gate: Gate, pg: Engine) -> None:
+    """No line past 80 columns, nothing cut ("…"), and each table row on one line."""
+    cli = CliRunner(env={"QUOTA_KEY_PREFIX": worker_env.key_prefix,
+                         "QUOTA_REDIS_URL": worker_env.redis_url, "COLUMNS": "80"})  # fmt: skip
+    ports = {"tenant-with-a-long-name": 9_000_000_000, "acme": 1_500_000}
+    for port, hard in ports.items():
+        run(cli, "budget", "set", port, "--enable", "--soft", str(hard // 2), "--hard", str(hard),
+            "--rpm", "600", "--tpm", "90000000", "--feature-cap", "summarize=5000000000",
+            "--by", "someone-with-a-long-name")  # fmt: skip
+        run(cli, "budget", "set", port, "--hard", str(hard * 2), "--by", "bob")
+        for feature in ("summarize", "classification-v2"):
+            gate.record(port_id=port, feature=feature, provider="openai", model="gpt-4o-mini",
+                        input_tokens=hard // 3, output_tokens=12_345)  # fmt: skip
+    before_drain = run(cli, "status").stdout
+    outputs = {
+        "status": before_drain,
+        "drain": run(cli, "drain").stdout,
+        "top": run(cli, "top").stdout,
+        "show": run(cli, "budget", "show", "tenant-with-a-long-name").stdout,
+        "history": run(cli, "budget", "history", "tenant-with-a-long-name").stdout,
+        "usage": run(cli, "usage", "tenant-with-a-long-name").stdout,
+        "check": cli.invoke(main, ["check", "acme", "--estimate", "5"]).stdout,
+        "health": cli.invoke(main, ["health"]).stdout,
+        "help": run(cli, "--help").stdout,
+    }
+    for name, out in outputs.items():
+        assert out.strip(), name
+        widest = max(out.splitlines(), key=len)
+        assert len(widest) <= 80, (name, widest)
+        assert "…" not in out, (name, out)
+    top = outputs["top"].splitlines()  # figures abbreviated past 99,999
+    assert [line for line in top if "tenant-with-a-long-name " in line and " 6G " in line
+            and " 18G " in line and "33%" in line]  # fmt: skip
+    assert [line for line in top if "acme " in line and " 1.02M " in line and " 3M " in line]
+    huge = "a-port-name-as-long-as-a-sentence-" + "x" * 40
+    run(cli, "budget", "set", huge, "--enable", "--hard", "10", "--soft", "5", "--by", "u")
+    blocks = run(cli, "top").stdout  # too long for a row: a block per port
+    assert max(len(line) for line in blocks.splitlines()) <= 80
+    assert f"{huge}\n  month  0 of 10  " in blocks
+    assert "acme\n  month  1.02M of 3M  " in blocks
+    usage = outputs["usage"].splitlines()
+    assert [line for line in usage if "classification-v2" in line and "%" in line]
+    assert [line for line in usage if "90,000,000 tokens / 60 s" in line]
+    assert "hard cap: 9,000,000,000 -> 18,000,000,000" in outputs["history"]
+    commands = outputs["help"].split("Commands:")[1]
+    assert "..." not in commands  # every command's first sentence, whole
+    assert "Per-shard drain lag of the shards with undrained usage: stream" in commands
+
+
+def test_version(cli: CliRunner) -> None:
+    from importlib.metadata import version
+
+    assert run(cli, "--version").stdout.strip() == f"quota, version {version('quota')}"

@@ -134,7 +134,8 @@ def test_check_many_equals_check_for_every_port(gate: Gate, r: redis.Redis) -> N
     many = gate.check_many(requests)
     assert many == [gate.check(p, e) for p, e in requests]
     assert {d.reason for d in many} == {None, "hard-cap-exceeded", "estimated-exceeds-cap"}
-    assert len({gate.layout.for_port(p).shard for p, _ in requests}) == 16  # all shards
+    shards = {gate.layout.for_port(p).shard for p, _ in requests}
+    assert len(shards) > 16  # the batch spans many shards, hence several primaries on a cluster
     assert gate.check_many([]) == []
 
 

@@ -27,7 +27,7 @@ def test_demo_runs_and_reconciles_cleanly(worker_env: Settings, pg: Engine) -> N
             "--ports",
             "4",
         ],
-        env=dict(os.environ),
+        env={**os.environ, "COLUMNS": "80"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -40,3 +40,8 @@ def test_demo_runs_and_reconciles_cleanly(worker_env: Settings, pg: Engine) -> N
     assert committed == drained == ledger_totals(pg)["rows"] > 0
     assert "reconciliation: 4 ports checked against the ledger, 0 drifted" in out
     assert "decisions/s" in out
+    widest = max(out.splitlines(), key=len)
+    assert len(widest) <= 80, widest  # an 80-column terminal
+    assert "…" not in out
+    assert re.search(r"^acme-small +day +[\d,]+ +60,000 +80,000 +(soft|hard) ", out, re.M)
+    assert out.rstrip().endswith("(it prints a login token)")  # where to look next

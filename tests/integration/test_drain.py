@@ -30,11 +30,12 @@ def gate(sync_gate: Gate) -> Gate:
 
 
 def run_drain_jobs(settings: Settings) -> None:
-    """Enqueue the drain of every shard and run them in-process (SimpleWorker, burst)."""
+    """Enqueue every drain job, as `quota cron` does each second, and run them
+    in-process (SimpleWorker, burst)."""
     conn = redis.Redis.from_url(settings.rq_url)
     queue = Queue(settings.queue, connection=conn)
-    for shard in range(settings.shards):
-        queue.enqueue("workers.jobs.drain", shard)
+    for group in range(settings.drain_jobs):
+        queue.enqueue("workers.jobs.drain", group)
     SimpleWorker([queue], connection=conn).work(burst=True)
     conn.close()
 

@@ -103,8 +103,8 @@ def test_worker_serves_drain_metrics_from_all_its_processes(
 ) -> None:
     record_many(gate, 90)
     queue = Queue(worker_env.queue, connection=redis.Redis.from_url(worker_env.rq_url))
-    for shard in range(worker_env.shards):
-        queue.enqueue("workers.jobs.drain", shard)
+    for group in range(worker_env.drain_jobs):
+        queue.enqueue("workers.jobs.drain", group)
     deadline = time.monotonic() + 60
     text = ""
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,16 +30,17 @@ def test_cron_config_registers_every_shard_and_the_nightly_reconcile(
     worker_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("QUOTA_RECONCILE_AT", "02:07")
-    monkeypatch.setenv("QUOTA_SHARDS", "4")
+    monkeypatch.setenv("QUOTA_SHARDS", "12")
+    monkeypatch.setenv("QUOTA_DRAIN_JOBS", "4")
     sys.modules.pop("workers.cron_config", None)
     scheduler = CronScheduler(connection=redis.Redis.from_url(worker_env.rq_url))
     scheduler.load_config_from_file("workers.cron_config")
     jobs = {job.name: job for job in scheduler.get_jobs()}
     prefix = worker_env.key_prefix  # names carry the deployment's prefix, as its queue
     assert set(jobs) == {f"{prefix}:drain-{s}" for s in range(4)} | {f"{prefix}:reconcile"}
-    for shard in range(4):
-        drain = jobs[f"{prefix}:drain-{shard}"]
-        assert (drain.func_name, drain.args, drain.interval) == ("workers.jobs.drain", (shard,), 1)
+    for group in range(4):  # four jobs for twelve shards
+        drain = jobs[f"{prefix}:drain-{group}"]
+        assert (drain.func_name, drain.args, drain.interval) == ("workers.jobs.drain", (group,), 1)
         assert drain.queue_name == worker_env.key_prefix
         assert drain.job_options["ttl"] <= 10  # stale runs are dropped, never piled up
     assert jobs[f"{prefix}:reconcile"].cron == "7 2 * * *"
@@ -89,6 +91,7 @@ def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
 ) -> None:
     env = {**os.environ, "QUOTA_SHARDS": str(worker_env.shards), "QUOTA_CRON_LEASE_SECONDS": "2"}
     record_many(gate, 120)
+    jobs = worker_env.drain_jobs  # drain jobs enqueued a second, each for 16 shards
     conn = redis.Redis.from_url(worker_env.rq_url)
     queue = Queue(worker_env.queue, connection=conn)
 
@@ -104,7 +107,7 @@ def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
         return proc
 
     first = cron()
-    _wait_for(lambda: queue.count >= worker_env.shards, 20)
+    _wait_for(lambda: queue.count >= jobs, 20)
     second = cron()
     # Well past several lease renewals: the first keeps scheduling, the second waits.
     time.sleep(3.5)
@@ -112,25 +115,26 @@ def test_one_scheduler_enqueues_drains_and_a_worker_runs_them(
     assert second.poll() is None
     enqueued = queue.count
     time.sleep(1.2)
-    assert queue.count >= enqueued + worker_env.shards  # still enqueueing every second
+    assert queue.count >= enqueued + jobs  # still enqueueing every second
     first.kill()
     first.wait()
     # The standby takes over once the dead scheduler's lease runs out.
     before = queue.count
-    _wait_for(lambda: queue.count >= before + worker_env.shards, 10)
+    _wait_for(lambda: queue.count >= before + jobs, 10)
     second.kill()
     _, standby_log = second.communicate()
     assert standby_log.index("waiting to be the only active scheduler") < standby_log.index(
         "quota cron: active"
     )
-    subprocess.run(
+    ran = subprocess.run(
         [sys.executable, "-m", "quota", "worker", "--burst"],
         env=env,
         check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
-    assert ledger_totals(pg)["rows"] == 120
+    assert ledger_totals(pg)["rows"] == 120, ran.stderr
     assert queue.count == 0
 
 
@@ -145,3 +149,34 @@ def test_the_nightly_job_reconciles_and_keeps_partitions_ahead(
     assert report["ports_drifted"] == 0  # the catch-up drained everything first
     assert len(report["partitions"]) == 5  # last month, this month and three ahead
     assert ledger_totals(pg)["rows"] == 40
+
+
+def test_the_worker_is_quiet_by_default_and_summarises(
+    worker_env: Settings, sync_gate: Gate, pg: Engine
+) -> None:
+    """16 drain jobs a second logged ~64 INFO lines a second (RQ's lines per job): by
+    default a worker logs problems and one summary line per interval, nothing per job."""
+    record_many(sync_gate, 60)
+    queue = Queue(worker_env.queue, connection=redis.Redis.from_url(worker_env.rq_url))
+
+    def run_worker(*args: str, summary: str) -> list[str]:
+        for _ in range(3):  # three seconds' worth of drain jobs
+            for group in range(worker_env.drain_jobs):
+                queue.enqueue("workers.jobs.drain", group)
+        done = subprocess.run(
+            [sys.executable, "-m", "quota", "worker", "--burst", *args],
+            env={**os.environ, "QUOTA_WORKER_SUMMARY_SECONDS": summary},
+            check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return done.stderr.splitlines()
+
+    first = run_worker(summary="0")  # a summary after every job that drained something
+    assert ledger_totals(pg)["rows"] == 60
+    summaries = [line for line in first if "drained in the last" in line]
+    read = [re.search(r"(\d+) events read \(0 taken over\), (\d+) stored", s) for s in summaries]
+    assert sum(int(m[1]) for m in read if m) == sum(int(m[2]) for m in read if m) == 60
+    assert not [line for line in first if "Job OK" in line or "drain(" in line]
+    quiet = run_worker(summary="60")  # 48 idle jobs
+    assert quiet == [], quiet
+    loud = run_worker("--log-level", "debug", summary="60")
+    assert len([line for line in loud if "Job OK" in line]) == 3 * worker_env.drain_jobs

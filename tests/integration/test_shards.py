@@ -58,7 +58,7 @@ def test_changing_the_shard_count_keeps_every_ports_usage(
     assert '"new": 32' in done.output
     assert not list(r.scan_iter(match=f"{settings.key_prefix}:{{q*}}:*"))  # the old layout gone
     with pytest.raises(ShardMismatch):
-        Gate(settings)  # still 16: refused now
+        Gate(settings)  # still the old count: refused now
     with Gate(settings.model_copy(update={"shards": 32})) as moved:
         for n, port in enumerate(ports):
             d = moved.check(port, 1)  # the budget copy is missing: rebuilt from the ledger
@@ -66,3 +66,19 @@ def test_changing_the_shard_count_keeps_every_ports_usage(
         assert moved.check(ports[0], 1).reserved_tokens == 0  # holds are not kept
     show = cli.invoke(main, ["shards", "show", "--json"], env={"QUOTA_SHARDS": "32"})
     assert '"recorded": 32' in show.output
+
+
+def test_adopt_records_a_count_and_moves_nothing(settings: Settings, pg: Engine) -> None:
+    with Gate(settings) as gate:
+        gate.set_budget("p", enabled=True, soft_cap_tokens=90, hard_cap_tokens=100, updated_by="t")
+    env = {"QUOTA_KEY_PREFIX": settings.key_prefix, "QUOTA_REDIS_URL": settings.redis_url}
+    cli = CliRunner(env=env)
+    assert cli.invoke(main, ["shards", "adopt", "8"]).exit_code == 2  # --yes missing
+    done = cli.invoke(main, ["shards", "adopt", "8", "--yes", "--json"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert '"old": ' + str(settings.shards) in done.output
+    assert '"new": 8' in done.output
+    with pytest.raises(ShardMismatch, match="set QUOTA_SHARDS=8"):
+        Gate(settings)
+    with Gate(settings.model_copy(update={"shards": 8})):
+        pass  # the recorded count is the one adopted; no key was touched for it
