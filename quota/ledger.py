@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import psycopg
@@ -20,6 +20,11 @@ from quota.periods import from_ms
 # Held shared by each batch's transaction, exclusively by a direct write (store.py):
 # the two never interleave, so each sees the other's event ids.
 DIRECT_LOCK = 0x71756F7461  # "quota"
+
+
+# How far apart an event's two stream entries can be (a commit's retries on a promoted
+# replica, and the two servers' clocks): generous, it only bounds the partitions probed.
+TWIN_WINDOW = timedelta(days=1)
 
 
 class StagedEvent(NamedTuple):
@@ -58,7 +63,10 @@ _COPY = "COPY ledger_staging FROM STDIN"
 # exact, and the statement took ~8 % less than with to_timestamp(at_ms / 1000.0),
 # a numeric division per row.
 _INSERT = """
-WITH inserted AS (
+WITH staged AS (
+    -- An event twice in one batch (see below), at two times: its first.
+    SELECT DISTINCT ON (event_id) * FROM ledger_staging ORDER BY event_id, at_ms
+), inserted AS (
     INSERT INTO ledger (event_id, occurred_at, port_id, user_id, feature, provider, model,
                         input_tokens, output_tokens, total_tokens, request_id, source,
                         stream_ms, stream_seq, key_prefix)
@@ -66,15 +74,26 @@ WITH inserted AS (
            port_id, NULLIF(user_id, ''), feature, provider, model, input_tokens,
            output_tokens, input_tokens + output_tokens, NULLIF(request_id, ''), source,
            stream_ms, stream_seq, %(prefix)s
-    FROM ledger_staging s
+    FROM staged s
+    -- LATERAL with LIMIT: one index probe per event (an anti-join may hash every row
+    -- of the window's partitions instead, each batch).
+    LEFT JOIN LATERAL (SELECT true AS stored FROM ledger l
+                       WHERE l.event_id = s.event_id::uuid
+                         AND l.occurred_at BETWEEN %(since)s AND %(until)s
+                       LIMIT 1) twin ON true
     -- A stream entry of an event (or request id) the gate also wrote directly: the
     -- direct row counts (ledger_direct is empty but after a Redis fault).
     -- Two anti-joins, not one with OR, so that each can use an index or a hash.
-    WHERE s.source = 'direct' OR (
+    WHERE (s.source = 'direct' OR (
         NOT EXISTS (SELECT 1 FROM ledger_direct d WHERE d.event_id = s.event_id::uuid)
         AND NOT EXISTS (SELECT 1 FROM ledger_direct d
                         WHERE d.key_prefix = %(prefix)s AND d.port_id = s.port_id
-                          AND d.request_id = s.request_id))
+                          AND d.request_id = s.request_id)))
+    -- The event stored already at another time (the key's occurred_at differs, so ON
+    -- CONFLICT misses it): a commit retried on a promoted replica that had not got the
+    -- dead primary's write appends it again, after the drain took the first entry.
+    -- Bounded in time, so only the batch's one or two month partitions are probed.
+    AND twin.stored IS NULL
     ON CONFLICT DO NOTHING
     RETURNING port_id, occurred_at, feature, provider, model, input_tokens, output_tokens,
               total_tokens
@@ -170,7 +189,8 @@ def write_lines(
         cur.execute(_STAGING)
         with cur.copy(_COPY) as copy:
             copy.write("\n".join(lines) + "\n")
-        cur.execute(_INSERT, {"prefix": prefix})
+        twins = {"since": from_ms(first_ms) - TWIN_WINDOW, "until": from_ms(last_ms) + TWIN_WINDOW}
+        cur.execute(_INSERT, {"prefix": prefix, **twins})
         row = cur.fetchone()
         cur.execute("TRUNCATE ledger_staging")  # the caller may write again before COMMIT
     return int(row[0]) if row else 0

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from quota import DatabaseUnavailable, Gate, Settings
 from quota.drain import GROUP, Drainer
-from quota.entries import FIELDS
+from quota.entries import FIELDS, event_value
+from quota.ids import uuid7
 from quota.periods import Windows, from_ms, to_ms
 from tests.conftest import ledger_totals, record_many, stream_entries
 
@@ -288,6 +289,29 @@ def test_entries_of_every_shape_land_exactly_and_non_events_are_dropped(
         (None, "chat", "x", "y", 7, 8, None),
     ]
     assert rows[2][7] == 1790000000000
+
+
+def test_an_event_appended_again_at_another_time_lands_once(
+    worker_env: Settings, gate: Gate, r: redis.Redis, pg: Engine
+) -> None:
+    """A failover's twin: the drain took a commit's entry from a primary that then died
+    before replicating it; the gate, with no reply, committed again on the promoted
+    replica (which still held the reservation), so the same event comes again with a
+    later entry id, in another batch or in the same one. Each event is one row."""
+    stream = gate.layout.for_port("p").stream
+    shard = gate.layout.for_port("p").shard
+    drainer = Drainer(worker_env, gate.redis, pg)
+    first = event_value(uuid7(), "p", None, "ocr", "a", "b", 5, 0, "r-1")
+    second = event_value(uuid7(), "p", None, "ocr", "a", "b", 7, 0, "r-2")
+    r.xadd(stream, {"e": first})
+    assert drainer.drain_shard(shard).inserted == 1
+    for value in (first, second, second):
+        time.sleep(0.002)  # a later millisecond: another occurred_at
+        r.xadd(stream, {"e": value})
+    drainer.drain_shard(shard)
+    totals = ledger_totals(pg)
+    assert (totals["rows"], totals["events"], totals["tokens"]) == (2, 2, 12)
+    assert (totals["rollup_calls"], totals["rollup_tokens"]) == (2, 12)
 
 
 class _FailingOnce(Drainer):
