@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -66,6 +67,10 @@ def db_history(as_json: bool) -> None:
         click.echo(f"{revision}{' (current)' if revision == now else ''}  {doc}")
 
 
+# Set on the re-executed `quota worker` whose PROMETHEUS_MULTIPROC_DIR it made itself.
+_MADE_METRICS_DIR = "QUOTA_WORKER_MADE_METRICS_DIR"
+
+
 @click.command()
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @click.option(
@@ -93,7 +98,8 @@ def worker(burst: bool, processes: int, metrics_port: int | None, log_level: str
         # happened by now: start again with the directory set, for us and our children.
         if "worker" not in sys.argv:
             raise InvalidInput("set PROMETHEUS_MULTIPROC_DIR to use --metrics-port here")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quota-metrics-")
+        made = tempfile.mkdtemp(prefix="quota-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_MADE_METRICS_DIR] = made
         os.execv(sys.executable, [sys.executable, "-m", "quota", *sys.argv[1:]])
     import redis
     from rq.worker_pool import WorkerPool
@@ -111,12 +117,17 @@ def worker(burst: bool, processes: int, metrics_port: int | None, log_level: str
         metrics_server.start(metrics_port)
     # RQ stores pickled jobs: its connection must not decode responses.
     conn = cast(redis.Redis, sync_client(settings.rq_url))
-    if processes == 1:
-        Worker([settings.queue], connection=conn).work(burst=burst, logging_level=rq_level)
-    else:
-        WorkerPool(
-            [settings.queue], connection=conn, num_workers=processes, worker_class=Worker
-        ).start(burst=burst, logging_level=rq_level)
+    made = os.environ.pop(_MADE_METRICS_DIR, "")
+    try:
+        if processes == 1:
+            Worker([settings.queue], connection=conn).work(burst=burst, logging_level=rq_level)
+        else:
+            WorkerPool(
+                [settings.queue], connection=conn, num_workers=processes, worker_class=Worker
+            ).start(burst=burst, logging_level=rq_level)
+    finally:
+        if made:  # its files are this run's counters: nothing reads them after it
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @click.command()

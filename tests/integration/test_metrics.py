@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -62,8 +63,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def worker_proc(worker_env: Settings, free_port: int) -> Iterator[subprocess.Popen[bytes]]:
+def worker_tmp(tmp_path: Path) -> Path:
+    """The worker's TMPDIR: where it makes its metrics directory."""
+    (tmp_path / "tmp").mkdir()
+    return tmp_path / "tmp"
+
+
+@pytest.fixture
+def worker_proc(
+    worker_env: Settings, free_port: int, worker_tmp: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(worker_tmp)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -99,8 +110,14 @@ def metric(text: str, name: str) -> float:
 
 
 def test_worker_serves_drain_metrics_from_all_its_processes(
-    worker_env: Settings, gate: Gate, free_port: int, worker_proc: subprocess.Popen[bytes]
+    worker_env: Settings,
+    gate: Gate,
+    free_port: int,
+    worker_proc: subprocess.Popen[bytes],
+    worker_tmp: Path,
 ) -> None:
+    """Both processes' drain counters on one port; the metrics directory the worker made
+    for them is removed when it stops."""
     record_many(gate, 90)
     queue = Queue(worker_env.queue, connection=redis.Redis.from_url(worker_env.rq_url))
     for group in range(worker_env.drain_jobs):
@@ -119,3 +136,7 @@ def test_worker_serves_drain_metrics_from_all_its_processes(
     assert metric(text, "quota_drain_batch_seconds_count") >= 1
     assert 'quota_drain_lag_seconds{shard="0"}' in text
     assert worker_proc.poll() is None
+    assert len(list(worker_tmp.glob("quota-metrics-*"))) == 1
+    worker_proc.terminate()  # a warm shutdown: the directory it made goes with it
+    assert worker_proc.wait(timeout=30) == 0
+    assert list(worker_tmp.glob("quota-metrics-*")) == []

@@ -59,7 +59,8 @@ class Served:
 @contextmanager
 def quota_serve(settings: Settings, workers: int = 1) -> Iterator[Served]:
     """A real `quota serve` (uvicorn, ``workers`` processes) on a free port, for this
-    test's prefix; stopped (SIGTERM to its own process group) and its stderr kept."""
+    test's prefix; stopped (SIGTERM to its own process group), its stderr kept and its
+    keys forgotten."""
     from tests.servers import free_port
 
     port = free_port()
@@ -94,3 +95,5 @@ def quota_serve(settings: Settings, workers: int = 1) -> Iterator[Served]:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # our own process group: uvicorn and its workers
         served.log = proc.communicate(timeout=30)[1]
+        with redis.Redis.from_url(settings.redis_url) as r:
+            forget_prefix(r, settings.key_prefix)  # what the server wrote for this test

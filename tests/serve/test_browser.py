@@ -13,12 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine
 
 from quota import Settings
-from quota.housekeeping import forget_prefix
 from tests.serve.conftest import BEARER, TOKENS, Served, quota_serve
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -38,9 +36,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def site(served: Settings, pg: Engine, r: redis.Redis) -> Iterator[Served]:
+def site(served: Settings, pg: Engine) -> Iterator[Served]:
     """A short demo run's ports, one more port over its soft cap, and the server; the
-    demo's keys (~30,000 settled reservations) deleted after."""
+    demo's keys (~30,000 settled reservations) deleted after, by `quota_serve`."""
     env = {
         **os.environ,
         "QUOTA_KEY_PREFIX": served.key_prefix,
@@ -60,7 +58,6 @@ def site(served: Settings, pg: Engine, r: redis.Redis) -> Iterator[Served]:
                                "input_tokens": 350, "output_tokens": 50})  # fmt: skip
         assert rec.status_code == 200, rec.text
         yield server
-    forget_prefix(r, served.key_prefix)
 
 
 def shot(page: Page, tmp_path: Path, name: str) -> None:
