@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from quota import metrics, process
-from quota._calls import WAITED, CircuitOpen, Unreplicated, counted
+from quota._calls import WAITED, CircuitOpen, LostReply, Unreplicated, counted
 from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
 from quota.scripts import Library, is_demoted, is_missing, is_unavailable
@@ -125,11 +125,7 @@ class _Wire(asyncio.Protocol):
         written = len(self.pending) - unsent
         for i, fut in enumerate(self.pending):
             if not fut.done():
-                cls = (
-                    redis.exceptions.TimeoutError
-                    if i < written
-                    else redis.exceptions.ConnectionError
-                )
+                cls = LostReply if i < written else redis.exceptions.ConnectionError
                 fut.set_exception(cls(f"Redis connection lost: {exc}"))
         self.pending.clear()
         self.transport.close()

@@ -47,6 +47,12 @@ class CircuitOpen(redis.exceptions.ConnectionError):
     """The breaker is open: the call was not sent."""
 
 
+class LostReply(redis.exceptions.TimeoutError):
+    """The connection dropped after the call was written: it may have run, so the
+    transport does not send it again (the gate's outage wait may: every script can run
+    twice)."""
+
+
 class Unreplicated(redis.exceptions.RedisError):
     """A commit or record counted on the primary that no replica acknowledged within
     QUOTA_REPLICA_ACK ms (a failover may lose it): ``reply`` is the call's own reply.

@@ -65,6 +65,7 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
+from quota.outage_wait import OutageWait
 from quota.periods import Period, period_start
 from quota.replies import NO_BUDGET, OK, UNKNOWN
 from quota.reservations import parse_reservation_id
@@ -309,7 +310,7 @@ class AsyncGate(GateCore, Fallback):
             except Unreplicated:
                 raise  # as Gate._run
             except redis.exceptions.RedisError as exc:
-                raise RedisUnavailable(f"Redis failed: {exc}") from exc
+                reply = await self._wait_out(exc, op, call_keys, call_args)
             timer.observe(time.perf_counter() - started)
             if self._owed:
                 self._spawn(self._pay_owed())
@@ -319,6 +320,26 @@ class AsyncGate(GateCore, Fallback):
             elif step != "retry":
                 return reply
         raise RedisUnavailable(f"script did not settle after {ATTEMPTS} attempts")
+
+    async def _wait_out(
+        self,
+        exc: Exception,
+        op: str,
+        keys: tuple[Any, ...],
+        args: tuple[Any, ...],
+    ) -> str:
+        """As `Gate._wait_out`, sleeping with asyncio."""
+        wait = OutageWait(self.settings.outage_wait_seconds)
+        while (pause := wait.pause(exc)) is not None:
+            await asyncio.sleep(pause)
+            try:
+                reply: str = await self._call(op, keys, args)
+                return reply
+            except Unreplicated:
+                raise
+            except redis.exceptions.RedisError as again:
+                exc = again
+        raise RedisUnavailable(f"Redis failed: {exc}") from exc
 
     async def check(self, port_id: str, estimated_tokens: int) -> Decision:
         """The seed's decision for spending ``estimated_tokens``; changes nothing."""

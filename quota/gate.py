@@ -72,6 +72,7 @@ from quota.models import (
     UsageEvent,
     UsageResult,
 )
+from quota.outage_wait import OutageWait
 from quota.periods import Period, period_start
 from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import (
@@ -549,15 +550,14 @@ class Gate(GateCore, Fallback):
         timer = metrics.TIMERS[op]
         for _ in range(ATTEMPTS):
             w = self._now_windows()
+            call_keys, call_args = (*self._period_keys(pk, w).leading, *keys), (w.day, *args)
             started = time.perf_counter()
             try:  # inline rather than redis_errors(): this is the hot path
-                reply: str = self._call(
-                    op, (*self._period_keys(pk, w).leading, *keys), (w.day, *args)
-                )
+                reply: str = self._call(op, call_keys, call_args)
             except Unreplicated:
                 raise  # counted, and healthy: the caller keeps the event (_durable)
             except redis.exceptions.RedisError as exc:
-                raise RedisUnavailable(f"Redis failed: {exc}") from exc
+                reply = self._wait_out(exc, op, call_keys, call_args)
             timer.observe(time.perf_counter() - started)
             if self._owed:
                 self._pay_owed()
@@ -568,6 +568,27 @@ class Gate(GateCore, Fallback):
             else:
                 return reply
         raise RedisUnavailable(f"script did not settle after {ATTEMPTS} attempts")
+
+    def _wait_out(
+        self,
+        exc: Exception,
+        op: str,
+        keys: tuple[Any, ...],
+        args: tuple[Any, ...],
+    ) -> str:
+        """The call failed: try it again until Redis answers, for up to
+        QUOTA_OUTAGE_WAIT_SECONDS (0: not at all), else raise `RedisUnavailable`."""
+        wait = OutageWait(self.settings.outage_wait_seconds)
+        while (pause := wait.pause(exc)) is not None:
+            time.sleep(pause)
+            try:
+                reply: str = self._call(op, keys, args)
+                return reply
+            except Unreplicated:
+                raise
+            except redis.exceptions.RedisError as again:
+                exc = again
+        raise RedisUnavailable(f"Redis failed: {exc}") from exc
 
     def _check(self, pk: PortKeys, estimate: int, feature: str) -> str:
         return self._run("check", pk, (pk.open,), (estimate, feature))

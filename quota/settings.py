@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     #: caller was told was counted; one no replica acknowledged in time is stored as
     #: on a timeout (Postgres, then owed to Redis). 0: do not wait (README: failover).
     replica_ack: int = Field(default=0, ge=0, le=60_000)
+    #: How long a call that finds Redis unreachable tries again (a Cluster or Sentinel
+    #: failover, a restart) before the outage policy decides it; 0: decide at once
+    #: (quota/outage_wait.py).
+    outage_wait_seconds: float = Field(default=0.0, ge=0, le=60, allow_inf_nan=False)
     #: Consecutive failed Redis calls that open the circuit breaker.
     breaker_failures: int = Field(default=5, ge=1, le=10_000)
     #: How long the breaker stays open before one call probes Redis again.

@@ -116,6 +116,7 @@ class Scenario:
     cluster: bool = False  # on a local cluster of 3 primaries and 3 replicas
     sentinel: bool = False  # on a primary and a replica behind three sentinels
     replica_ack: int = 0  # QUOTA_REPLICA_ACK
+    outage_wait: float = 0.0  # QUOTA_OUTAGE_WAIT_SECONDS
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Result:
     twice: int = 0
     settle_s: float | None = None
     recovery_s: float = 0.0  # from the fault until the last degraded decision ended
+    slowest_s: float = 0.0  # the longest call that started while the fault lasted
 
     @property
     def raised(self) -> int:
@@ -145,9 +147,11 @@ class Result:
     def cluster_line(self) -> str:
         calls = sum(self.decisions.values())
         settle = "never (60 s)" if self.settle_s is None else f"{self.settle_s:.1f}"
+        p99 = "-" if self.p99_fault_ms is None else f"{self.p99_fault_ms:,.0f}"
         return (
             f"| {self.scenario} | {calls:,} | {self.raised:,} | {self.degraded:,} "
-            f"({self.degraded / max(calls, 1):.2%}) | {self.recovery_s:.2f} | "
+            f"({self.degraded / max(calls, 1):.2%}) | {p99} | {self.slowest_s:.2f} | "
+            f"{self.recovery_s:.2f} | "
             f"{self.lost:,} of {self.acknowledged:,} | {self.twice:,} | {settle} |"
         )
 
@@ -291,6 +295,15 @@ SCENARIOS = [
         replica_ack=100,
     ),
     Scenario(
+        "cluster-primary-killed-wait",
+        "the same, QUOTA_REPLICA_ACK=100 and QUOTA_OUTAGE_WAIT_SECONDS=5",
+        _kill_primary,
+        _restart_killed,
+        cluster=True,
+        replica_ack=100,
+        outage_wait=5.0,
+    ),
+    Scenario(
         "sentinel-primary-killed",
         "Sentinel: the primary SIGKILLed, the replica promoted; restarted empty",
         _kill_primary,
@@ -304,6 +317,14 @@ SCENARIOS = [
         _restart_killed,
         sentinel=True,
         replica_ack=100,
+    ),
+    Scenario(
+        "sentinel-primary-killed-wait",
+        "the same, QUOTA_OUTAGE_WAIT_SECONDS=5",
+        _kill_primary,
+        _restart_killed,
+        sentinel=True,
+        outage_wait=5.0,
     ),
 ]
 
@@ -450,7 +471,11 @@ def run_scenario(
     ports = [f"{scenario.name}-{tag}-{i}" for i in range(load.ports)]
     env.ports = ports
     settings = env.settings.model_copy(
-        update={"outage_policy": scenario.policy, "replica_ack": scenario.replica_ack}
+        update={
+            "outage_policy": scenario.policy,
+            "replica_ack": scenario.replica_ack,
+            "outage_wait_seconds": scenario.outage_wait,
+        }
     )
     # At a failover the caps are out of reach: the figures are of the failover.
     cap = load.hard_cap * 1000 if scenario.cluster or scenario.sentinel else load.hard_cap
@@ -514,6 +539,8 @@ def run_scenario(
             result.decisions[outcome] += 1
             if fault_start <= started < fault_end:
                 during.append(took)
+            if fault_start <= started < fault_end:
+                result.slowest_s = max(result.slowest_s, took)
             if outcome.endswith("*") and started >= fault_start:
                 result.recovery_s = max(result.recovery_s, started + took - fault_start)
         acked += part["acked"]
@@ -836,17 +863,25 @@ The same load on a local cluster of 3 primaries and 3 replicas (`cluster-node-ti
 behind three sentinels (`down-after-milliseconds` 1000, quorum 2), with hard caps out of
 reach; the fault hits the primary of one port. With `QUOTA_REPLICA_ACK=100` each commit
 is followed by `WAIT 1 100` in the same write, and one no replica acknowledged is stored
-in Postgres as on a timeout.
+in Postgres as on a timeout. With `QUOTA_OUTAGE_WAIT_SECONDS=5` a call whose primary
+cannot be asked tries again until the promoted replica answers (up to 5 s) instead of
+being decided by the outage policy.
 
 - **calls**: reserve decisions; **raised**: calls that raised instead of deciding.
 - **degraded**: decisions made by the outage policy (`closed`: refused) while the
   primary of their port could not be asked, and their share of all decisions.
+- **p99 during fault**, **slowest**: of the decisions that started while the fault
+  lasted (ms, s). With `QUOTA_OUTAGE_WAIT_SECONDS` the calls caught by the failover
+  wait for it, so the slowest is about the recovery time.
 - **recovery**: from the fault until the last degraded decision ended, s.
 - **lost**, **twice**, **counters = ledger after**: as above.
 
-| scenario | calls | raised | degraded | recovery (s) | lost | twice | counters = ledger after (s) |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-"""
+{table}"""
+CLUSTER_TABLE = (
+    "| scenario | calls | raised | degraded | p99 during fault (ms) | slowest (s) "
+    "| recovery (s) | lost | twice | counters = ledger after (s) |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -877,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     text_out += "\n".join(r.line() for r in plain) + "\n"
     clustered = [r for r in results if r.scenario.startswith(failovers)]
     if clustered:
-        text_out += CLUSTER_HEADER + "\n".join(r.cluster_line() for r in clustered) + "\n"
+        text_out += CLUSTER_HEADER.format(table=CLUSTER_TABLE)
+        text_out += "\n".join(r.cluster_line() for r in clustered) + "\n"
     if others:
         text_out += "\n## Other faults\n\n| scenario | result |\n| --- | --- |\n"
         text_out += "\n".join(others) + "\n"

@@ -54,6 +54,12 @@ def test_scenario(scenario: Scenario, gate: str, postgres: PostgresServer, tmp_p
     if scenario.cluster or scenario.sentinel:
         # A replica takes over by itself, and calls find it without help.
         assert result.recovery_s < RECOVERY_S
+        if scenario.outage_wait:
+            # Calls wait for the promoted replica instead of being decided by policy,
+            # none longer than the failover takes.
+            calls = sum(result.decisions.values())
+            assert result.degraded < 0.001 * calls
+            assert result.slowest_s < RECOVERY_S
         if "failover" in scenario.name:
             # A planned failover: calls follow MOVED. With QUOTA_REPLICA_ACK the old
             # primary drops its clients blocked in WAIT as it turns replica, and an
