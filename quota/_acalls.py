@@ -1,5 +1,6 @@
 """The asyncio twin of _calls.py: an `AsyncGate`'s calls to Redis, over one pipelined
-connection.
+connection (and, with QUOTA_REPLICA_ACK, the calls followed by WAIT, which blocks its
+connection until a replica acknowledges, over connections of their own).
 
 A call on an idle connection is written at once; calls that tasks issue while others
 are in flight are written together, once per loop iteration (``call_soon``, no timer),
@@ -33,6 +34,8 @@ from quota._exceptions import WrongEventLoop
 from quota.breaker import Breaker
 from quota.scripts import Library, is_demoted, is_missing, is_unavailable
 
+#: Connections an AsyncGate opens to one server for calls followed by WAIT, at most.
+ACKED_WIRES = 32
 _WIRE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -149,6 +152,7 @@ class AsyncScriptCaller:
         self.on_failover: Callable[[], None] | None = None
         self._peer: Any = None
         self._wire: _Wire | None = None
+        self._acked: list[_Wire] = []  # `_acked_wire`'s
         self._connecting: asyncio.Lock | None = None
         self._connecting_loop: asyncio.AbstractEventLoop | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -184,14 +188,35 @@ class AsyncScriptCaller:
             wire = self._wire
             if wire is not None and wire.error is None and wire.loop is loop and wire.pid == pid:
                 return wire
-            conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs()))
-            await conn.connect()  # type: ignore[no-untyped-call]
-            self._wire = wire = _Wire(conn, self._decode, self._timeout)
-            peer = wire.transport.get_extra_info("peername")
-            last, self._peer = self._peer, peer
-            if last is not None and last != peer and self.on_failover is not None:
-                self.on_failover()  # Sentinel named a new primary (ScriptCaller._seen_peer)
+            self._wire = wire = await self._connect()
             return wire
+
+    async def _connect(self) -> _Wire:
+        conn = cast(redis.asyncio.Connection, self._connection_class(**self._kwargs()))
+        await conn.connect()  # type: ignore[no-untyped-call]
+        wire = _Wire(conn, self._decode, self._timeout)
+        peer = wire.transport.get_extra_info("peername")
+        last, self._peer = self._peer, peer
+        if last is not None and last != peer and self.on_failover is not None:
+            self.on_failover()  # Sentinel named a new primary (ScriptCaller._seen_peer)
+        return wire
+
+    async def _acked_wire(self) -> _Wire:
+        """A connection for a call followed by WAIT, which blocks its connection until a
+        replica acknowledges (the whole wait if none does): one with nothing in flight,
+        else a new one, as the sync gate has one a thread; past `ACKED_WIRES`, the
+        least busy, shared."""
+        loop, pid = asyncio.get_running_loop(), process.pid
+        live = [w for w in self._acked if w.error is None and w.pid == pid and w.loop is loop]
+        self._acked = live
+        for wire in live:
+            if not wire.pending:
+                return wire
+        if len(live) >= ACKED_WIRES:
+            return min(live, key=lambda w: len(w.pending))
+        wire = await self._connect()
+        self._acked.append(wire)
+        return wire
 
     async def command(self, *args: Any) -> Any:
         """One command (not through the breaker: for the gate's own housekeeping)."""
@@ -220,7 +245,9 @@ class AsyncScriptCaller:
         for attempt in range(3):
             try:
                 wire = self._wire
-                if (
+                if wait:
+                    wire = await self._acked_wire()
+                elif (
                     wire is None
                     or wire.error is not None
                     or wire.pid != process.pid
@@ -364,6 +391,7 @@ class AsyncScriptCaller:
         self._closed = True
         if self._prober is not None and not self._prober.done():
             self._prober.cancel()
-        wire, self._wire = self._wire, None
-        if wire is not None and wire.pid == process.pid and not wire.loop.is_closed():
-            wire.fail(redis.exceptions.ConnectionError("closed"))
+        wires, self._wire, self._acked = [self._wire, *self._acked], None, []
+        for wire in wires:
+            if wire is not None and wire.pid == process.pid and not wire.loop.is_closed():
+                wire.fail(redis.exceptions.ConnectionError("closed"))

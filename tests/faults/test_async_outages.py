@@ -133,3 +133,35 @@ def test_after_redis_lost_its_data_ports_are_held_then_rebuilt_with_the_journal(
     with pg.connect() as conn:
         reqs = conn.execute(text("SELECT request_id FROM ledger ORDER BY 1")).scalars().all()
     assert reqs == ["r-0", "r-1", "r-2"]  # replayed from the journal, once each
+
+
+def test_commits_waiting_for_a_replica_hold_up_neither_other_calls_nor_each_other(
+    fault_settings: Settings, server: RedisServer, pg: Engine
+) -> None:
+    """QUOTA_REPLICA_ACK with no replica: each commit's WAIT blocks its connection for
+    the full wait. AsyncGate pipelines its calls on one connection, so the WAITed calls
+    go on connections of their own, one per call in flight as the sync gate's threads
+    have: a reserve is answered while commits wait, and the commits wait side by side."""
+    _budget(fault_settings, 1000)
+    settings = fault_settings.model_copy(update={"replica_ack": 2000, "redis_timeout": 5.0})
+
+    async def main() -> None:
+        async with AsyncGate(settings) as gate:
+            ids = [(await gate.reserve("p", 10, "f")).reservation_id for _ in range(6)]
+            started = time.monotonic()
+            commits = [
+                asyncio.create_task(
+                    gate.commit(rid or "", input_tokens=7, output_tokens=0, provider="x", model="m")
+                )
+                for rid in ids
+            ]
+            await asyncio.sleep(0.1)  # written, and waiting for a replica there is not
+            asked = time.monotonic()
+            other = await gate.reserve("p", 10, "f")
+            assert other.ok
+            assert time.monotonic() - asked < 1.0  # not behind the commits' 2 s WAITs
+            results = await asyncio.gather(*commits)
+            assert time.monotonic() - started < 6.0  # side by side: one after another is 12 s
+            assert [(r.stored, r.total_tokens) for r in results] == [(True, 7)] * 6
+
+    asyncio.run(main())
