@@ -1,10 +1,11 @@
 """The gate on a Redis Cluster beside one Redis server, in the same run: a private
 redis-server, a private cluster of 3 primaries and 3 replicas, and one of 3 primaries
-alone (tests/servers.py), all on this machine, so the ratios say what the cluster
-costs here (the transport; the replicas' replication, on the same cores), not how a
-cluster scales. 4 processes × 4 threads do reserve+commit pairs on 1,000 ports,
-rounds alternating between the two; check_many asks 1,000 ports per call, which the
-cluster transport splits across the primaries and sends together."""
+alone, and one redis-server with a replica (tests/servers.py), all on this machine, so
+the ratios say what the cluster costs here (the transport; the replicas' replication,
+on the same cores), not how a cluster scales. 4 processes × 4 threads do
+reserve+commit pairs on 1,000 ports, rounds alternating between them; check_many asks
+1,000 ports per call, which the cluster transport splits across the primaries and
+sends together."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.benchmarks._measure import Row, fmt
 from tests.servers import ClusterServers, RedisServer
 
 PROCESSES, THREADS, PORTS = 4, 4, 1000
-BACKENDS = ("one server", "cluster", "cluster, no replicas")
+BACKENDS = ("one server", "cluster", "cluster, no replicas", "one server + replica")
 
 
 def _budgets(settings: Settings, ports: list[str]) -> None:
@@ -32,6 +33,15 @@ def _budgets(settings: Settings, ports: list[str]) -> None:
                 port, enabled=True, soft_cap_tokens=10**12, hard_cap_tokens=10**12, updated_by="b"
             )
             gate.check(port, 1)  # the budget copy in Redis before the clock starts
+
+
+def _in_sync(replica: RedisServer) -> None:
+    deadline = time.monotonic() + 30
+    with replica.client() as c:
+        while c.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with its primary in 30 s")
+            time.sleep(0.1)
 
 
 def _worker(
@@ -107,8 +117,17 @@ def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int)
     server = RedisServer().start()
     cluster = ClusterServers().start()
     bare = ClusterServers(replicas=0).start()
+    # One server with a replica: the cluster's replication on the same cores, without Cluster.
+    followed = RedisServer().start()
+    follower = RedisServer(extra=["--replicaof", "127.0.0.1", str(followed.port)]).start()
     try:
-        urls = {"one server": server.url, "cluster": cluster.url, "cluster, no replicas": bare.url}
+        _in_sync(follower)
+        urls = {
+            "one server": server.url,
+            "cluster": cluster.url,
+            "cluster, no replicas": bare.url,
+            "one server + replica": followed.url,
+        }
         ports = [f"tenant-{i}" for i in range(PORTS)]
         for url in urls.values():
             _budgets(settings.model_copy(update={"redis_url": url}), ports)
@@ -138,12 +157,18 @@ def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int)
             for b in BACKENDS[1:]
         }
         medians = {b: sorted(v)[len(v) // 2] for b, v in per_round.items()}
+        replicated = per_round["one server + replica"]
+        paired = {
+            "cluster": sorted(c / s for s, c in zip(replicated, per_round["cluster"], strict=True))
+        }
         many = _check_many(settings, {b: urls[b] for b in BACKENDS[:2]}, ports, batches)
         spread = Counter(
             cluster.owner(f"{settings.key_prefix}:{{q{s}}}:events").port
             for s in range(settings.shards)
         )
     finally:
+        follower.cleanup()
+        followed.cleanup()
         bare.cleanup()
         cluster.cleanup()
         server.cleanup()
@@ -169,7 +194,17 @@ def bench_cluster(settings: Settings, seconds: float, rounds: int, batches: int)
             for b, what in (
                 ("cluster", "cluster of 3 primaries + 3 replicas"),
                 ("cluster, no replicas", "cluster of 3 primaries, no replicas"),
+                ("one server + replica", "one redis-server and its replica"),
             )
+        ),
+        Row(
+            "cluster",
+            "reserve+commit, 3 primaries + 3 replicas against one server and its replica",
+            medians["cluster"],
+            "calls/s",
+            ratio=paired["cluster"][len(paired["cluster"]) // 2],
+            note="both replicated on the same cores; ratio: median of the rounds' paired "
+            f"ratios ({fmt(paired['cluster'][0])}-{fmt(paired['cluster'][-1])})",
         ),
         Row(
             "cluster",
