@@ -96,10 +96,14 @@ class Gate(GateCore, Fallback):
         *,
         on_soft_cap: SoftCapCallback | None = None,
         transport: CannedTransport | None = None,
+        report_risks: bool = True,
     ) -> None:
         """``transport`` replaces the connection to Redis for the hot path's calls: a
-        `quota.canned.CannedTransport` in tests and the client-cost benchmark."""
+        `quota.canned.CannedTransport` in tests and the client-cost benchmark.
+        ``report_risks``: log at start what `quota health` would say of Redis's settings
+        (the CLI's one-shot commands leave it to `quota health`)."""
         self.on_soft_cap = on_soft_cap
+        self._report_risks = report_risks
         # Retry only connection errors: a timed-out script may have run, and running
         # a non-idempotent record twice would count it twice. (The hot path goes through
         # ScriptCaller, which keeps the same rule; this client serves the rest.)
@@ -625,7 +629,7 @@ class Gate(GateCore, Fallback):
         that lets ports overspend is an error, one that can lose usage a warning), then
         look every second whether Redis lost its data (`_check_epoch`)."""
         try:
-            for node in primaries(self.redis):
+            for node in primaries(self.redis) if self._report_risks else ():
                 failures, warnings = redis_risks(node.info())
                 for text in failures:
                     log.error("Redis: %s", text)

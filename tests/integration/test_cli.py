@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from quota import Gate, Settings
 from quota.cli import main
 from tests.benchmarks.__main__ import main as bench_main
 from tests.conftest import ledger_totals
+from tests.servers import RedisServer
 
 
 @pytest.fixture
@@ -354,3 +358,30 @@ def test_version(cli: CliRunner) -> None:
     from importlib.metadata import version
 
     assert run(cli, "--version").stdout.strip() == f"quota, version {version('quota')}"
+
+
+def test_durability_risks_are_for_quota_health_not_every_command(worker_env: Settings) -> None:
+    """A Gate says at start what `quota health` would (here: AOF off). The CLI's short
+    commands do not repeat it on every call; `quota health` says it."""
+    server = RedisServer().start()  # our own, without persistence
+    try:
+        env = {
+            **os.environ,
+            "QUOTA_KEY_PREFIX": worker_env.key_prefix,
+            "QUOTA_REDIS_URL": server.url,
+            "QUOTA_DATABASE_URL": worker_env.database_url,
+        }
+
+        def quota(*args: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "quota", *args]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+        set_ = quota("budget", "set", "acme", "--enable", "--soft", "1", "--hard", "2", "--by", "t")
+        assert set_.returncode == 0, set_.stderr
+        check = quota("check", "acme", "--estimate", "1")
+        assert check.returncode == 0, check.stderr
+        assert "AOF" not in set_.stderr + check.stderr
+        health = quota("health")
+        assert "AOF persistence is off" in health.stdout + health.stderr
+    finally:
+        server.cleanup()
