@@ -180,11 +180,7 @@ class AsyncScriptCaller:
             wire = self._wire = None  # a forked child: the parent's socket stays the parent's
         if wire is not None and wire.error is None:
             return wire
-        lock = self._connecting
-        if lock is None or self._connecting_loop is not loop:
-            lock = self._connecting = asyncio.Lock()
-            self._connecting_loop = loop
-        async with lock:  # one connect at a time, however many tasks call
+        async with self._connect_lock():  # one connect at a time, however many tasks call
             wire = self._wire
             if wire is not None and wire.error is None and wire.loop is loop and wire.pid == pid:
                 return wire
@@ -201,22 +197,39 @@ class AsyncScriptCaller:
             self.on_failover()  # Sentinel named a new primary (ScriptCaller._seen_peer)
         return wire
 
+    def _connect_lock(self) -> asyncio.Lock:
+        """This loop's lock on opening connections."""
+        loop = asyncio.get_running_loop()
+        if self._connecting is None or self._connecting_loop is not loop:
+            self._connecting, self._connecting_loop = asyncio.Lock(), loop
+        return self._connecting
+
+    def _idle_acked(self) -> _Wire | None:
+        """Drop the failed (or another loop's or process's) WAIT connections; one of the
+        rest with nothing in flight."""
+        loop, pid = asyncio.get_running_loop(), process.pid
+        self._acked = [
+            w for w in self._acked if w.error is None and w.pid == pid and w.loop is loop
+        ]
+        return next((w for w in self._acked if not w.pending), None)
+
     async def _acked_wire(self) -> _Wire:
         """A connection for a call followed by WAIT, which blocks its connection until a
         replica acknowledges (the whole wait if none does): one with nothing in flight,
         else a new one, as the sync gate has one a thread; past `ACKED_WIRES`, the
-        least busy, shared."""
-        loop, pid = asyncio.get_running_loop(), process.pid
-        live = [w for w in self._acked if w.error is None and w.pid == pid and w.loop is loop]
-        self._acked = live
-        for wire in live:
-            if not wire.pending:
+        least busy, shared. Opened one at a time, so the count holds in a burst."""
+        wire = self._idle_acked()
+        if wire is not None:
+            return wire
+        async with self._connect_lock():
+            wire = self._idle_acked()  # freed or opened while this task waited
+            if wire is not None:
                 return wire
-        if len(live) >= ACKED_WIRES:
-            return min(live, key=lambda w: len(w.pending))
-        wire = await self._connect()
-        self._acked.append(wire)
-        return wire
+            if len(self._acked) >= ACKED_WIRES:
+                return min(self._acked, key=lambda w: len(w.pending))
+            wire = await self._connect()
+            self._acked.append(wire)
+            return wire
 
     async def command(self, *args: Any) -> Any:
         """One command (not through the breaker: for the gate's own housekeeping)."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from sqlalchemy import Engine, text
 
+import quota._acalls
 from quota import AsyncGate, Gate, Settings
 from tests.servers import RedisServer
 
@@ -163,5 +165,30 @@ def test_commits_waiting_for_a_replica_hold_up_neither_other_calls_nor_each_othe
             results = await asyncio.gather(*commits)
             assert time.monotonic() - started < 6.0  # side by side: one after another is 12 s
             assert [(r.stored, r.total_tokens) for r in results] == [(True, 7)] * 6
+
+    asyncio.run(main())
+
+
+def test_the_wait_connections_stay_within_their_bound_in_a_burst(
+    fault_settings: Settings, server: RedisServer, pg: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six commits at once, each blocked in WAIT (no replica), with room for two
+    connections of their own: two are opened, not six, and all six are counted."""
+    monkeypatch.setattr(quota._acalls, "ACKED_WIRES", 2)
+    _budget(fault_settings, 1000)
+    settings = fault_settings.model_copy(update={"replica_ack": 300})
+
+    async def main() -> None:
+        async with AsyncGate(settings) as gate:
+            ids = [(await gate.reserve("p", 10, "f")).reservation_id for _ in range(6)]
+            results = await asyncio.gather(
+                *(
+                    gate.commit(rid or "", input_tokens=7, output_tokens=0, provider="x", model="m")
+                    for rid in ids
+                )
+            )
+            assert [r.stored for r in results] == [True] * 6
+            assert isinstance(gate._call, quota._acalls.AsyncScriptCaller)
+            assert len(gate._call._acked) == 2
 
     asyncio.run(main())
