@@ -49,7 +49,9 @@ class _Wire(asyncio.Protocol):
         self.pid = process.pid
         self.timeout = timeout
         self.parser = hiredis.Reader(
-            encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
+            encoding="utf-8" if decode else None,
+            errors="surrogateescape",  # a rate state is binary (quota/replies.py)
+            replyError=redis.exceptions.ResponseError,
         )
         self.pending: deque[asyncio.Future[Any]] = deque()  # in the order sent
         self.sent_at: deque[float] = deque()  # when each written, unanswered call went out

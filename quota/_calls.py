@@ -100,7 +100,9 @@ class _Wire:
             self.sock.settimeout(None)
         # Error replies come back as values (not raised), so that a batch can read on.
         self.reader = hiredis.Reader(
-            encoding="utf-8" if decode else None, replyError=redis.exceptions.ResponseError
+            encoding="utf-8" if decode else None,
+            errors="surrogateescape",  # a rate state is binary (quota/replies.py)
+            replyError=redis.exceptions.ResponseError,
         )
 
     def send(self, packed: bytes) -> None:

@@ -67,7 +67,7 @@ from quota.models import (
 )
 from quota.outage_wait import OutageWait
 from quota.periods import Period, period_start
-from quota.replies import NO_BUDGET, OK, UNKNOWN
+from quota.replies import NEEDS_FEATURE, NO_BUDGET, OK, UNKNOWN
 from quota.reservations import parse_reservation_id
 from quota.settings import OutagePolicy, Settings
 from quota.store import Store, make_engine
@@ -400,12 +400,15 @@ class AsyncGate(GateCore, Fallback):
         pk = self._port(port_id)
         estimate = v.tokens("estimated_tokens", estimated_tokens)
         feat, user = v.feature(feature), v.user_id(user_id)
-        hex_id, keys, args = self._reserve_parts(pk, estimate, feat, user)
+        hex_id, op, keys, args = self._reserve_parts(pk, estimate, feat, user)
         try:
-            reply = await self._run("reserve", pk, keys, args)
+            reply = await self._run(op, pk, keys, args)
+            if reply == NEEDS_FEATURE:  # a port with feature caps, new to this gate
+                reply = await self._run("reserve_x", pk, keys, (*args, feat))
         except BackendError as exc:
             decision = self._degraded(pk.port, estimate, exc, feature=feat, user=user)
             return metrics.count_decision("reserve", decision)
+        self._learn(pk, reply)
         if not reply.startswith(OK):
             return metrics.count_decision("reserve", self._replies.decision(reply))
         decision = self._reserved(pk, reply, hex_id, estimate, feat, user)

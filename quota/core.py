@@ -33,7 +33,7 @@ from quota.models import (
 from quota.outage import Loader, Outage
 from quota.periods import Period, Windows, from_ms, period_end, period_start
 from quota.ratelimits import caps_spec, spec
-from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies, Terms
+from quota.replies import CLOCK, NO_BUDGET, OK, UNKNOWN, Replies, Terms, has_extras
 from quota.reservations import (
     RecentReservations,
     ReservationRef,
@@ -130,6 +130,9 @@ class GateCore:
         self._windows = Windows.at(datetime.now(UTC))
         self._recent = RecentReservations(_LOCAL_RESERVATIONS)
         self._port_keys: dict[str, PortKeys] = {}
+        # Ports whose last decision showed rate limits or feature caps: their reserves
+        # go as reserve_x, which reads that state with the budget copy (reserve.lua).
+        self._extras: set[str] = set()
         self._period_cache: dict[str, _PeriodKeys] = {}
 
     def _check_shards(self, store: Store) -> None:
@@ -241,12 +244,26 @@ class GateCore:
 
     def _reserve_parts(
         self, pk: PortKeys, estimate: int, feature: str, user: str | None
-    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
-        """A reserve's new hex id, and its keys and args after the period's."""
+    ) -> tuple[str, str, tuple[str, ...], tuple[Any, ...]]:
+        """A reserve's new hex id, the function to call, and its keys and args after
+        the period's (the feature only for reserve_x: a `NEEDS_FEATURE` reply asks for
+        it)."""
         hex_id = new_hex_id(estimate, feature, user, pk.port)
         # Its open-set member, joined here: Lua's concat costs more.
-        args = (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms, feature)
-        return hex_id, (pk.open, pk.lapsed), args
+        args = (estimate, self._lease_ms, f"{hex_id}:{estimate}", self._lapsed_ms)
+        if pk.port in self._extras:
+            return hex_id, "reserve_x", (pk.open, pk.lapsed), (*args, feature)
+        return hex_id, "reserve", (pk.open, pk.lapsed), args
+
+    def _learn(self, pk: PortKeys, reply: str) -> None:
+        """Whether the port's next reserve goes as reserve_x, from its decision reply."""
+        if has_extras(reply):
+            if pk.port not in self._extras:
+                if len(self._extras) > 100_000:
+                    self._extras.clear()  # a bound: a port left out reads its state apart
+                self._extras.add(pk.port)
+        elif self._extras:
+            self._extras.discard(pk.port)
 
     def _reserved(
         self, pk: PortKeys, reply: str, hex_id: str, estimate: int, feature: str, user: str | None

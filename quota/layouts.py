@@ -29,7 +29,8 @@ class Layout:
     """One function's KEYS and ARGV by name, in order.
 
     ``optional_keys`` and ``optional_args`` follow the others, present together or not
-    at all (a request id's marker and its TTL: each argument costs Redis). A function
+    at all (a request id's marker and its TTL: each argument costs Redis); without
+    optional keys, the optional args are present or not by themselves. A function
     over many ports repeats ``per_port`` after ``keys``; ``per_port_args`` after
     ``args``. ``rest`` describes a variable tail that is not named.
     """
@@ -68,7 +69,7 @@ class Layout:
         """A call's KEYS and ARGV by name (the first port's, for a per-port layout)."""
         all_keys = (*self.keys, *self.optional_keys, *self.per_port)
         all_args = (*self.args, *self.optional_args, *self.per_port_args)
-        optional = len(keys) > len(self.keys) and bool(self.optional_keys)
+        optional = len(keys) > len(self.keys) if self.optional_keys else len(args) > len(self.args)
         want_keys = len(self.keys) + (len(self.optional_keys) if optional else 0)
         want_args = len(self.args) + (len(self.optional_args) if optional else 0)
         fixed = not (self.per_port or self.rest)
@@ -89,10 +90,13 @@ LAYOUTS: Mapping[str, Layout] = {
         per_port=(*PERIOD_KEYS, "open"), args=PERIOD_ARGS, per_port_args=("estimate",)
     ),
     # reserve: a lease of `lease_ms`; `member` is "<32 hex>:<estimate>"; a reservation
-    # whose lease ended is remembered `lapsed_ms`; `feature` for its feature's cap.
+    # whose lease ended is remembered `lapsed_ms`; `feature` for its feature's cap, sent
+    # only as reserve_x (to a port known to have rate limits or caps: an argument costs
+    # every other port's reserve ~0.6k instructions).
     "reserve": Layout(
         (*PERIOD_KEYS, "open", "lapsed"),
-        (*PERIOD_ARGS, "estimate", "lease_ms", "member", "lapsed_ms", "feature"),
+        (*PERIOD_ARGS, "estimate", "lease_ms", "member", "lapsed_ms"),
+        optional_args=("feature",),
     ),
     # commit: `event` is the stream entry "id|port|user|feature|provider|model|in|out|req";
     # `settled_s` how long a settled reservation is remembered; `unbudgeted` '1' to count

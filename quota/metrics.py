@@ -57,6 +57,7 @@ BREAKER_STATE = Gauge(
 TIMERS = {
     op: SCRIPT_SECONDS.labels(op) for op in ("check", "reserve", "commit", "release", "record")
 }
+TIMERS["reserve_x"] = TIMERS["reserve"]  # reserve, for a port with rate limits or caps
 OUTCOMES = {
     (op, outcome): DECISIONS.labels(op, outcome)
     for op, outcome in [

@@ -12,6 +12,7 @@ so Lua and Python agree to the unit (tests/integration/test_rate_model.py).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from math import gcd
 from typing import Literal, NamedTuple, Protocol
@@ -66,10 +67,14 @@ def scaled(limits: Iterable[Limit]) -> tuple[Scaled, ...]:
 
 
 def spec(limits: Iterable[Limit]) -> str:
-    """The budget copy's rate-limit field: ``<q|t>:<s>:<limit>:<a>:<r>:<cap>,...``."""
+    """The budget copy's rate-limit field: ``<q|t>:<s>:<limit>[:<size>],...``, the size
+    left out when it is the limit. Short, as every decision's reply carries it: the
+    functions scale it once per distinct copy (lib.lua's parse_extra), as `parse_spec`
+    does."""
     return ",".join(
-        f"{'q' if s.requests else 't'}:{s.per_seconds}:{s.limit}:{s.a}:{s.r}:{s.cap}"
-        for s in scaled(limits)
+        f"{'q' if r.kind == 'requests' else 't'}:{r.per_seconds}:{r.limit}"
+        + (f":{r.size}" if r.size != r.limit else "")
+        for r in limits
     )
 
 
@@ -78,8 +83,9 @@ def parse_spec(text: str) -> tuple[Scaled, ...]:
         return ()
     out = []
     for item in text.split(","):
-        kind, per_s, limit, a, r, cap = item.split(":")
-        out.append(Scaled(kind == "q", int(per_s), int(limit), int(a), int(r), int(cap)))
+        kind, per_s, limit, *size = item.split(":")
+        n, s = int(limit), int(per_s)
+        out.append(Scaled(kind == "q", s, n, *scale(n, s, int(size[0]) if size else n)))
     return tuple(out)
 
 
@@ -89,36 +95,48 @@ def caps_spec(caps: dict[str, int]) -> str:
 
 
 # ----------------------------------------------------------------- the buckets
+# A port's rate state, as the functions keep it (its hash's 'x' field) and replies carry
+# it: numbers packed as little-endian doubles, [ms, level per limit..., hold per capped
+# feature...]. The model below works on that list, as lib.lua does on its table.
 
 
 def ceil_div(x: int, d: int) -> int:
     return -(-x // d)
 
 
-def drained(level: int, at: int, now: int, r: int) -> int:
-    """A level computed at ``at``, at ``now``."""
-    gap = now - at
-    if gap <= 0:
-        return level
-    return 0 if gap * r >= level else level - gap * r
+def unpack_state(state: str | bytes) -> list[int]:
+    """A rate state's numbers, from its bytes or a reply's text of them (decoded with
+    ``surrogateescape``, which gives the bytes back)."""
+    data = state.encode("utf-8", "surrogateescape") if isinstance(state, str) else state
+    return [int(x) for x in struct.unpack(f"<{len(data) // 8}d", data)]
 
 
-def levels(limits: Sequence[Scaled], state: str | None, now: int) -> list[int]:
-    """Every bucket's level at ``now`` from the port's ``rl`` text,
-    ``<ms>:<level>,<level>,...`` (absent: empty buckets)."""
-    out = [0] * len(limits)
-    if state:
-        at, _, text = state.partition(":")
-        for i, level in enumerate(text.split(",")[: len(limits)]):
-            out[i] = drained(int(level), int(at), now, limits[i].r)
-    return out
+def pack_state(values: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(values)}d", *values)
 
 
-def admit(limits: Sequence[Scaled], lv: Sequence[int], tokens: int) -> tuple[str | None, int]:
+def levels(limits: Sequence[Scaled], state: str | bytes) -> list[int]:
+    """Each limit's level, at the state's own ms (empty buckets for a state without
+    them: functions always send one, so this is only a guard)."""
+    got = unpack_state(state)[1 : 1 + len(limits)]
+    return got if len(got) == len(limits) else [0] * len(limits)
+
+
+def drain(limits: Sequence[Scaled], v: list[int], now: int) -> None:
+    """Every bucket drained to ``now`` (by ``r`` a ms, never below 0); the state is then
+    at ``now``, also when the clock stepped back (the levels stay)."""
+    gap = now - v[0]
+    if gap > 0:
+        for i, s in enumerate(limits, 1):
+            v[i] = max(v[i] - gap * s.r, 0)
+    v[0] = now
+
+
+def admit(limits: Sequence[Scaled], v: Sequence[int], tokens: int) -> tuple[str | None, int]:
     """Whether one call of ``tokens`` fits every bucket: (None, 0), or the reason and the
     ms to wait (0 when waiting cannot help: more tokens than a bucket holds)."""
     wait = 0
-    for s, level in zip(limits, lv, strict=True):
+    for s, level in zip(limits, v[1:], strict=False):
         units = 1 if s.requests else tokens
         if units * s.a > s.cap:
             return "estimate-exceeds-rate-limit", 0
@@ -128,38 +146,29 @@ def admit(limits: Sequence[Scaled], lv: Sequence[int], tokens: int) -> tuple[str
     return ("rate-limited", wait) if wait else (None, 0)
 
 
-def add(limits: Sequence[Scaled], lv: list[int], tokens: int, requests: int) -> None:
-    """Count (or, negative, give back) ``tokens`` and ``requests`` in the levels."""
-    for i, s in enumerate(limits):
+def add(limits: Sequence[Scaled], v: list[int], tokens: int, requests: int) -> None:
+    """Count (or, negative, give back) ``tokens`` and ``requests`` in the buckets."""
+    for i, s in enumerate(limits, 1):
         units = requests if s.requests else tokens
         if units:
-            lv[i] = min(max(lv[i] + units * s.a, 0), LEVEL_MAX)
+            v[i] = min(max(v[i] + units * s.a, 0), LEVEL_MAX)
 
 
-def give_back(limits: Sequence[Scaled], state: str | None, tokens: int) -> str | None:
-    """``tokens`` returned to the token buckets of a stored state, at its own time
-    (returning before or after draining comes to the same level)."""
-    if not state or tokens == 0:
-        return state
-    at, _, text = state.partition(":")
-    parts = text.split(",")
-    for i, s in enumerate(limits[: len(parts)]):
+def give_back(limits: Sequence[Scaled], v: list[int], tokens: int) -> None:
+    """``tokens`` returned to the token buckets at the state's own ms (returning before
+    or after draining comes to the same level)."""
+    for i, s in enumerate(limits, 1):
         if not s.requests:
-            parts[i] = str(max(int(parts[i]) - tokens * s.a, 0))
-    return f"{at}:{','.join(parts)}"
-
-
-def stored(lv: Sequence[int], now: int) -> str:
-    return f"{now}:{','.join(str(level) for level in lv)}"
+            v[i] = max(v[i] - tokens * s.a, 0)
 
 
 def remaining(s: Scaled, level: int) -> int:
-    """Units a call could take now."""
+    """Units a call could take at the level's ms."""
     return max((s.cap - level) // s.a, 0)
 
 
 def reset_ms(s: Scaled, level: int) -> int:
-    """Ms until the bucket is full again."""
+    """Ms from the level's until the bucket has drained: all its headroom back."""
     return ceil_div(level, s.r)
 
 

@@ -6,9 +6,9 @@ because a table reply costs Redis ~5k instructions where a string costs 0.3k:
 - a decision (check, check_many, reserve):
   ``<ok>|<reason>|<used>|<reserved>|<feature used>|<rate>|<budget>`` (the feature's
   usage only when a feature was asked about or is capped, else empty; ``<rate>`` empty
-  for a port without rate limits, else ``<retry ms>;<server ms>;<buckets>``, the
-  buckets as the port hash's ``rl`` field holds them (quota/ratelimits.py), the
-  server's ms left out when they were computed at it);
+  for a port without rate limits, else the ms to wait, and the budget then followed by
+  a NUL and the port's rate state at the server's ms, binary (quota/ratelimits.py;
+  replies are decoded with ``surrogateescape``, so it comes back intact);
 - a usage reply (commit, record): ``<code>|<used>|<alert>|<lease expired>``, followed by
   ``|<budget>`` only when it raises a soft-cap alert;
 - or one of the codes below alone (``CLOCK`` followed by ``|<server ms>``).
@@ -25,11 +25,25 @@ from quota.models import Decision, RateState, Reason, UsageResult
 from quota.periods import Period
 from quota.ratelimits import Scaled, levels, parse_spec, remaining, reset_ms
 
+# What separates a decision's budget copy from the rate state that follows it.
+STATE_MARK = "\x00"
+# The field separators of a decision reply for a port without rate limits or caps
+# (six, and three in its budget copy); one with either has more.
+_PLAIN_BARS = 9
+
+
+def has_extras(reply: str) -> bool:
+    """Whether a decision reply's port has rate limits or feature caps."""
+    return reply.count("|") > _PLAIN_BARS
+
+
 # A reply's first field: counted (or ok), and a no-op (already settled or counted).
 OK, NOOP = "1", "2"
 # Replies that decide nothing: the budget copy is missing, the client's clock named
 # another day than the server's (then "-2|<server ms>"), the reservation is unknown.
 NO_BUDGET, CLOCK, UNKNOWN = "-1", "-2", "-3"
+# A reserve sent without its feature to a port with feature caps: send it as reserve_x.
+NEEDS_FEATURE = "-4"
 
 
 class Terms(NamedTuple):
@@ -78,19 +92,16 @@ class Replies:
             self._limits[budget] = parse_spec(extra[0]) if extra else ()
         return terms
 
-    def _rate(self, rate: str, budget: str) -> tuple[int, tuple[RateState, ...]]:
-        """The ms to wait and each limit's state, from a decision's rate field
-        ``<wait>;<server ms>;<'rl' text>``: the client works the headroom out."""
+    def _rate(self, budget: str, state: str) -> tuple[RateState, ...]:
+        """Each limit's state from the port's rate state at the server's ms (the text
+        after a decision's budget copy): the client works the headroom out."""
         limits = self._limits.get(budget)
         if limits is None:
             self._parsed(budget)
             limits = self._limits[budget]
-        wait, now, state = rate.split(";", 2)
-        # An admission's buckets are computed at the server's ms, then left out.
-        lv = levels(limits, state, int(now or state.partition(":")[0]))
-        return int(wait), tuple(
+        return tuple(
             RateState(s.kind, s.limit, s.per_seconds, remaining(s, x), reset_ms(s, x))
-            for s, x in zip(limits, lv, strict=True)
+            for s, x in zip(limits, levels(limits, state), strict=True)
         )
 
     def terms(self, budget: str) -> Terms:
@@ -101,12 +112,13 @@ class Replies:
         out) is added to its reserved tokens."""
         ok, reason, used_s, reserved_s, _, rate, budget = reply.split("|", 6)
         used = int(used_s)
-        on, soft, hard, period = self._parsed(budget)
         retry_after: int | None = None
         states: tuple[RateState, ...] = ()
         if rate:  # a port with rate limits
-            wait, states = self._rate(rate, budget)
-            retry_after = wait if reason == "rate-limited" else None
+            budget, _, state = budget.partition(STATE_MARK)
+            states = self._rate(budget, state)
+            retry_after = int(rate) if reason == "rate-limited" else None
+        on, soft, hard, period = self._parsed(budget)
         # Positional, in field order: keywords cost ~0.3 µs more, once per port in check_many.
         return Decision(
             ok == OK,  # ok
@@ -125,7 +137,9 @@ class Replies:
         )
 
     def standing(self, reply: str) -> Standing:
-        _, _, used, reserved, feature, _, budget = reply.split("|", 6)
+        _, _, used, reserved, feature, rate, budget = reply.split("|", 6)
+        if rate:
+            budget = budget.partition(STATE_MARK)[0]
         return Standing(
             int(used), max(int(reserved), 0), int(feature) if feature else None, self.terms(budget)
         )

@@ -38,6 +38,12 @@ OPERATIONS = (
     "adjust",
     "rebuild",
 )
+# A second name for an operation, called with a first argument ``true``: reserve_x is
+# reserve for a port the client knows has rate limits or feature caps (it reads their
+# state with the budget copy; reserve.lua).
+VARIANTS = {"reserve_x": "reserve"}
+# An operation's parameters (a vararg function would cost every call an `arg` table).
+PARAMETERS = {"reserve": "hinted"}
 # Functions that write nothing: flagged no-writes, so that Redis runs them at its
 # memory limit (noeviction) and on a read-only replica.
 READ_ONLY = frozenset({"check", "check_many"})
@@ -92,17 +98,21 @@ class Library:
             fragment = (lua / f"{op}.lua").read_text()
             if stale := unused(fragment, LAYOUTS[op]):
                 raise ValueError(f"{op}.lua never uses {sorted(stale)} of its layout")
-            parts.append(f"local function op_{op}()\n{fill(fragment, LAYOUTS[op], op)}end")
+            params = PARAMETERS.get(op, "")
+            parts.append(f"local function op_{op}({params})\n{fill(fragment, LAYOUTS[op], op)}end")
         body = "\n".join(parts)
         self.name = "quota_" + hashlib.sha1(body.encode()).hexdigest()[:12]
-        self.functions = {op: f"{self.name}_{op}" for op in OPERATIONS}
+        named = {op: (op, "") for op in OPERATIONS} | {
+            name: (op, "true") for name, op in VARIANTS.items()
+        }
+        self.functions = {name: f"{self.name}_{name}" for name in named}
         registrations = "\n".join(
-            f"redis.register_function{{function_name='{self.functions[op]}', "
-            f"callback=function(keys, args) KEYS, ARGV = keys, args return op_{op}() end"
+            f"redis.register_function{{function_name='{self.functions[name]}', "
+            f"callback=function(keys, args) KEYS, ARGV = keys, args return op_{op}({arg}) end"
             + (", flags={'no-writes'}" if op in READ_ONLY else "")
             + (", flags={'allow-oom'}" if op in FREES_MEMORY else "")
             + "}"
-            for op in OPERATIONS
+            for name, (op, arg) in named.items()
         )
         self.source = f"#!lua name={self.name}\n{body}\n{registrations}\n"
 

@@ -5,7 +5,8 @@
 -- "|<rate limits>|<feature caps>" (quota/ratelimits.py) when it has either: one HMGET field
 -- for the scripts, passed on to the client as it is. It has no TTL: set_budget
 -- overwrites it and reconciliation refreshes it, so the gate keeps deciding from it
--- while Postgres is down.
+-- while Postgres is down. The rate limits' and feature holds' state 'x' is laid out by
+-- the copy, so a new copy carries it over (lib.lua's x_carry).
 -- returns 1 stored, 0 skipped (a newer version is cached)
 local cur = redis.call('HGET', KEYS[$port], 'version')
 if cur and tonumber(cur) > tonumber(ARGV[$version]) then
@@ -16,8 +17,14 @@ if ARGV[$limits] ~= '' or ARGV[$caps] ~= '' then
   cfg = cfg .. '|' .. ARGV[$limits] .. '|' .. ARGV[$caps]
 end
 local old = redis.call('HGET', KEYS[$port], 'cfg')
-if old and (string.match(old, '^%d|%d+|%d+|%a+|([^|]*)|') or '') ~= ARGV[$limits] then
-  redis.call('HDEL', KEYS[$port], 'rl')  -- other limits: their buckets start empty
+if old ~= cfg then
+  local x = redis.call('HGET', KEYS[$port], 'x')
+  x = x and old and x_carry(old, cfg, x)
+  if x then
+    redis.call('HSET', KEYS[$port], 'x', x)
+  else
+    redis.call('HDEL', KEYS[$port], 'x')
+  end
 end
 redis.call('HSET', KEYS[$port], 'version', ARGV[$version], 'cfg', cfg)
 return 1

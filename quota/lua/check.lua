@@ -13,9 +13,9 @@ end
 local used, used_s = used_in(b)
 local estimate = ARGV[$estimate] + 0
 local ok, reason = decide(b, used, 0, estimate)
-local rate = ''
+local wait_s, state
 if b.limits then
-  ok, reason, rate = rate_check(b, KEYS[$port], ok, reason, estimate, now)
+  ok, reason, wait_s, state = rate_check(b, KEYS[$port], ok, reason, estimate, now)
 end
 local feature_used = ''
 if ARGV[$feature] ~= '' then
@@ -23,4 +23,7 @@ if ARGV[$feature] ~= '' then
   _, feature_used = used_in(b, ARGV[$feature])
 end
 local held_s = live_held(b, KEYS[$port], KEYS[$open], now)
-return decision(ok, reason, used_s, held_s, feature_used, rate, b.cfg)
+if state then
+  return rate_decision(ok, reason, used_s, held_s, feature_used, wait_s, b.cfg, state)
+end
+return decision(ok, reason, used_s, held_s, feature_used, '', b.cfg)

@@ -19,12 +19,15 @@ for i = 1, #KEYS / $per_port_keys do
     local used, used_s = used_in(b, nil, base + $port)
     local estimate = ARGV[$args_before_ports + (i - 1) * $per_port_argc + $estimate]
     local ok, reason = decide(b, used, 0, estimate + 0)
-    local rate = ''
-    if b.limits then
-      ok, reason, rate = rate_check(b, KEYS[base + $port], ok, reason, estimate + 0, now)
-    end
     local held_s = live_held(b, KEYS[base + $port], KEYS[base + $open], now)
-    out[i] = decision(ok, reason, used_s, held_s, '', rate, b.cfg)
+    if b.limits then
+      local wait_s, state
+      ok, reason, wait_s, state = rate_check(b, KEYS[base + $port], ok, reason, estimate + 0,
+                                             now)
+      out[i] = rate_decision(ok, reason, used_s, held_s, '', wait_s, b.cfg, state)
+    else
+      out[i] = decision(ok, reason, used_s, held_s, '', '', b.cfg)
+    end
   end
 end
 return out

@@ -18,8 +18,11 @@ if bad then
   redis.call('XDEL', KEYS[$stream], id)
   return bad
 end
-local lease_expired = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member], ARGV[$feature],
-                             KEYS[$settled], 'committed', ARGV[$settled_s])
+local lease_expired, featured = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member],
+                                       ARGV[$feature], KEYS[$settled], 'committed',
+                                       ARGV[$settled_s])
+-- The rate limits' true-up and the feature's hold (x_settle), if the port has either.
+local in_x = b and (b.limits or featured and b.caps)
 if not lease_expired then
   redis.call('XDEL', KEYS[$stream], id)  -- nothing to count
   if redis.call('EXISTS', KEYS[$settled]) == 1 then
@@ -29,14 +32,14 @@ if not lease_expired then
 end
 if KEYS[$request] and not redis.call('SET', KEYS[$request], '1', 'NX', 'EX', ARGV[$request_s]) then
   redis.call('XDEL', KEYS[$stream], id)  -- the request id was counted before: not again
-  if b and b.limits then
-    rate_true_up(b, now, ARGV[$member], lease_expired, 0)
+  if in_x then
+    x_settle(b, now, ARGV[$member], lease_expired, featured, ARGV[$feature], 0)
   end
   return usage_reply('2', -1, '0', lease_expired)
 end
 local used = add_usage(ARGV[$feature], ARGV[$total], ARGV[$total] + 0, b)
-if b and b.limits then  -- the difference from the estimate, into debt or back
-  rate_true_up(b, now, ARGV[$member], lease_expired, ARGV[$total] + 0)
+if in_x then  -- the difference from the estimate, into debt or back
+  x_settle(b, now, ARGV[$member], lease_expired, featured, ARGV[$feature], ARGV[$total] + 0)
 end
 if soft_alert(b, used) then
   return usage_reply('1', used, '1', lease_expired, b.cfg)

@@ -71,7 +71,10 @@ end
 
 -- The budget copy of the port being decided, refilled by read_budget: a fresh
 -- ten-field table costs ~5k instructions per call, and as a function never runs inside
--- another, one table shared by all calls is safe (check_many refills it per port).
+-- another, one table shared by all calls is safe (check_many refills it per port). Its
+-- fields are false, never nil, when absent: a nil stored under a key leaves a dead
+-- entry that the next rehash drops, and storing it again then rehashes the table
+-- (~1k instructions a call, measured with four such fields).
 local B = {}
 
 -- Budget copies parsed, by their cfg string: ports mostly share a few plans, and a
@@ -84,30 +87,39 @@ local B = {}
 local CFG, cfg_count, cfg_misses, CFG_LIMIT = {}, 0, 0, 4096
 
 -- A budget copy's rate limits and feature caps, when it has them (quota/ratelimits.py
--- writes both): limits "<q|t>:<s>:<limit>:<a>:<r>:<cap>,..." become {requests?, a, r,
--- cap}; caps "<feature>=<tokens>,..." a table by feature. nil for none.
+-- writes both): limits "<q|t>:<s>:<limit>[:<size>],..." become {requests?, a, r, cap}
+-- (scale); caps "<feature>=<tokens>,..." a table by feature of {cap, the feature's hold's
+-- place in the port's state (x_read), its usage field}. nil for none. Also the state's
+-- struct format and its number of values: every number of the state in one
+-- struct.pack, where formatting them as text cost ~2k each and reading them back
+-- (string.match, strtod) as much.
+-- A limit of `limit` units per `per_ms` with a bucket of `size`: {requests?, a unit's
+-- cost, the drain per ms, the bucket's size}, in integers (quota/ratelimits.py's scale).
+local function scale(requests, per_ms, limit, size)
+  local x, y = per_ms, limit
+  while y ~= 0 do
+    x, y = y, x % y
+  end
+  return {requests, per_ms / x, limit / x, size * (per_ms / x)}
+end
+
 local function parse_extra(limits, caps)
-  local L, C = nil, nil
+  local L, C, n, m = false, false, 0, 0
   if limits ~= '' then
     L = {}
-    for kind, a, r, cap in string.gmatch(limits, '(%a):%d+:%d+:(%d+):(%d+):(%d+)') do
-      L[#L + 1] = {kind == 'q', a + 0, r + 0, cap + 0}
+    for kind, s, limit, size in string.gmatch(limits, '(%a):(%d+):(%d+):?(%d*)') do
+      L[#L + 1] = scale(kind == 'q', s * 1000, limit + 0, size == '' and limit + 0 or size + 0)
     end
-    -- The 'rl' text's pattern and format for this many buckets: one string.match and
-    -- one string.format a call, where a loop over them costs ~2k an item.
-    local parse, fmt = '^(%d+):(%d+)', '%d:%d'
-    for _ = 2, #L do
-      parse, fmt = parse .. ',(%d+)', fmt .. ',%d'
-    end
-    L.parse, L.fmt = parse .. '$', fmt
+    n = #L
   end
   if caps ~= '' then
     C = {}
     for f, cap in string.gmatch(caps, '([^,=]+)=(%d+)') do
-      C[f] = cap + 0
+      m = m + 1
+      C[f] = {cap + 0, 1 + n + m, 'f:' .. f}
     end
   end
-  return L, C
+  return L, C, '<' .. string.rep('d', 1 + n + m), 1 + n + m
 end
 
 local function parse_cfg(cfg)
@@ -115,20 +127,23 @@ local function parse_cfg(cfg)
   if c then
     B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
     B.limits, B.caps = c[6], c[7]
+    if c[8] then  -- left stale for a plain copy, whose calls never read them
+      B.xfmt, B.xlen = c[8], c[9]
+    end
     return B
   end
   local on, soft, hard, period = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)$')
-  local limits, caps = nil, nil
+  local limits, caps, xfmt, xlen = false, false, false, false
   if not on then  -- a copy with rate limits or feature caps
     local l, f
     on, soft, hard, period, l, f = string.match(cfg, '^(%d)|(%d+)|(%d+)|(%a+)|([^|]*)|(.*)$')
-    limits, caps = parse_extra(l, f)
+    limits, caps, xfmt, xlen = parse_extra(l, f)
   end
   if cfg_count < CFG_LIMIT then
-    c = {on == '1', soft + 0, hard + 0, period, PERIOD_INDEX[period], limits, caps}
+    c = {on == '1', soft + 0, hard + 0, period, PERIOD_INDEX[period], limits, caps, xfmt, xlen}
     CFG[cfg], cfg_count = c, cfg_count + 1
     B.cfg, B.on, B.soft, B.hard, B.period, B.idx = cfg, c[1], c[2], c[3], c[4], c[5]
-    B.limits, B.caps = limits, caps
+    B.limits, B.caps, B.xfmt, B.xlen = limits, caps, xfmt, xlen
     return B
   end
   cfg_misses = cfg_misses + 1
@@ -136,7 +151,7 @@ local function parse_cfg(cfg)
     CFG, cfg_count, cfg_misses = {}, 0, 0
   end
   B.cfg, B.on, B.soft, B.hard, B.period = cfg, on == '1', soft + 0, hard + 0, period
-  B.idx, B.limits, B.caps = PERIOD_INDEX[period], limits, caps
+  B.idx, B.limits, B.caps, B.xfmt, B.xlen = PERIOD_INDEX[period], limits, caps, xfmt, xlen
   return B
 end
 
@@ -148,10 +163,14 @@ end
 -- and check_many leave it to live_held, which reads it only when something is held:
 -- most ports have nothing in flight, and an HMGET field costs ~2.5k instructions.
 -- `held_s` is 'held' as a string, for replies. The soft-alert marker is read by
--- soft_alert, when needed.
-local function read_budget(key, with_next)
+-- soft_alert, when needed. `with_x` (a reserve whose client knows the port has rate
+-- limits or feature caps) reads their state 'x' too, as B.x: one field more here costs
+-- less than a call for it later, and would cost every other port if always read.
+local function read_budget(key, with_next, with_x)
   local h
-  if with_next then
+  if with_x then
+    h = redis.call('HMGET', key, 'cfg', 'held', 'next', 'x')
+  elseif with_next then
     h = redis.call('HMGET', key, 'cfg', 'held', 'next')
   else
     h = redis.call('HMGET', key, 'cfg', 'held')
@@ -162,7 +181,10 @@ local function read_budget(key, with_next)
   end
   parse_cfg(cfg)
   B.held_s = h[2] or '0'
-  B.held, B.next = B.held_s + 0, h[3]
+  B.held, B.next = B.held_s + 0, h[3]  -- false, not nil, for a missing field
+  if with_x then
+    B.x = h[4]
+  end
   return B
 end
 
@@ -204,19 +226,21 @@ local function member_tokens(member)
   return string.sub(member, 34)
 end
 
--- Sum of the open-set members whose lease ended, bounded; their features' holds are
--- returned here (purge_expired removes them).
-local function expired(open_key, now, port_key)
+-- Sum of the open-set members whose lease ended, bounded, the members, and (if
+-- `by_feature`) the tokens of those that held their feature's too, by feature (nil
+-- for none).
+local function expired(open_key, now, by_feature)
   local gone = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 256)
-  local freed = 0
+  local freed, features = 0, nil
   for i = 1, #gone do
     local tokens, feature = member_tokens(gone[i])
     freed = freed + tokens
-    if feature and port_key then
-      redis.call('HINCRBY', port_key, 'fh:' .. feature, -tokens)
+    if feature and by_feature then
+      features = features or {}
+      features[feature] = (features[feature] or 0) + tokens
     end
   end
-  return freed, gone
+  return freed, gone, features
 end
 
 -- Held tokens with ended leases left out, read-only, as a string. "next" is read
@@ -248,18 +272,18 @@ end
 
 -- Return ended leases' holds to the budget (their reservations lapse), move "next" on
 -- and push the open set's expiry OPEN_SET_MS ahead (bounded per call; reserve's).
--- Leaves b.next a number whenever something is held.
+-- Leaves b.next a number whenever something is held. Returns what is held then, the
+-- tokens returned and those of features' holds, by feature (nil for none): reserve
+-- returns them to the rate and cap state.
 local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
-  b.freed = 0
   if b.held == 0 then
-    return 0
+    return 0, 0
   end
   b.next = (b.next or 0) + 0
   if now < b.next then
-    return b.held
+    return b.held, 0
   end
-  local freed, gone = expired(open_key, now, KEYS[$port])
-  b.freed = freed
+  local freed, gone, features = expired(open_key, now, b.caps)
   if #gone > 0 then
     redis.call('ZREM', open_key, unpack(gone))
     lapse(lapsed_key, gone, now, lapsed_ms)
@@ -277,7 +301,7 @@ local function purge_expired(b, open_key, lapsed_key, now, lapsed_ms)
     redis.call('HSET', KEYS[$port], 'next', first[2])
     redis.call('PEXPIREAT', open_key, now + OPEN_SET_MS)
   end
-  return b.held
+  return b.held, freed, features
 end
 
 -- quota/decisions.py's rules; the code comes back as the reply's string.
@@ -295,7 +319,7 @@ local function decide(b, used, reserved, estimate)
 end
 
 -- A decision reply: "<ok>|<reason>|<used>|<reserved>|<feature used or ''>|<rate>|<cfg>"
--- (rate: rate_field's, '' for a port without limits).
+-- (rate '' for a port without rate limits; one with them replies by rate_decision).
 local function decision(ok, reason, used_s, reserved_s, feature_used_s, rate, cfg)
   return ok .. '|' .. reason .. '|' .. used_s .. '|' .. reserved_s .. '|' .. feature_used_s
          .. '|' .. rate .. '|' .. cfg
@@ -350,19 +374,20 @@ end
 
 -- Settle a reservation (commit, release) by its member, "<32 hex>:<tokens>" (or that
 -- and ":<feature>", when reserve held its feature's tokens too, as a capped feature's
--- reserve does): out of the open set with its tokens off 'held' (and the feature's),
--- or out of the lapsed set (a purge returned its holds when its lease ended), then
--- remembered as `state` for `ttl` seconds, so that a repeated commit or release is a
--- no-op. Returns '0' if it was open, '1' if it had lapsed, nil if neither: settled
--- already (settled_key exists) or unknown.
+-- reserve does): out of the open set with its tokens off 'held', or out of the lapsed
+-- set (a purge returned its holds when its lease ended), then remembered as `state`
+-- for `ttl` seconds, so that a repeated commit or release is a no-op. Returns '0' if
+-- it was open, '1' if it had lapsed, nil if neither: settled already (settled_key
+-- exists) or unknown; and true if it was open holding its feature's tokens too (the
+-- caller returns them: x_settle).
 local function settle(open_key, lapsed_key, member, feature, settled_key, state, ttl)
-  local lapsed = '0'
+  local lapsed, featured = '0', false
   local tokens = string.sub(member, 34)  -- the caller's member: the short form
   if redis.call('ZREM', open_key, member) == 1 then
     redis.call('HINCRBY', KEYS[$port], 'held', '-' .. tokens)
   elseif redis.call('ZREM', open_key, member .. ':' .. feature) == 1 then
     redis.call('HINCRBY', KEYS[$port], 'held', '-' .. tokens)
-    redis.call('HINCRBY', KEYS[$port], 'fh:' .. feature, '-' .. tokens)
+    featured = true
   elseif redis.call('ZREM', lapsed_key, member) == 1
       or redis.call('ZREM', lapsed_key, member .. ':' .. feature) == 1 then
     lapsed = '1'
@@ -370,16 +395,21 @@ local function settle(open_key, lapsed_key, member, feature, settled_key, state,
     return nil
   end
   redis.call('SET', settled_key, state, 'EX', ttl)
-  return lapsed
+  return lapsed, featured
 end
 
--- Rate limits (quota/ratelimits.py holds the same arithmetic, and the tests hold the
--- two to the same answers). A bucket is an integer level, exact below 2^53; the port
--- hash's 'rl' field keeps them all with the ms they were computed at,
--- "<ms>:<level>,<level>,..." in the order of the budget copy's limits (budget_put
--- drops it when they change). Replies carry that text and the server's ms, and the
--- client works out each limit's headroom: formatting numbers costs Redis ~2k each.
+-- Rate limits and feature caps' holds (quota/ratelimits.py holds the same arithmetic,
+-- and the tests hold the two to the same answers). A port with either keeps their
+-- state in its hash's 'x' field, numbers packed as little-endian doubles (struct):
+-- {ms, level_1..level_n, hold_1..hold_m}, the ms the levels were computed at, each
+-- limit's bucket in the budget copy's order, each capped feature's held tokens in its
+-- caps' order. Integers, exact below 2^53. budget_put carries the state over when the
+-- copy changes (x_carry). Packing them costs less than formatting one number as text
+-- (~2k), and reading them less than string.match and strtod: replies carry the state
+-- as it is, last (it is binary), and the client works out each limit's headroom.
 local LEVEL_MAX = 9007199254740991
+-- reserve's state table, refilled per call (as B is: one function runs at a time).
+local STATE = {}
 
 local function ceil_div(x, d)
   local q = math.floor(x / d)
@@ -389,71 +419,108 @@ local function ceil_div(x, d)
   return q
 end
 
--- Every bucket's level at `now`: drained by r a ms since it was stored, never below 0.
--- A text that does not fit the limits (none yet) is empty buckets.
-local function rate_levels(b, state, now)
-  local L = b.limits
-  local at, l1, l2, l3, l4
-  if state then
-    at, l1, l2, l3, l4 = string.match(state, L.parse)
+-- The port's state as a table {ms, levels..., holds...}; a missing or ill-sized one is
+-- all zeros (empty buckets, nothing held). Into `into` if given and the state has at
+-- most 7 numbers (a table built per call costs ~1k more).
+local function x_read(b, s, into)
+  local v = into
+  if s and #s == 8 * b.xlen then
+    if v and b.xlen < 8 then
+      v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8] = struct.unpack(b.xfmt, s)
+      return v  -- and the position after the numbers, unused
+    end
+    return {struct.unpack(b.xfmt, s)}
   end
-  if not at then
-    local lv = {}
+  v = v or {}
+  for i = 1, b.xlen do
+    v[i] = 0
+  end
+  return v
+end
+
+local function x_pack(b, v)
+  return struct.pack(b.xfmt, unpack(v, 1, b.xlen))
+end
+
+-- Every bucket of limits L drained to `now`: by r a ms since the state's ms, never
+-- below 0. The state is then at `now` (after a clock step back too: the levels stay).
+local function rate_drain(L, v, now)
+  local gap = now - v[1]
+  if gap > 0 then
     for i = 1, #L do
-      lv[i] = 0
-    end
-    return lv
-  end
-  local lv, gap = {l1 + 0, l2, l3, l4}, now - at
-  for i = 1, #L do
-    local level = lv[i] + 0
-    if gap > 0 then
-      local drained = gap * L[i][3]
-      if drained >= level then
+      local level = v[i + 1] - gap * L[i][3]
+      if level < 0 then
         level = 0
-      else
-        level = level - drained
       end
+      v[i + 1] = level
     end
-    lv[i] = level
   end
-  return lv
+  v[1] = now
 end
 
--- The 'rl' text of levels computed at `now`.
-local function rate_state(b, lv, now)
-  return string.format(b.limits.fmt, now, lv[1], lv[2], lv[3], lv[4])
-end
+-- The levels rate_take drained to, before it counted a call: rate_untake's.
+local DRAINED = {}
 
--- Whether one call of `tokens` fits every bucket: nil, or the reason and the ms to wait.
-local function rate_admit(b, lv, tokens)
-  local L, wait = b.limits, 0
+-- rate_drain, and whether one call of `tokens` fits every bucket then: nil, or the
+-- reason and the ms to wait. With `count`, a call that fits is counted in the same
+-- pass (one request and `tokens`; a pass over the limits costs ~1.5k instructions);
+-- rate_untake takes it back.
+local function rate_take(L, v, now, tokens, count)
+  local gap, wait, why = now - v[1], 0, nil
+  v[1] = now
   for i = 1, #L do
     local lim = L[i]
-    local units = tokens
-    if lim[1] then
-      units = 1
+    local level = v[i + 1]
+    if gap > 0 then
+      level = level - gap * lim[3]
+      if level < 0 then
+        level = 0
+      end
     end
-    if units * lim[2] > lim[4] then
-      return 'estimate-exceeds-rate-limit', 0
+    DRAINED[i] = level
+    local cost = lim[2]  -- one request
+    if not lim[1] then
+      cost = tokens * cost
     end
-    local over = lv[i] + units * lim[2] - lim[4]
-    if over > 0 then
-      local w = ceil_div(over, lim[3])
+    local after = level + cost
+    if cost > lim[4] then
+      why = 'estimate-exceeds-rate-limit'
+    elseif after > lim[4] then
+      local w = ceil_div(after - lim[4], lim[3])
       if w > wait then
         wait = w
       end
     end
+    if count then
+      v[i + 1] = after
+    else
+      v[i + 1] = level
+    end
   end
-  if wait > 0 then
-    return 'rate-limited', wait
+  if why then
+    wait = 0
+  elseif wait > 0 then
+    why = 'rate-limited'
+  else
+    return nil, 0
   end
-  return nil, 0
+  if count then
+    for i = 1, #L do
+      v[i + 1] = DRAINED[i]
+    end
+  end
+  return why, wait
 end
 
--- Count (or, negative, give back) `tokens` and `requests` in the levels.
-local function rate_add(b, lv, tokens, requests)
-  local L = b.limits
+-- The call rate_take counted taken back: the levels it drained to.
+local function rate_untake(L, v)
+  for i = 1, #L do
+    v[i + 1] = DRAINED[i]
+  end
+end
+
+-- Count (or, negative, give back) `tokens` and `requests` in the buckets of limits L.
+local function rate_add(L, v, tokens, requests)
   for i = 1, #L do
     local lim = L[i]
     local units = tokens
@@ -461,74 +528,134 @@ local function rate_add(b, lv, tokens, requests)
       units = requests
     end
     if units ~= 0 then
-      local level = lv[i] + units * lim[2]
+      local level = v[i + 1] + units * lim[2]
       if level < 0 then
         level = 0
       elseif level > LEVEL_MAX then
         level = LEVEL_MAX
       end
-      lv[i] = level
+      v[i + 1] = level
     end
   end
 end
 
--- `tokens` back to the token buckets of a stored state, at its own time (returned
--- before or after draining, a level comes to the same). No clock needed.
-local function rate_give_back(b, state, tokens)
-  if not state or tokens == 0 then
-    return state
-  end
+-- `tokens` back to the token buckets (a released or lapsed reservation's estimate), at
+-- the state's own ms: returned before or after draining, a level comes to the same.
+local function rate_give_back(b, v, tokens)
   local L = b.limits
-  local at, l1, l2, l3, l4 = string.match(state, L.parse)
-  if not at then
-    return state
-  end
-  local lv = {l1 + 0, l2, l3, l4}
-  for i = 1, #L do
-    local level = lv[i] + 0
-    if not L[i][1] then
-      level = level - tokens * L[i][2]
-      if level < 0 then
-        level = 0
+  if L and tokens ~= 0 then
+    for i = 1, #L do
+      if not L[i][1] then
+        local level = v[i + 1] - tokens * L[i][2]
+        if level < 0 then
+          level = 0
+        end
+        v[i + 1] = level
       end
     end
-    lv[i] = level
   end
-  return rate_state(b, lv, at + 0)
 end
 
--- Usage counted after the fact (commit's difference, record): into the buckets at the
--- usage's time, into debt if need be.
+-- A capped feature's hold moved by `tokens` (never below 0); nothing for another.
+local function x_hold(b, v, feature, tokens)
+  local c = b.caps and b.caps[feature]
+  if c then
+    local held = v[c[2]] + tokens
+    if held < 0 then
+      held = 0
+    end
+    v[c[2]] = held
+  end
+end
+
+-- Ended leases' holds (what purge_expired freed) out of the state.
+local function x_free(b, v, freed, features)
+  rate_give_back(b, v, freed)
+  if features then
+    for feature, tokens in pairs(features) do
+      x_hold(b, v, feature, -tokens)
+    end
+  end
+end
+
+-- A settled reservation (settle's `lapsed` and `featured`) in the state: its feature's
+-- hold returned, and for the rate limits a commit's `total` less the estimate (all of
+-- it if the lease lapsed, which gave the estimate back) into the buckets at `now`,
+-- into debt if need be; a release (`total` nil) gives the estimate back, no clock.
+local function x_settle(b, now, member, lapsed, featured, feature, total)
+  local v = x_read(b, redis.call('HGET', KEYS[$port], 'x'))
+  local estimate = string.sub(member, 34) + 0
+  if featured then
+    x_hold(b, v, feature, -estimate)
+  end
+  if b.limits then
+    if total == nil then
+      rate_give_back(b, v, estimate)
+    else
+      if lapsed == '0' then
+        total = total - estimate
+      end
+      rate_drain(b.limits, v, now)
+      rate_add(b.limits, v, total, 0)
+    end
+  end
+  redis.call('HSET', KEYS[$port], 'x', x_pack(b, v))
+end
+
+-- Usage counted after the fact (record): into the buckets at its time, debt or not.
 local function rate_count(b, now, tokens, requests)
-  local lv = rate_levels(b, redis.call('HGET', KEYS[$port], 'rl'), now)
-  rate_add(b, lv, tokens, requests)
-  redis.call('HSET', KEYS[$port], 'rl', rate_state(b, lv, now))
+  local v = x_read(b, redis.call('HGET', KEYS[$port], 'x'))
+  rate_drain(b.limits, v, now)
+  rate_add(b.limits, v, tokens, requests)
+  redis.call('HSET', KEYS[$port], 'x', x_pack(b, v))
 end
 
--- A settled reservation's usage into the buckets: the estimate went in at reserve
--- (unless its lease lapsed and gave it back), the difference goes in now.
-local function rate_true_up(b, now, member, lease_expired, total)
-  if lease_expired == '0' then
-    total = total - string.sub(member, 34)
-  end
-  rate_count(b, now, total, 0)
-end
-
--- A decision's rate field: "<retry ms>;<server ms>;<'rl' text>" ('' without limits).
--- An admitting reserve writes "0;;<'rl' text>" itself: that text is at the server's ms.
-local function rate_field(wait, now, state)
-  return string.format('%d;%d;', wait, now) .. (state or '')
+-- A decision reply of a port with rate limits: decision's fields, the rate field the
+-- ms to wait, then a NUL and the state at the server's ms (x_pack).
+local function rate_decision(ok, reason, used_s, reserved_s, feature_used_s, wait_s, cfg, state)
+  return ok .. '|' .. reason .. '|' .. used_s .. '|' .. reserved_s .. '|' .. feature_used_s
+         .. '|' .. wait_s .. '|' .. cfg .. '\0' .. state
 end
 
 -- check's and check_many's rate limits, read-only: the decision after the budget's,
--- and the reply's rate field.
+-- the ms to wait, and the state at `now`.
 local function rate_check(b, port_key, ok, reason, tokens, now)
-  local state = redis.call('HGET', port_key, 'rl')
-  local why, wait = rate_admit(b, rate_levels(b, state, now), tokens)
+  local v = x_read(b, redis.call('HGET', port_key, 'x'), STATE)
+  local why, wait = rate_take(b.limits, v, now, tokens)
   if ok == '1' and why then
     ok, reason = '0', why
   end
-  return ok, reason, rate_field(wait, now, state)
+  return ok, reason, string.format('%d', wait), x_pack(b, v)
+end
+
+-- budget_put's: the state of a port whose budget copy goes from `old` to `new`, or nil
+-- for none. Buckets carry over under the same rate limits (else they start empty),
+-- holds by feature (a reservation open while its feature's cap changed settles it).
+local function x_carry(old, new, s)
+  local o = parse_cfg(old)
+  local v = (o.limits or o.caps) and x_read(o, s)
+  local holds, o_limits = {}, o.limits and string.match(old, '^%d|%d+|%d+|%a+|([^|]*)|')
+  if v and o.caps then
+    for feature, c in pairs(o.caps) do
+      holds[feature] = v[c[2]]
+    end
+  end
+  local n = parse_cfg(new)
+  if not (n.limits or n.caps) then
+    return nil
+  end
+  local w = x_read(n, nil)
+  if v and o_limits and o_limits == string.match(new, '^%d|%d+|%d+|%a+|([^|]*)|') then
+    for i = 1, #n.limits + 1 do
+      w[i] = v[i]
+    end
+  end
+  if n.caps then
+    for feature, c in pairs(n.caps) do
+      w[c[2]] = holds[feature] or 0
+    end
+  end
+  return x_pack(n, w)
 end
 
 -- Append the usage event to the shard's stream: one field, 'e' =

@@ -2,16 +2,12 @@
 -- to the token buckets; the request stays counted). Idempotent.
 -- KEYS and ARGV: quota/layouts.py (written into `$name` when the library is built)
 -- returns '1' released, '2' already settled (no-op), '-3' unknown reservation
-local lapsed = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member], ARGV[$feature], KEYS[$settled],
-                     'released', ARGV[$settled_s])
+local lapsed, featured = settle(KEYS[$open], KEYS[$lapsed], ARGV[$member], ARGV[$feature],
+                               KEYS[$settled], 'released', ARGV[$settled_s])
 if lapsed then
-  local b = read_cfg()
-  if lapsed == '0' and b and b.limits then  -- the estimate back to the token buckets
-    local state = redis.call('HGET', KEYS[$port], 'rl')
-    if state then
-      redis.call('HSET', KEYS[$port], 'rl',
-                 rate_give_back(b, state, member_tokens(ARGV[$member]) + 0))
-    end
+  local b = lapsed == '0' and read_cfg()
+  if b and (b.limits or featured and b.caps) then  -- the estimate back, the feature's hold
+    x_settle(b, nil, ARGV[$member], lapsed, featured, ARGV[$feature], nil)
   end
   return '1'
 end

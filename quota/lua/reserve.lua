@@ -2,96 +2,117 @@
 -- tokens under a lease that ends by itself. The hold is one member of the open set;
 -- the rest of the reservation travels in its id (quota/reservations.py). A budget copy
 -- with rate limits or feature caps takes the second branch: a capped feature's
--- reservation holds its feature's tokens too ('fh:<feature>', and its member names the
--- feature), and the rate limits take one request and `estimate` tokens.
+-- reservation holds its feature's tokens too (in the port's state 'x', and its member
+-- names the feature), and the rate limits take one request and `estimate` tokens.
+-- Registered twice: as reserve_x (`hinted`, its parameter: quota/scripts.py) the client
+-- says it knows the port has rate limits or feature caps, and the state is read with
+-- the budget copy; only reserve_x sends the feature, so plain reserve answers '-4' for
+-- a port with feature caps (the client sends it again as reserve_x).
 -- KEYS and ARGV: quota/layouts.py (written into `$name` when the library is built)
 -- returns a decision reply (lib.lua) whose reserved field leaves this hold out (the
--- client adds it when ok), or '-1' (budget copy missing) or '-2|<now ms>'
+-- client adds it when ok), or '-1' (budget copy missing) or '-2|<now ms>' or '-4'
 local now = now_ms()
 local bad = clock_guard(now)
 if bad then
   return bad
 end
-local b = read_budget(KEYS[$port], true)
+local b = read_budget(KEYS[$port], true, hinted)
 if not b then
   return '-1'
 end
-local held = purge_expired(b, KEYS[$open], KEYS[$lapsed], now, ARGV[$lapsed_ms])
-local used, used_s = used_in(b)
 local estimate = ARGV[$estimate] + 0
-local ok, reason = decide(b, used, held, estimate)
 if b.limits or b.caps then
-  local f = ARGV[$feature]
-  local cap = b.caps and b.on and b.caps[f]
-  local state, fh, feature_held, feature_used_s, member = nil, nil, 0, '', ARGV[$member]
-  if cap then
-    fh = 'fh:' .. f
-    if b.limits then
-      local h = redis.call('HMGET', KEYS[$port], 'rl', fh)
-      state, feature_held = h[1], (h[2] or 0) + 0
-    else
-      feature_held = (redis.call('HGET', KEYS[$port], fh) or 0) + 0
-    end
-    local feature_used
-    feature_used, feature_used_s = used_in(b, f)
-    if ok == '1' and (feature_used >= cap or estimate > cap - feature_used - feature_held) then
-      ok, reason = '0', 'feature-cap-exceeded'
-    end
+  if b.caps and not hinted then
+    return '-4'  -- nothing written yet
+  end
+  local held, freed, freed_f = purge_expired(b, KEYS[$open], KEYS[$lapsed], now,
+                                             ARGV[$lapsed_ms])
+  local f, member = ARGV[$feature], ARGV[$member]
+  local c = b.on and b.caps and b.caps[f]
+  local used, used_s, feature_used_s
+  if c then  -- the feature's usage read with the port's: one call
+    local u = redis.call('HMGET', KEYS[$port + b.idx], 't', c[3])
+    used_s, feature_used_s = u[1] or '0', u[2] or '0'
+    used = used_s + 0
     member = member .. ':' .. f
   else
-    state = redis.call('HGET', KEYS[$port], 'rl')
+    used, used_s = used_in(b)
+    feature_used_s = ''
   end
-  local lv, wait = nil, 0
-  if b.limits then
-    state = rate_give_back(b, state, b.freed)  -- lapsed leases' estimates come back
-    lv = rate_levels(b, state, now)
+  local ok, reason = decide(b, used, held, estimate)
+  local s = b.x
+  if not hinted then
+    s = redis.call('HGET', KEYS[$port], 'x')
+  end
+  local v = x_read(b, s, STATE)
+  if freed > 0 then
+    x_free(b, v, freed, freed_f)  -- ended leases' estimates and features' holds come back
+  end
+  if c and ok == '1' then
+    local feature_used = feature_used_s + 0
+    if feature_used >= c[1] or estimate > c[1] - feature_used - v[c[2]] then
+      ok, reason = '0', 'feature-cap-exceeded'
+    end
+  end
+  local L, wait = b.limits, 0
+  if L then  -- counts the call too, if everything admits it
     local why
-    why, wait = rate_admit(b, lv, estimate)
+    why, wait = rate_take(L, v, now, estimate, ok == '1')
     if ok == '1' and why then
       ok, reason = '0', why
     end
   end
   if ok ~= '1' then
-    if lv and b.freed > 0 then
-      redis.call('HSET', KEYS[$port], 'rl', state)
+    local state = x_pack(b, v)
+    if freed > 0 then
+      redis.call('HSET', KEYS[$port], 'x', state)
     end
-    return decision(ok, reason, used_s, b.held_s, feature_used_s,
-                    lv and rate_field(wait, now, state) or '', b.cfg)
+    if L then
+      return rate_decision(ok, reason, used_s, b.held_s, feature_used_s,
+                           string.format('%d', wait), b.cfg, state)
+    end
+    return decision(ok, reason, used_s, b.held_s, feature_used_s, '', b.cfg)
   end
   local lease_end = now + ARGV[$lease_ms]
   local lease_s = string.format('%d', lease_end)
   if redis.call('ZADD', KEYS[$open], 'NX', lease_s, member) == 0 then
-    return decision('1', '', used_s, string.format('%d', held - estimate), feature_used_s,
-                    lv and rate_field(0, now, state) or '', b.cfg)  -- a retried call
-  end
-  -- Every change to the port hash in one HSET (each command costs), its arguments in
-  -- one table constructor (a table grown field by field costs ~3k more).
-  local rate, held_s = '', string.format('%d', held + estimate)
-  local next_f, next_v = 'held', held_s  -- 'held' twice when 'next' stays
-  if held == 0 or lease_end < b.next then
-    next_f, next_v = 'next', lease_s
+    -- a retried call: its hold is there already, and its request counted
+    local reserved_s = string.format('%d', held - estimate)
+    if L then
+      rate_untake(L, v)
+    end
+    if freed > 0 then
+      redis.call('HSET', KEYS[$port], 'x', x_pack(b, v))
+    end
+    if L then
+      return rate_decision('1', '', used_s, reserved_s, feature_used_s, '0', b.cfg, x_pack(b, v))
+    end
+    return decision('1', '', used_s, reserved_s, feature_used_s, '', b.cfg)
   end
   if held == 0 then
     redis.call('PEXPIREAT', KEYS[$open], string.format('%d', now + OPEN_SET_MS))
   end
-  if lv then
-    rate_add(b, lv, estimate, 1)
-    state = rate_state(b, lv, now)
-    rate = '0;;' .. state  -- computed at the server's ms: the client reads it there
-    if fh then
-      redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v, 'rl', state, fh,
-                 string.format('%d', feature_held + estimate))
-    else
-      redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v, 'rl', state)
-    end
-  elseif fh then
-    redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v, fh,
-               string.format('%d', feature_held + estimate))
-  else  -- caps, none of them this feature's
-    redis.call('HSET', KEYS[$port], 'held', held_s, next_f, next_v)
+  if c then
+    local i = c[2]
+    v[i] = v[i] + estimate
   end
-  return decision('1', '', used_s, b.held_s, feature_used_s, rate, b.cfg)
+  -- Every change to the port hash in one HSET (each command costs), no field twice.
+  local state = struct.pack(b.xfmt, unpack(v, 1, b.xlen))
+  local held_s = string.format('%d', held + estimate)
+  if held == 0 or lease_end < b.next then
+    redis.call('HSET', KEYS[$port], 'held', held_s, 'next', lease_s, 'x', state)
+  else
+    redis.call('HSET', KEYS[$port], 'held', held_s, 'x', state)
+  end
+  if L then  -- rate_decision's reply, in one concatenation
+    return '1||' .. used_s .. '|' .. b.held_s .. '|' .. feature_used_s .. '|0|' .. b.cfg .. '\0'
+           .. state
+  end
+  return decision('1', '', used_s, b.held_s, feature_used_s, '', b.cfg)
 end
+local held = purge_expired(b, KEYS[$open], KEYS[$lapsed], now, ARGV[$lapsed_ms])
+local used, used_s = used_in(b)
+local ok, reason = decide(b, used, held, estimate)
 if ok == '1' then
   local lease_end = now + ARGV[$lease_ms]
   local lease_s = string.format('%d', lease_end)

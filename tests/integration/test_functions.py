@@ -74,11 +74,12 @@ end
 local b = parse_cfg('0|5|10|month')
 local plain = {cfg_count, cfg_misses, CFG_LIMIT, b.on and 1 or 0, b.soft, b.hard, b.idx}
 -- B is shared: the plain copy's fields are read above, before it is refilled.
-local x = parse_cfg('1|7|9|day|q:60:600:100:1:60000,t:1:50:20:1:1000|ocr=5,a.b/c=6')
-local L = x.limits
+local x = parse_cfg('1|7|9|day|q:60:600,t:1:50:80|ocr=5,a.b/c=6')
+local L, C = x.limits, x.caps
 return {plain[1], plain[2], plain[3], plain[4], plain[5], plain[6], plain[7],
-        {x.soft, x.hard, x.idx, #L, L[1][2], L[1][3], L[1][4], L[2][1] and 1 or 0, L[2][4],
-         x.caps['ocr'], x.caps['a.b/c'], L.parse, L.fmt}}
+        {x.soft, x.hard, x.idx, #L, L[1][1] and 1 or 0, L[1][2], L[1][3], L[1][4],
+         L[2][1] and 1 or 0, L[2][2], L[2][3], L[2][4], C['ocr'][1], C['ocr'][2], C['ocr'][3],
+         C['a.b/c'][1], C['a.b/c'][2], x.xfmt, x.xlen}}
 """
 )
 
@@ -90,9 +91,11 @@ def test_budget_copies_parse_right_and_the_memo_stays_bounded(r: redis.Redis) ->
     assert (count, misses) == (limit, 11)
     assert (on, soft, hard, idx) == (0, 5, 10, 3)
     # A copy with rate limits and feature caps (quota/ratelimits.py's text), parsed
-    # whether or not the memo keeps it.
+    # whether or not the memo keeps it: 600 requests a minute cost 100 a request and
+    # drain 1 a ms into 60,000; 50 tokens a second with a bucket of 80, 20 and 1 into
+    # 1,600. Each capped feature: its cap, its hold's place in the state, its usage field.
     assert extended == [
-        7, 9, 1, 2, 100, 1, 60000, 0, 1000, 5, 6, "^(%d+):(%d+),(%d+)$", "%d:%d,%d",
+        7, 9, 1, 2, 1, 100, 1, 60_000, 0, 20, 1, 1_600, 5, 4, "f:ocr", 6, 5, "<ddddd", 5,
     ]  # fmt: skip
     # After many misses it starts again.
     count, misses, *_ = r.eval(_CFG_PROBE, 0, 17 * limit)

@@ -10,7 +10,9 @@ from typing import Any, cast
 import pytest
 import redis
 
+import quota.core
 from quota import Budget, Decision, Gate, InvalidBudget, RateLimit, Settings
+from quota.reservations import new_hex_id
 from tests.conftest import snapshot, watched
 from tests.gates import BlockingAsyncGate
 
@@ -211,3 +213,72 @@ def test_check_many_reports_each_ports_buckets(gate: Gate) -> None:
     assert limited.retry_after_ms > 3_500_000
     assert [s.remaining for s in limited.rate] == [0]
     assert (plain.ok, plain.rate, unknown.ok, unknown.rate) == (True, (), True, ())
+
+
+def test_a_lapsed_feature_hold_comes_back_once(gate: Gate, settings: Settings) -> None:
+    short = settings.model_copy(update={"lease_seconds": 0.3})
+    made = Gate(short) if isinstance(gate, Gate) else cast(Gate, BlockingAsyncGate(short))
+    with made as quick:
+        _budget(quick, "p", feature_caps={"ocr": 100}, rate_limits=[SLOW_TOKENS])
+        a = quick.reserve("p", 100, "ocr")
+        assert quick.reserve("p", 1, "ocr").reason == "feature-cap-exceeded"
+        time.sleep(0.4)
+        assert quick.reserve("p", 50, "ocr").ok  # purges a's lapsed hold: 100 back
+        late = quick.commit(a.reservation_id or "", input_tokens=40, output_tokens=0,
+                            provider="x", model="m")  # fmt: skip
+        assert late.lease_expired
+        # 40 used and 50 held: the late commit took no hold off a second time.
+        assert quick.reserve("p", 10, "ocr").ok
+        assert quick.reserve("p", 1, "ocr").reason == "feature-cap-exceeded"
+
+
+def test_a_new_budget_copy_keeps_the_holds_and_the_buckets_it_can(gate: Gate) -> None:
+    _budget(gate, "p", feature_caps={"ocr": 100}, rate_limits=[SLOW_TOKENS])
+    a = gate.reserve("p", 60, "ocr")
+    assert _left(a, "tokens") == 9_940
+    # Another capped feature ahead of ocr in the state, and a request limit as well:
+    # ocr's hold moves with its feature, the token bucket starts again under new limits.
+    _budget(gate, "p", feature_caps={"asr": 5, "ocr": 100}, rate_limits=[SLOW_TOKENS])
+    assert _left(gate.check("p", 0), "tokens") == 9_940  # the same limits: kept
+    assert gate.reserve("p", 50, "ocr").reason == "feature-cap-exceeded"  # 60 still held
+    assert gate.reserve("p", 5, "asr").ok
+    _budget(gate, "p", feature_caps={"asr": 5, "ocr": 100},
+            rate_limits=[SLOW_TOKENS, SLOW_REQUESTS])  # fmt: skip
+    fresh = gate.check("p", 0)
+    assert (_left(fresh, "tokens"), _left(fresh, "requests")) == (10_000, 1_000)
+    assert gate.reserve("p", 1, "asr").reason == "feature-cap-exceeded"
+    assert gate.release(a.reservation_id or "")
+    assert gate.reserve("p", 100, "ocr").ok  # ocr's hold came back with the release
+
+
+def test_a_port_whose_limits_came_or_went_is_decided_by_its_copy(gate: Gate) -> None:
+    # The gate learns from a port's replies whether it has limits (its next reserve
+    # then reads their state with the budget copy); a budget changed since must still
+    # be decided by what the copy says, both ways.
+    _budget(gate, "p", rate_limits=[RateLimit(requests=2, per_seconds=3600)])
+    assert gate.reserve("p", 1, "chat").ok  # learnt: limited
+    _budget(gate, "p", rate_limits=[])
+    for _ in range(3):
+        d = gate.reserve("p", 1, "chat")
+        assert (d.ok, d.rate) == (True, ())
+    _budget(gate, "p", rate_limits=[RateLimit(requests=2, per_seconds=3600)])
+    assert [gate.reserve("p", 1, "chat").ok for _ in range(3)] == [True, True, False]
+
+
+def test_a_resent_reserve_takes_one_request_and_one_hold(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reserve whose reply was lost goes again with the same id: its request, its
+    tokens and its feature's hold are counted once."""
+    # (A resend is decided as a new call, then finds its hold: the cap fits two.)
+    _budget(gate, "p", feature_caps={"ocr": 250}, rate_limits=[SLOW_TOKENS, SLOW_REQUESTS])
+    fixed = new_hex_id(100, "ocr", None, "p")
+    monkeypatch.setattr(quota.core, "new_hex_id", lambda *args, **kwargs: fixed)
+    first = gate.reserve("p", 100, "ocr")
+    again = gate.reserve("p", 100, "ocr")
+    assert (first.ok, again.ok, first.reservation_id) == (True, True, again.reservation_id)
+    for d in (first, again, gate.check("p", 0)):
+        assert (_left(d, "tokens"), _left(d, "requests")) == (9_900, 999)
+    monkeypatch.undo()
+    assert gate.reserve("p", 150, "ocr").ok  # 100 held once: 150 more fit the cap
+    assert gate.reserve("p", 1, "ocr").reason == "feature-cap-exceeded"

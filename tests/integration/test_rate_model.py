@@ -6,19 +6,23 @@ waits, headers' figures and stored buckets, as the calendar's two versions do.""
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 import redis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from quota import InvalidBudget, RateLimit
+from quota import InvalidBudget, RateLimit, Settings
 from quota import ratelimits as rl
 from quota.scripts import helpers
+from quota.topology import sync_client
 
 # Each op of ARGV[2..] is "<op>:<arg>:<now>" on the budget copy of ARGV[1]: r reserve
-# (tokens), c commit's true-up (tokens, may be negative), g give back (tokens), d
-# record (tokens). The buckets live in KEYS[1]'s 'rl' field, as in the port hash; the
-# headroom a reply reports is worked out from them by the client (test_replies.py).
+# (tokens; counted if admitted), k check (tokens; counts nothing), u a retried reserve
+# (counted, then taken back), c commit's true-up (tokens, may be negative), g give back
+# (tokens), d record (tokens). The state lives in KEYS[1]'s 'x' field, as in the port
+# hash; the headroom a reply reports is worked out from it by the client
+# (test_replies.py).
 _PROBE = (
     helpers()
     + """
@@ -27,19 +31,18 @@ local out = {}
 for i = 2, #ARGV do
   local op, arg, now = string.match(ARGV[i], '^(%a):(-?%d+):(%d+)$')
   arg, now = arg + 0, now + 0
-  local state = redis.call('HGET', KEYS[1], 'rl')
+  local v = x_read(b, redis.call('HGET', KEYS[1], 'x'))
   local why, wait = '', 0
   if op == 'g' then
-    state = rate_give_back(b, state, arg)
-    if state then
-      redis.call('HSET', KEYS[1], 'rl', state)
+    rate_give_back(b, v, arg)
+    redis.call('HSET', KEYS[1], 'x', x_pack(b, v))
+  elseif op == 'r' or op == 'k' or op == 'u' then
+    why, wait = rate_take(b.limits, v, now, arg, op ~= 'k')
+    if op == 'u' and not why then
+      rate_untake(b.limits, v)
     end
-  elseif op == 'r' then
-    local lv = rate_levels(b, state, now)
-    why, wait = rate_admit(b, lv, arg)
-    if not why then
-      rate_add(b, lv, arg, 1)
-      redis.call('HSET', KEYS[1], 'rl', rate_state(b, lv, now))
+    if op ~= 'k' then
+      redis.call('HSET', KEYS[1], 'x', x_pack(b, v))
     end
     why = why or ''
   elseif op == 'c' then
@@ -47,7 +50,7 @@ for i = 2, #ARGV do
   else
     rate_count(b, now, arg, 1)
   end
-  out[#out + 1] = {why, wait, redis.call('HGET', KEYS[1], 'rl') or ''}
+  out[#out + 1] = {why, wait, redis.call('HGET', KEYS[1], 'x') or ''}
 end
 return out
 """
@@ -55,24 +58,25 @@ return out
 
 
 def _model(limits: tuple[rl.Scaled, ...], ops: list[tuple[str, int, int]]) -> list[list[object]]:
-    state: str | None = None
+    stored = b""
     out: list[list[object]] = []
     for op, arg, now in ops:
+        v = rl.unpack_state(stored) if stored else [0] * (1 + len(limits))
         why, wait = "", 0
         if op == "g":
-            state = rl.give_back(limits, state, arg)
+            rl.give_back(limits, v, arg)
         else:
-            lv = rl.levels(limits, state, now)
-            if op == "r":
-                reason, wait = rl.admit(limits, lv, arg)
-                if reason is None:
-                    rl.add(limits, lv, arg, 1)
-                    state = rl.stored(lv, now)
+            rl.drain(limits, v, now)
+            if op in "rku":
+                reason, wait = rl.admit(limits, v, arg)
+                if reason is None and op == "r":
+                    rl.add(limits, v, arg, 1)
                 why = reason or ""
             else:
-                rl.add(limits, lv, arg, 0 if op == "c" else 1)
-                state = rl.stored(lv, now)
-        out.append([why, wait, state or ""])
+                rl.add(limits, v, arg, 0 if op == "c" else 1)
+        if op != "k":
+            stored = rl.pack_state(v)
+        out.append([why, wait, stored])
     return out
 
 
@@ -84,7 +88,7 @@ _limit = st.builds(
     st.none() | st.integers(1, 4_000_000),
 )
 _op = st.tuples(
-    st.sampled_from("rrrcgd"),
+    st.sampled_from("rrrkucgd"),
     st.integers(-5_000, 200_000),
     st.integers(-50, 3_000),  # ms since the last op (a server clock may step back)
 )
@@ -98,7 +102,7 @@ _op = st.tuples(
     st.lists(_op, min_size=1, max_size=40),
 )
 def test_lua_buckets_match_the_python_model(
-    r: redis.Redis,
+    settings: Settings,
     limits: list[tuple[str, int, int, int | None]],
     ops: list[tuple[str, int, int]],
 ) -> None:
@@ -110,14 +114,17 @@ def test_lua_buckets_match_the_python_model(
         assume(False)  # too fine-grained to count exactly: refused, tested elsewhere
         return
     scaled = rl.scaled(parsed)
+    assert rl.parse_spec(rl.spec(parsed)) == scaled  # the client reads replies' copies
     cfg = f"1|10|20|day|{rl.spec(parsed)}|"
     now, timed = 1_767_225_600_000, []
     for op, arg, dt in ops:
         now += dt
-        timed.append((op, abs(arg) if op in "rdg" else arg, now))
+        timed.append((op, abs(arg) if op in "rkudg" else arg, now))
     key = f"qt-ratemodel:{uuid.uuid4().hex}"
+    raw = cast(redis.Redis, sync_client(settings.redis_url))  # the state is binary
     try:
-        got = r.eval(_PROBE, 1, key, cfg, *(f"{op}:{arg}:{t}" for op, arg, t in timed))
+        got = raw.eval(_PROBE, 1, key, cfg, *(f"{op}:{arg}:{t}" for op, arg, t in timed))
     finally:
-        r.delete(key)
-    assert [[w, int(n), s] for w, n, s in got] == _model(scaled, timed)
+        raw.delete(key)
+        raw.close()
+    assert [[w.decode(), int(n), s] for w, n, s in got] == _model(scaled, timed)

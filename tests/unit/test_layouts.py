@@ -64,7 +64,21 @@ def test_check_and_reserve_are_sent_as_declared(settings: Settings) -> None:
     assert reserve["member"] == ref.member
     assert reserve["lease_ms"] == int(settings.lease_seconds * 1000)
     assert reserve["lapsed_ms"] == settings.settled_seconds * 1000
-    assert reserve["feature"] == "ocr"
+    assert "feature" not in reserve  # sent only to ports known to have caps or limits
+
+
+def test_a_port_with_feature_caps_gets_its_feature(settings: Settings) -> None:
+    capped = f"1||100|0|0||{BUDGET}||ocr=50"  # a copy with a feature cap
+    canned = CannedTransport({"reserve": ["-4"], "reserve_x": [capped, capped]})
+    with Gate(settings, transport=canned) as gate:
+        first = gate.reserve("p", 9, "ocr")  # unknown: sent without, asked for, sent again
+        second = gate.reserve("p", 9, "ocr")  # known now: sent with it at once
+    assert (first.ok, second.ok) == (True, True)
+    assert [op for op, _, _ in canned.calls] == ["reserve", "reserve_x", "reserve_x"]
+    (_, k1, a1), (_, k2, a2), _ = canned.calls
+    assert k1 == k2
+    assert a2 == (*a1, "ocr")  # the same reservation, its feature added
+    assert LAYOUTS["reserve"].named(k2, a2)["feature"] == "ocr"
 
 
 @pytest.mark.parametrize("request_id", [None, "req-1"])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from quota import RateLimit, RateState
 from quota.models import Decision, UsageResult
-from quota.ratelimits import spec
+from quota.ratelimits import pack_state, spec
 from quota.replies import Replies, Terms
 
 counts = st.integers(min_value=0, max_value=10**12)
@@ -95,9 +95,11 @@ def test_a_decision_with_rate_limits_carries_each_bucket_and_the_wait() -> None:
     limits = [RateLimit(requests=600, per_seconds=60), RateLimit(tokens=90_000, per_seconds=60)]
     copy = f"1|500|1000|day|{spec(limits)}|ocr=50"
     # 600 requests a minute: a request costs 100 and 1 drains a ms, the bucket holds
-    # 60,000; 90,000 tokens: 2 and 3, 180,000. Levels stored 10 ms before the decision.
-    buckets = "1767225599990:60010,179990"
-    d = Replies().decision(f"0|rate-limited|10|0|3|250;1767225600000;{buckets}|{copy}")
+    # 60,000; 90,000 tokens: 2 and 3, 180,000. The state after the copy, past a NUL:
+    # its ms, each bucket's level at it, the feature's hold (binary, as Lua packs it).
+    packed = pack_state([1_767_225_600_000, 60_000, 179_960, 40])
+    state = packed.decode("utf-8", "surrogateescape")  # as the client's reader decodes
+    d = Replies().decision(f"0|rate-limited|10|0|3|250|{copy}\0{state}")
     assert (d.ok, d.reason, d.retry_after_ms, d.cap_tokens) == (False, "rate-limited", 250, 1000)
     assert d.rate == (
         RateState("requests", 600, 60, 0, 60_000),  # 60,000 left after draining 10
@@ -113,7 +115,8 @@ def test_a_decision_with_rate_limits_carries_each_bucket_and_the_wait() -> None:
         "retry-after": "1",
         "retry-after-ms": "250",
     }
-    other = Replies().decision(f"0|hard-cap-exceeded|1000|0||5;1;|{copy}")
+    empty = pack_state([1, 0, 0, 0]).decode("utf-8", "surrogateescape")
+    other = Replies().decision(f"0|hard-cap-exceeded|1000|0||5|{copy}\0{empty}")
     assert other.retry_after_ms is None  # a wait only for a rate-limited refusal
     assert [s.remaining for s in other.rate] == [600, 90_000]  # no buckets yet: full
     assert "retry-after" not in other.headers()
