@@ -1,4 +1,4 @@
-"""Rate limits as exact integer token buckets: the arithmetic quota/lua/lib.lua runs,
+"""Rate limits as exact integer token buckets: the arithmetic quota/lua/rates.lua runs,
 written again in Python, and the budget copy's text for them. Pure: no I/O.
 
 A limit of ``limit`` units per ``per_seconds`` with a bucket of ``size`` units is
@@ -97,7 +97,7 @@ def caps_spec(caps: dict[str, int]) -> str:
 # ----------------------------------------------------------------- the buckets
 # A port's rate state, as the functions keep it (its hash's 'x' field) and replies carry
 # it: numbers packed as little-endian doubles, [ms, level per limit..., hold per capped
-# feature...]. The model below works on that list, as lib.lua does on its table.
+# feature...]. The model below works on that list, as rates.lua does on its table.
 
 
 def ceil_div(x: int, d: int) -> int:

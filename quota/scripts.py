@@ -1,7 +1,7 @@
 """The Lua operations, built into one Redis function library (Redis ≥ 7.0).
 
 Each operation file in quota/lua/ becomes one function, its `$name`s replaced by the
-positions quota/layouts.py declares; lib.lua's helpers are
+positions quota/layouts.py declares; the helpers of lib.lua and rates.lua are
 defined once, when the library loads, rather than on every call as an EVAL script's
 would be (measured: docs/BENCHMARKS.md). The library's name carries a digest of its
 source, so processes running different versions of quota against one Redis each
@@ -79,9 +79,14 @@ def is_missing(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and "Function not found" in str(exc)
 
 
+# The shared helpers, in the order they are built in: each may use those before it.
+HELPERS = ("lib.lua", "rates.lua")
+
+
 def helpers() -> str:
-    """lib.lua's shared helpers, positions filled in (tests run them by EVAL)."""
-    return fill((files("quota") / "lua" / "lib.lua").read_text(), SHARED, "lib.lua")
+    """The shared helpers (`HELPERS`), positions filled in (tests run them by EVAL)."""
+    lua = files("quota") / "lua"
+    return "\n".join(fill((lua / name).read_text(), SHARED, name) for name in HELPERS)
 
 
 class Library:

@@ -1,4 +1,4 @@
-"""The rate limits' Lua (quota/lua/lib.lua) against their Python (quota/ratelimits.py):
+"""The rate limits' Lua (quota/lua/rates.lua) against their Python (quota/ratelimits.py):
 random limits and random sequences of reserve, commit true-ups, give-backs (release,
 lapsed leases) and records, at times the test chooses, must give identical decisions,
 waits, headers' figures and stored buckets, as the calendar's two versions do."""
