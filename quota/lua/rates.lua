@@ -65,6 +65,14 @@ end
 -- The levels rate_take drained to, before it counted a call: rate_untake's.
 local DRAINED = {}
 
+-- The call rate_take counted taken back (a resent reserve's, or a refused one's): the
+-- levels it drained to.
+local function rate_untake(L, v)
+  for i = 1, #L do
+    v[i + 1] = DRAINED[i]
+  end
+end
+
 -- rate_drain, and whether one call of `tokens` fits every bucket then: nil, or the
 -- reason and the ms to wait. With `count`, a call that fits is counted in the same
 -- pass (one request and `tokens`; a pass over the limits costs ~1.5k instructions);
@@ -109,18 +117,9 @@ local function rate_take(L, v, now, tokens, count)
     return nil, 0
   end
   if count then
-    for i = 1, #L do
-      v[i + 1] = DRAINED[i]
-    end
+    rate_untake(L, v)
   end
   return why, wait
-end
-
--- The call rate_take counted taken back: the levels it drained to.
-local function rate_untake(L, v)
-  for i = 1, #L do
-    v[i + 1] = DRAINED[i]
-  end
 end
 
 -- Count (or, negative, give back) `tokens` and `requests` in the buckets of limits L.

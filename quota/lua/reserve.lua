@@ -81,11 +81,12 @@ if b.limits or b.caps then
     if L then
       rate_untake(L, v)
     end
+    local state = x_pack(b, v)
     if freed > 0 then
-      redis.call('HSET', KEYS[$port], 'x', x_pack(b, v))
+      redis.call('HSET', KEYS[$port], 'x', state)
     end
     if L then
-      return rate_decision('1', '', used_s, reserved_s, feature_used_s, '0', b.cfg, x_pack(b, v))
+      return rate_decision('1', '', used_s, reserved_s, feature_used_s, '0', b.cfg, state)
     end
     return decision('1', '', used_s, reserved_s, feature_used_s, '', b.cfg)
   end
@@ -97,14 +98,14 @@ if b.limits or b.caps then
     v[i] = v[i] + estimate
   end
   -- Every change to the port hash in one HSET (each command costs), no field twice.
-  local state = struct.pack(b.xfmt, unpack(v, 1, b.xlen))
+  local state = x_pack(b, v)
   local held_s = string.format('%d', held + estimate)
   if held == 0 or lease_end < b.next then
     redis.call('HSET', KEYS[$port], 'held', held_s, 'next', lease_s, 'x', state)
   else
     redis.call('HSET', KEYS[$port], 'held', held_s, 'x', state)
   end
-  if L then  -- rate_decision's reply, in one concatenation
+  if L then  -- rate_decision's reply, written out: the call cost ~1.1k instructions here
     return '1||' .. used_s .. '|' .. b.held_s .. '|' .. feature_used_s .. '|0|' .. b.cfg .. '\0'
            .. state
   end
